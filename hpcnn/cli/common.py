@@ -1,0 +1,52 @@
+"""What every command shares: the lazily loaded config and the error → exit-code mapping."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from hpcnn.errors import EXIT_USAGE, HpcnnError
+
+if TYPE_CHECKING:
+    from hpcnn.config import Config
+
+
+class AppContext:
+    """Carried in ``ctx.obj``; loads cluster.yaml only when a command needs it."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            from hpcnn.config import load_config
+
+            self._config = load_config(self.config_path)
+        return self._config
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+def run_cli(group: click.Group) -> int:
+    """Run the group; HpcnnError → ``error: message`` on stderr and its exit code."""
+    try:
+        group.main(standalone_mode=False)
+    except HpcnnError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code if exc.exit_code else EXIT_USAGE
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    return 0

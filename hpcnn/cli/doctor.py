@@ -1,0 +1,5 @@
+"""hpcnn doctor."""
+
+from __future__ import annotations
+
+COMMANDS: list = []

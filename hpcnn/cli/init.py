@@ -1,0 +1,5 @@
+"""hpcnn init."""
+
+from __future__ import annotations
+
+COMMANDS: list = []

@@ -1,0 +1,54 @@
+"""The ``hpcnn`` command group. Command modules import only click at module level, so that
+``hpcnn --help`` stays as fast as a bare Click program (bench/cold_start.py measures it)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from hpcnn import __version__
+from hpcnn.cli import dataset, doctor, init, render
+from hpcnn.cli.common import AppContext
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="HPCNN_CONFIG",
+    help="cluster.yaml to use (default: $HPCNN_CONFIG, else ./cluster.yaml, else run locally).",
+)
+@click.version_option(__version__, prog_name="hpcnn")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Train nnU-Net v2 on a PBS/Torque/Slurm cluster from your laptop.
+
+    \b
+    Typical day:
+      hpcnn init                       describe your cluster once
+      hpcnn doctor --probe             check SSH, scheduler and nnU-Net
+      hpcnn dataset import EXPORTS --name Liver
+      hpcnn preprocess Liver
+      hpcnn render                     review the job scripts
+    With no cluster.yaml, jobs run on this machine (the local scheduler).
+    """
+    ctx.obj = AppContext(config_path)
+
+
+for module in (init, doctor, render, dataset):
+    for command in module.COMMANDS:
+        cli.add_command(command)
+
+
+def main() -> None:
+    """Console entry point: user errors become a message and an exit code, not a traceback."""
+    from hpcnn.cli.common import run_cli
+
+    sys.exit(run_cli(cli))
+
+
+if __name__ == "__main__":
+    main()

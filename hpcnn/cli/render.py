@@ -1,0 +1,5 @@
+"""hpcnn render."""
+
+from __future__ import annotations
+
+COMMANDS: list = []

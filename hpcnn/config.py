@@ -1,0 +1,288 @@
+"""cluster.yaml: the schema, where it is found, and errors that name the file, line and key.
+
+Every key hpcnn understands is declared here once; ``cluster.yaml.example`` documents each of
+them. Unknown keys are errors (with the closest valid key suggested) because a silently ignored
+typo such as ``walltme`` would submit a job with the wrong limit.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from hpcnn.errors import ConfigError
+from hpcnn.units import format_hms, parse_memory, parse_walltime
+
+CONFIG_ENV = "HPCNN_CONFIG"
+DEFAULT_CONFIG_NAME = "cluster.yaml"
+
+SchedulerName = Literal["torque", "pbspro", "slurm", "local", "auto"]
+
+Walltime = Annotated[
+    int, BeforeValidator(parse_walltime), PlainSerializer(format_hms, return_type=str)
+]
+"""Seconds; accepts ``5:00:00``, ``5h``, ``90m``."""
+
+Memory = Annotated[int, BeforeValidator(parse_memory)]
+"""Megabytes; accepts ``64gb``, ``64G``, ``64000mb``."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ClusterSection(_Section):
+    """Where the jobs run and how hpcnn reaches it."""
+
+    scheduler: SchedulerName = "local"
+    host: str | None = None
+    user: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    identity_file: str | None = None
+    remote_dir: str | None = None
+    ssh: Literal["fabric", "openssh"] = "fabric"
+    login_shell: str = "bash -lc"
+    connect_timeout: float = Field(default=20.0, gt=0)
+    transfer: Literal["auto", "rsync", "sftp"] = "auto"
+
+    @model_validator(mode="after")
+    def _host_for_remote(self) -> ClusterSection:
+        if self.scheduler != "local" and not self.host:
+            raise ValueError(
+                f"scheduler {self.scheduler!r} runs jobs on a cluster: set cluster.host "
+                "(a hostname or a Host alias from ~/.ssh/config)"
+            )
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        return self.scheduler == "local" and not self.host
+
+
+class ResourcesSection(_Section):
+    """What each training job asks the scheduler for."""
+
+    queue: str | None = None
+    walltime: Walltime | None = None
+    nodes: int = Field(default=1, ge=1)
+    cpus: int = Field(default=4, ge=1)
+    gpus: int = Field(default=1, ge=0)
+    mem: Memory | None = None
+    mail_events: str | None = None
+    mail_address: str | None = None
+    extra_directives: list[str] = Field(default_factory=list)
+
+    @field_validator("mail_events")
+    @classmethod
+    def _mail_events(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[abe]+|n", v):
+            raise ValueError("use letters a (abort), b (begin), e (end), e.g. 'e' or 'abe'; or 'n'")
+        return v
+
+
+class EnvironmentSection(_Section):
+    """How a job gets nnU-Net on its PATH (conda, module, venv) and extra variables."""
+
+    setup: list[str] = Field(default_factory=list)
+    variables: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("variables")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not a valid environment variable name")
+        return v
+
+
+class TrainingSection(_Section):
+    """What nnU-Net trains: the run is dataset + trainer + plans + configuration."""
+
+    dataset: str | None = None
+    configuration: str = "3d_fullres"
+    trainer: str = "nnUNetTrainer"
+    plans: str = "nnUNetPlans"
+    folds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
+    max_resubmits: int = Field(default=3, ge=0)
+    walltime_margin: Walltime = 600
+    preprocess: Literal["local", "remote"] = "local"
+    device: Literal["cuda", "cpu", "mps"] = "cuda"
+    compile: bool = False
+    data_augmentation_workers: int | None = Field(default=None, ge=1)
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("folds")
+    @classmethod
+    def _folds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("list at least one fold, e.g. [0, 1, 2, 3, 4]")
+        if len(set(v)) != len(v) or any(f < 0 for f in v):
+            raise ValueError("folds must be distinct numbers >= 0")
+        return v
+
+
+class LocalSection(_Section):
+    """The local scheduler: jobs on this machine."""
+
+    max_parallel: int = Field(default=1, ge=1)
+
+
+class StatusSection(_Section):
+    """How status decides a job is gone."""
+
+    lost_grace: Walltime = 300
+
+
+class Config(_Section):
+    """A whole cluster.yaml. ``source`` is the file it came from (None: built-in defaults)."""
+
+    workspace: Path = Path(".")
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
+    resources: ResourcesSection = Field(default_factory=ResourcesSection)
+    environment: EnvironmentSection = Field(default_factory=EnvironmentSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    local: LocalSection = Field(default_factory=LocalSection)
+    status: StatusSection = Field(default_factory=StatusSection)
+    templates_dir: Path | None = None
+
+    source: Path | None = Field(default=None, exclude=True)
+
+    @property
+    def remote_dir(self) -> str:
+        """Where jobs run: the cluster's remote_dir, or the workspace itself for local jobs."""
+        if self.cluster.remote_dir:
+            return self.cluster.remote_dir
+        if self.cluster.is_local:
+            return str(self.workspace)
+        return "hpcnn"
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """``--config`` wins, then ``$HPCNN_CONFIG``, then ``./cluster.yaml``; None means defaults."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    here = Path.cwd() / DEFAULT_CONFIG_NAME
+    return here if here.exists() else None
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """Load and validate the config; with no file anywhere, the embedded local defaults."""
+    path = find_config_path(explicit)
+    if path is None:
+        cfg = Config()
+        cfg.workspace = Path.cwd()
+        return cfg
+    return load_config_file(path)
+
+
+def load_config_file(path: Path) -> Config:
+    if not path.exists():
+        raise ConfigError(
+            f"{path}: no such config file. Create one with `hpcnn init`, or copy "
+            "cluster.yaml.example."
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: the top level must be a mapping of keys (cluster:, ...)")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, path, root)) from exc
+    if not cfg.workspace.is_absolute():
+        cfg.workspace = (path.parent / cfg.workspace).resolve()
+    if cfg.templates_dir is not None and not cfg.templates_dir.is_absolute():
+        cfg.templates_dir = (path.parent / cfg.templates_dir).resolve()
+    cfg.source = path
+    return cfg
+
+
+def _explain(exc: ValidationError, path: Path, root: yaml.Node | None) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        line = _line_of(root, loc)
+        where = f"{path}:{line}" if line else str(path)
+        key = ".".join(loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key {key!r}"
+            hint = _suggest(loc)
+            if hint:
+                msg += f"; did you mean {hint!r}?"
+        else:
+            msg = f"{key}: {_clean(err['msg'])}"
+            if "input" in err and not isinstance(err["input"], dict | list):
+                msg += f" (got {err['input']!r})"
+        lines.append(f"{where}: {msg}")
+    return "\n".join(lines)
+
+
+def _clean(msg: str) -> str:
+    return re.sub(r"^(Value error|Assertion failed), ", "", msg)
+
+
+def _suggest(loc: list[str]) -> str | None:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    names = [n for n in model.model_fields if n != "source"]
+    match = difflib.get_close_matches(loc[-1], names, n=1, cutoff=0.6)
+    return ".".join([*loc[:-1], match[0]]) if match else None
+
+
+def _line_of(node: yaml.Node | None, loc: list[str]) -> int | None:
+    """1-based line of the deepest node of ``loc`` that exists in the YAML tree."""
+    best = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == part:
+                    best = key.start_mark.line + 1
+                    node = value
+                    break
+            else:
+                return best
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            best = node.start_mark.line + 1
+        else:
+            return best
+    return best

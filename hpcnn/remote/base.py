@@ -1,0 +1,138 @@
+"""The Connection API: run a command, move files, on the cluster or on this machine.
+
+Commands are argv lists, never strings: the connection quotes every part with ``shlex.quote``,
+so names and paths with spaces, quotes or ``$(...)`` arrive as data. A remote command runs in the
+configured login shell (``bash -lc`` by default) because on real clusters ``qsub``, ``module`` and
+conda are often only on a login shell's PATH. One Connection serves a whole CLI invocation.
+"""
+
+from __future__ import annotations
+
+import shlex
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from hpcnn.errors import RemoteCommandError
+
+
+@dataclass(frozen=True)
+class Result:
+    stdout: str
+    stderr: str
+    returncode: int
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def join_argv(argv: Sequence[str]) -> str:
+    """One shell line from an argv, every part quoted."""
+    return shlex.join([str(a) for a in argv])
+
+
+def login_wrap(login_shell: str, command_line: str) -> str:
+    """``bash -lc 'LINE'``: the command line as one quoted argument of the login shell."""
+    return f"{login_shell} {shlex.quote(command_line)}" if login_shell else command_line
+
+
+class Connection(ABC):
+    """Runs commands and moves files where the jobs run."""
+
+    #: A human description for messages, e.g. ``hpcuser@cluster:22`` or ``this machine``.
+    description: str
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:  # noqa: B027 - most connections have nothing to release
+        """Release the underlying connection."""
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        cwd: str | None = None,
+        stdin: str | None = None,
+        timeout: float | None = None,
+    ) -> Result:
+        """Run ``argv`` (each part quoted). ``check`` raises RemoteCommandError on non-zero exit."""
+        line = join_argv(argv)
+        if cwd:
+            line = f"cd {shlex.quote(cwd)} && {line}"
+        return self.run_shell(line, check=check, stdin=stdin, timeout=timeout)
+
+    def run_shell(
+        self, line: str, *, check: bool = True, stdin: str | None = None,
+        timeout: float | None = None,
+    ) -> Result:
+        """Run a shell line built by hpcnn (callers quote every variable part themselves)."""
+        result = self._run(line, stdin=stdin, timeout=timeout)
+        if check and not result.ok:
+            raise RemoteCommandError(
+                f"command failed on {self.description} (exit {result.returncode}): {line}\n"
+                + (result.stderr.strip() or result.stdout.strip()),
+                returncode=result.returncode,
+                stdout=result.stdout,
+                stderr=result.stderr,
+            )
+        return result
+
+    @abstractmethod
+    def _run(self, line: str, *, stdin: str | None, timeout: float | None) -> Result:
+        """Run one shell line in the login shell and collect its output."""
+
+    @abstractmethod
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a local file to ``remote`` atomically (temp name, then rename)."""
+
+    @abstractmethod
+    def get(self, remote: str, local: Path) -> None:
+        """Copy a remote file to ``local`` atomically."""
+
+    @abstractmethod
+    def push_tree(self, local: Path, remote: str, *, exclude: Sequence[str] = ()) -> None:
+        """Make ``remote`` hold every file of the folder ``local`` (incremental, never deletes).
+
+        ``exclude`` holds rsync-style patterns (``*.tmp``, ``fold_*/validation``).
+        """
+
+    @abstractmethod
+    def pull_tree(self, remote: str, local: Path, *, exclude: Sequence[str] = ()) -> None:
+        """Make ``local`` hold every file of the remote folder (incremental, never deletes)."""
+
+    def write_text(self, remote: str, text: str, *, mode: int = 0o644) -> None:
+        """Write a small remote file atomically (temp + rename), creating its folder."""
+        parent = str(Path(remote).parent)
+        tmp = f"{remote}.tmp-hpcnn"
+        line = (
+            f"mkdir -p {shlex.quote(parent)} && cat > {shlex.quote(tmp)} && "
+            f"chmod {mode:o} {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {shlex.quote(remote)}"
+        )
+        self.run_shell(line, stdin=text)
+
+    def read_text(self, remote: str) -> str | None:
+        """A small remote file's text, or None when it does not exist."""
+        res = self.run_shell(
+            f"test -e {shlex.quote(remote)} || exit 44; cat {shlex.quote(remote)}", check=False
+        )
+        if res.returncode == 44:
+            return None
+        if not res.ok:
+            raise RemoteCommandError(
+                f"cannot read {remote} on {self.description}: {res.stderr.strip()}",
+                returncode=res.returncode, stdout=res.stdout, stderr=res.stderr,
+            )
+        return res.stdout
