@@ -1,0 +1,1 @@
+"""Dataset preparation: Slicer/NRRD/NIfTI exports → nnU-Net raw datasets, checks, preprocessing."""

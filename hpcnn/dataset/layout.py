@@ -1,0 +1,120 @@
+"""Names and folders of nnU-Net datasets: ``DatasetNNN_Name`` under ``nnUNet_raw``.
+
+Users refer to a dataset by id (``501``), name (``Liver``), folder name (``Dataset501_Liver``) or
+path; every command resolves it here, with an error that lists what exists.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcnn.errors import DataError
+
+_FOLDER_RE = re.compile(r"Dataset(\d{3})_(.+)")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A dataset's id and name; ``folder_name`` is nnU-Net's ``DatasetNNN_Name``."""
+
+    id: int
+    name: str
+
+    @property
+    def folder_name(self) -> str:
+        return f"Dataset{self.id:03d}_{self.name}"
+
+
+def parse_folder_name(name: str) -> DatasetRef | None:
+    m = _FOLDER_RE.fullmatch(name)
+    return DatasetRef(int(m.group(1)), m.group(2)) if m else None
+
+
+def validate_name(name: str) -> str:
+    """A dataset name nnU-Net and every shell accept: letters, digits, ``_`` and ``-``."""
+    if not _NAME_RE.fullmatch(name):
+        raise DataError(
+            f"dataset name {name!r} is not usable: start with a letter or digit, then use only "
+            "letters, digits, '_' and '-' (nnU-Net builds folder names from it)"
+        )
+    return name
+
+
+def validate_id(dataset_id: int) -> int:
+    if not 1 <= dataset_id <= 999:
+        raise DataError(f"dataset id {dataset_id} is out of range: nnU-Net uses 1 to 999")
+    return dataset_id
+
+
+def existing_datasets(*roots: Path) -> dict[int, Path]:
+    """Dataset folders under any of ``roots`` (raw, preprocessed, results), by id."""
+    found: dict[int, Path] = {}
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for child in sorted(root.iterdir()):
+            ref = parse_folder_name(child.name)
+            if ref and child.is_dir():
+                found.setdefault(ref.id, child)
+    return found
+
+
+def next_free_id(*roots: Path, start: int = 501) -> int:
+    """The lowest id from ``start`` used by no dataset under ``roots`` (501+ avoids the MSD ids)."""
+    taken = existing_datasets(*roots)
+    for candidate in range(start, 1000):
+        if candidate not in taken:
+            return candidate
+    for candidate in range(1, start):
+        if candidate not in taken:
+            return candidate
+    raise DataError("all dataset ids 1-999 are taken in this workspace")
+
+
+def resolve_dataset(spec: str | int, raw_root: Path) -> Path:
+    """The raw dataset folder for an id, name, ``DatasetNNN_Name`` or path."""
+    text = str(spec).strip()
+    path = Path(text).expanduser()
+    if path.is_dir() and (path / "dataset.json").exists() or path.is_absolute() or "/" in text:
+        if not path.is_dir():
+            raise DataError(f"{path}: no such dataset folder")
+        return path.resolve()
+    datasets = existing_datasets(raw_root)
+    if text.isdigit():
+        if int(text) in datasets:
+            return datasets[int(text)]
+    else:
+        for folder in datasets.values():
+            ref = parse_folder_name(folder.name)
+            if ref and text.lower() in (folder.name.lower(), ref.name.lower()):
+                return folder
+    known = ", ".join(p.name for p in datasets.values()) or "none"
+    raise DataError(
+        f"no dataset {text!r} in {raw_root} (datasets there: {known})",
+        hint="import one with `hpcnn dataset import SRC --name NAME`, or pass its folder path",
+    )
+
+
+def read_dataset_json(path: Path) -> dict[str, Any]:
+    """Load dataset.json; JSON errors name the line and explain the usual trailing comma."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: missing", hint="a nnU-Net dataset needs a dataset.json") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        hint = "fix the JSON syntax"
+        before = text[: exc.pos].rstrip()
+        if before.endswith(","):
+            hint = "remove the trailing comma before the closing bracket (JSON allows none)"
+        raise DataError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}",
+                        hint=hint) from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: the top level must be an object {{...}}")
+    return data
