@@ -1,0 +1,223 @@
+"""Submitting rendered jobs and telling the truth about them.
+
+A job's state is the scheduler's word combined with the job's own markers (``started``,
+``exit_code``, written by the job script itself). Polling N jobs is ONE remote command: the
+dialect's status call and a read of every job's markers, in one shell line over one connection.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from hpcnn.errors import SchedulerError, SchedulerUnavailable
+from hpcnn.remote.base import Connection, join_argv
+from hpcnn.schedulers.base import Dependency, Dialect, JobState, SchedulerJob
+
+SCRIPT_NAME = "job.sh"
+SETUP_FAILED_EXIT = 97  # the body template's exit code when environment.setup fails
+
+_SEP = "__HPCNN_{}__"
+
+
+def submit(
+    conn: Connection,
+    dialect: Dialect,
+    script_text: str,
+    job_dir: str,
+    dependencies: Sequence[Dependency] = (),
+) -> str:
+    """Write the script into its job folder and submit it from there; returns the job id.
+
+    A refusal raises SchedulerError carrying the scheduler's own message (e.g. Slurm's
+    "Requested node configuration is not available").
+    """
+    script = posixpath.join(job_dir, SCRIPT_NAME)
+    conn.write_text(script, script_text, mode=0o755)
+    res = conn.run(dialect.submit_command(script, workdir=job_dir, dependencies=dependencies),
+                   cwd=job_dir, check=False)
+    if not res.ok:
+        message = (res.stderr.strip() or res.stdout.strip() or f"exit {res.returncode}")
+        raise SchedulerError(f"{dialect.name} refused job {posixpath.basename(job_dir)}: {message}")
+    return dialect.parse_submit(res.stdout)
+
+
+def cancel(conn: Connection, dialect: Dialect, job_ids: Sequence[str]) -> None:
+    if job_ids:
+        conn.run(dialect.cancel_command(job_ids), check=False)
+
+
+@dataclass(frozen=True)
+class Markers:
+    """What the job script wrote about itself."""
+
+    started: Mapping[str, str] = field(default_factory=dict)
+    exit_code: int | None = None
+    exit_info: Mapping[str, str] = field(default_factory=dict)
+    err_tail: str = ""
+
+    @property
+    def has_started(self) -> bool:
+        return bool(self.started)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One poll's raw material for a job: scheduler view (None: not in the queue) + markers."""
+
+    scheduler: SchedulerJob | None
+    markers: Markers
+
+
+def poll(
+    conn: Connection, dialect: Dialect, jobs: Sequence[tuple[str, str]], err_lines: int = 5
+) -> tuple[dict[str, Observation], bool]:
+    """Observe ``(scheduler_id, job_dir)`` pairs in one remote command.
+
+    Returns observations by job id and whether the scheduler answered (False: its states are
+    unknown; the markers are still read and still true).
+    """
+    if not jobs:
+        return {}, True
+    ids = [job_id for job_id, _ in jobs]
+    parts = [
+        't=$(mktemp)',
+        f'{join_argv(dialect.status_command(ids))} 2>"$t"; rc=$?',
+        f'printf "\\n%s\\n" {_SEP.format("STDERR")}; cat "$t"; rm -f "$t"',
+        f'printf "\\n%s %s\\n" {_SEP.format("RC")} "$rc"',
+    ]
+    for i, (_, job_dir) in enumerate(jobs):
+        d = shlex.quote(job_dir)
+        parts.append(
+            f'printf "\\n%s %s\\n" {_SEP.format("JOB")} {i}; cat {d}/started 2>/dev/null; '
+            f'printf "\\n%s\\n" {_SEP.format("EXIT")}; cat {d}/exit_code 2>/dev/null; '
+            f'printf "\\n%s\\n" {_SEP.format("ERR")}; '
+            f'tail -n {int(err_lines)} {d}/err.log 2>/dev/null'
+        )
+    res = conn.run_shell("; ".join(parts), check=False)
+    stdout, _, rest = res.stdout.partition("\n" + _SEP.format("STDERR") + "\n")
+    stderr, _, rest = rest.partition("\n" + _SEP.format("RC") + " ")
+    rc_text, _, rest = rest.partition("\n")
+    try:
+        rc = int(rc_text.strip())
+    except ValueError:
+        rc = 255
+    answered = True
+    try:
+        states = dialect.parse_status(stdout, stderr, rc, ids)
+    except SchedulerUnavailable:
+        states, answered = {}, False
+    markers = _parse_markers(rest, len(jobs))
+    return {
+        job_id: Observation(states.get(job_id) if answered else None, markers[i])
+        for i, job_id in enumerate(ids)
+    }, answered
+
+
+def _parse_markers(text: str, n: int) -> list[Markers]:
+    found = [Markers() for _ in range(n)]
+    for block in text.split(_SEP.format("JOB") + " ")[1:]:
+        index_text, _, body = block.partition("\n")
+        if not index_text.strip().isdigit() or int(index_text) >= n:
+            continue
+        started, _, rest = body.partition(_SEP.format("EXIT") + "\n")
+        exit_text, _, err = rest.partition(_SEP.format("ERR") + "\n")
+        exit_lines = exit_text.strip().splitlines()
+        code = int(exit_lines[0]) if exit_lines and exit_lines[0].strip().isdigit() else None
+        found[int(index_text)] = Markers(
+            started=_kv(started.splitlines()),
+            exit_code=code,
+            exit_info=_kv(exit_lines[1:]),
+            err_tail=err.strip(),
+        )
+    return found
+
+
+def _kv(lines: Sequence[str]) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    state: JobState
+    exit_code: int | None
+    detail: str
+    first_missing_at: float | None
+
+
+def decide(
+    obs: Observation,
+    *,
+    answered: bool,
+    previous: JobState,
+    first_missing_at: float | None,
+    grace: float,
+    now: float | None = None,
+) -> Verdict:
+    """The one rule that turns scheduler state + markers into hpcnn's state.
+
+    The exit marker is the truth about how a job ended (schedulers and wrappers often forget or
+    hide exit codes); the scheduler is the truth about jobs that have not ended. A job the
+    scheduler no longer lists and that left no exit marker is ``lost`` only after ``grace``
+    seconds; a scheduler that did not answer makes an unfinished job ``unknown``, never failed.
+    """
+    now = time.time() if now is None else now
+    sched, marks = obs.scheduler, obs.markers
+    if marks.exit_code is not None:
+        code = marks.exit_code
+        if sched is not None and sched.state in (JobState.TIMEOUT, JobState.CANCELLED):
+            return Verdict(sched.state, code, sched.reason or "", None)
+        if code == 0:
+            return Verdict(JobState.COMPLETED, 0, "", None)
+        if marks.exit_info.get("phase") == "setup":
+            detail = "environment setup failed: " + (marks.err_tail.splitlines() or [""])[-1]
+        else:
+            detail = marks.err_tail.splitlines()[-1] if marks.err_tail else ""
+        if marks.exit_info.get("signal") == "TERM":
+            detail = ("stopped by SIGTERM (walltime or cancel); " + detail).rstrip("; ")
+        return Verdict(JobState.FAILED, code, detail, None)
+    if not answered:
+        return Verdict(JobState.UNKNOWN, None, "scheduler did not answer", first_missing_at)
+    if sched is not None:
+        if sched.state == JobState.COMPLETED and sched.exit_code not in (None, 0):
+            return Verdict(JobState.FAILED, sched.exit_code, sched.reason or "", None)
+        return Verdict(sched.state, sched.exit_code, sched.reason or "", None)
+    # Gone from the queue without an exit marker.
+    if previous.finished:
+        return Verdict(previous, None, "", first_missing_at)
+    first = first_missing_at or now
+    if now - first >= grace:
+        how = "after it started" if marks.has_started else "before it started"
+        return Verdict(JobState.LOST, None,
+                       f"left the queue {how} and wrote no exit marker", first)
+    return Verdict(previous if previous != JobState.PENDING else JobState.UNKNOWN, None,
+                   "not in the queue; waiting for its exit marker", first)
+
+
+def wait_for(
+    conn: Connection,
+    dialect: Dialect,
+    job_id: str,
+    job_dir: str,
+    *,
+    timeout: float,
+    interval: float = 2.0,
+    grace: float = 30.0,
+    on_change: object = None,
+) -> Verdict:
+    """Poll one job until it finishes (used by ``doctor --probe``); returns the final verdict."""
+    deadline = time.time() + timeout
+    state, first_missing = JobState.QUEUED, None
+    while True:
+        observations, answered = poll(conn, dialect, [(job_id, job_dir)])
+        verdict = decide(observations[job_id], answered=answered, previous=state,
+                         first_missing_at=first_missing, grace=grace)
+        if verdict.state != state and callable(on_change):
+            on_change(verdict)
+        state, first_missing = verdict.state, verdict.first_missing_at
+        if state.finished or time.time() > deadline:
+            return verdict
+        time.sleep(interval)

@@ -1,0 +1,114 @@
+"""Job scripts from Jinja2 templates: one header per dialect plus the shared body.
+
+Templates are looked up in the user's ``templates_dir`` first, then in the ones shipped with
+hpcnn, so a user can override one header without copying the rest. Every value is quoted by the
+``q`` filter in the templates; rendering is strict (an unknown variable is an error, not "").
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpcnn.errors import TemplateError
+from hpcnn.units import format_hms, format_memory
+
+if TYPE_CHECKING:
+    import jinja2
+
+    from hpcnn.config import Config
+    from hpcnn.schedulers.base import Dialect
+
+_SLURM_MAIL = {"a": "FAIL", "b": "BEGIN", "e": "END"}
+
+
+def builtin_templates_dir() -> Path:
+    """Templates inside the installed package, or the repository's ``templates/`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "templates"
+    return packaged if packaged.is_dir() else here.parent / "templates"
+
+
+def _slurm_mail(events: str) -> str:
+    if events == "n":
+        return "NONE"
+    return ",".join(_SLURM_MAIL[e] for e in events)
+
+
+def template_environment(templates_dir: Path | None = None) -> jinja2.Environment:
+    import jinja2
+
+    search = [builtin_templates_dir()]
+    if templates_dir is not None:
+        if not templates_dir.is_dir():
+            raise TemplateError(
+                f"templates_dir {templates_dir} does not exist",
+                hint="fix templates_dir in cluster.yaml, or remove it for the built-in templates",
+            )
+        search.insert(0, templates_dir)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(p) for p in search]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters.update(
+        q=lambda v: shlex.quote(str(v)),
+        hms=format_hms,
+        mem_pbs=lambda mb: format_memory(mb, "pbs"),
+        mem_slurm=lambda mb: format_memory(mb, "slurm"),
+        slurm_mail=_slurm_mail,
+    )
+    return env
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One job to render: which run, its name, where its files go and what it runs."""
+
+    run: str
+    job: str
+    job_dir: str
+    commands: Sequence[Sequence[str]]
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def render_job(cfg: Config, dialect: Dialect, request: JobRequest) -> str:
+    """The complete job script text for ``request`` under ``dialect``."""
+    import jinja2
+
+    env = template_environment(cfg.templates_dir)
+    variables = {**cfg.environment.variables, **request.env}
+    context = {
+        "header_template": dialect.header_template,
+        "dialect": dialect.name,
+        "job_name": dialect.job_name(request.job),
+        "resources": cfg.resources,
+        "local": cfg.local,
+        "run": request.run,
+        "job": request.job,
+        "job_dir": request.job_dir,
+        "env": variables,
+        "setup": cfg.environment.setup,
+        "commands": [shlex.join([str(a) for a in argv]) for argv in request.commands],
+    }
+    try:
+        return env.get_template("job.sh.j2").render(context)
+    except jinja2.TemplateNotFound as exc:
+        dirs = ", ".join(str(p) for p in env.loader.searchpath)  # type: ignore[union-attr]
+        raise TemplateError(
+            f"job template {exc.name!r} not found (looked in {dirs})",
+            hint="copy it from the built-in templates into your templates_dir, or fix its name",
+        ) from exc
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(
+            f"{exc.filename or exc.name}:{exc.lineno}: template syntax error: {exc.message}"
+        ) from exc
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(
+            f"job template uses an unknown variable: {exc.message}",
+            hint="known variables: " + ", ".join(sorted(context)),
+        ) from exc
