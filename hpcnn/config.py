@@ -87,6 +87,20 @@ class ResourcesSection(_Section):
     mail_address: str | None = None
     extra_directives: list[str] = Field(default_factory=list)
 
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.@-]+", v):
+            raise ValueError("a queue/partition name has only letters, digits and _ . @ -")
+        return v
+
+    @field_validator("mail_address")
+    @classmethod
+    def _mail_address(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.+-]+@[A-Za-z0-9.-]+", v):
+            raise ValueError("expected one e-mail address such as me@example.org")
+        return v
+
     @field_validator("mail_events")
     @classmethod
     def _mail_events(cls, v: str | None) -> str | None:

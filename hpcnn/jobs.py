@@ -35,10 +35,11 @@ def submit(
     A refusal raises SchedulerError carrying the scheduler's own message (e.g. Slurm's
     "Requested node configuration is not available").
     """
-    script = posixpath.join(job_dir, SCRIPT_NAME)
-    conn.write_text(script, script_text, mode=0o755)
-    res = conn.run(dialect.submit_command(script, workdir=job_dir, dependencies=dependencies),
-                   cwd=job_dir, check=False)
+    conn.write_text(posixpath.join(job_dir, SCRIPT_NAME), script_text, mode=0o755)
+    # Submitted from its own folder by a relative name: works for a relative remote_dir too
+    # (login shells start in $HOME), and the scheduler's own output files land beside it.
+    argv = dialect.submit_command(SCRIPT_NAME, workdir=job_dir, dependencies=dependencies)
+    res = conn.run(argv, cwd=job_dir, check=False)
     if not res.ok:
         message = (res.stderr.strip() or res.stdout.strip() or f"exit {res.returncode}")
         raise SchedulerError(f"{dialect.name} refused job {posixpath.basename(job_dir)}: {message}")

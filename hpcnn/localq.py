@@ -14,7 +14,7 @@ machine, like a scheduler, whichever workspace submits. Like a scheduler it read
 the script: ``#LOCALQ max_parallel=K`` (start only while fewer than K jobs run) and
 ``#LOCALQ walltime=SECONDS``. Commands (what the local dialect runs)::
 
-    python -m hpcnn.localq submit --workdir D [--name N] [--after afterok:ID] SCRIPT → the id
+    python -m hpcnn.localq submit [--workdir D] [--name N] [--after afterok:ID] SCRIPT → the id
     python -m hpcnn.localq status ID...      → one line per known id: id|state|exit|reason|name
     python -m hpcnn.localq cancel ID...
 """
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("submit")
     p.add_argument("script")
     p.add_argument("--name", help="job name (default: the script's folder name, its job dir)")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", help="where the job starts (default: the current folder)")
     p.add_argument("--after", action="append", default=[])
     sub.add_parser("status").add_argument("ids", nargs="*")
     sub.add_parser("cancel").add_argument("ids", nargs="+")
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     q = Queue(queue_dir())
     if args.cmd == "submit":
         name = args.name or Path(args.script).resolve().parent.name
-        print(submit(q, args.script, name, args.workdir, args.after))
+        print(submit(q, args.script, name, str(Path(args.workdir or ".").resolve()), args.after))
     elif args.cmd == "status":
         print("\n".join(status(q, args.ids or q.active_ids())))
     elif args.cmd == "cancel":

@@ -32,6 +32,13 @@ def builtin_templates_dir() -> Path:
     return packaged if packaged.is_dir() else here.parent / "templates"
 
 
+def quote_path(path: str) -> str:
+    """Quote a path for bash; a relative one is placed under ``"$HOME"`` (where jobs' login
+    shells start), so ``remote_dir: hpcnn`` works without knowing the cluster's home path."""
+    text = str(path)
+    return shlex.quote(text) if text.startswith("/") else '"$HOME"/' + shlex.quote(text)
+
+
 def _slurm_mail(events: str) -> str:
     if events == "n":
         return "NONE"
@@ -57,6 +64,7 @@ def template_environment(templates_dir: Path | None = None) -> jinja2.Environmen
     )
     env.filters.update(
         q=lambda v: shlex.quote(str(v)),
+        qpath=quote_path,
         hms=format_hms,
         mem_pbs=lambda mb: format_memory(mb, "pbs"),
         mem_slurm=lambda mb: format_memory(mb, "slurm"),
@@ -74,6 +82,8 @@ class JobRequest:
     job_dir: str
     commands: Sequence[Sequence[str]]
     env: Mapping[str, str] = field(default_factory=dict)
+    path_env: Mapping[str, str] = field(default_factory=dict)
+    """Variables holding paths where jobs run (``nnUNet_*``); relative ones are under $HOME."""
 
 
 def render_job(cfg: Config, dialect: Dialect, request: JobRequest) -> str:
@@ -92,6 +102,7 @@ def render_job(cfg: Config, dialect: Dialect, request: JobRequest) -> str:
         "job": request.job,
         "job_dir": request.job_dir,
         "env": variables,
+        "path_env": request.path_env,
         "setup": cfg.environment.setup,
         "commands": [shlex.join([str(a) for a in argv]) for argv in request.commands],
     }

@@ -30,7 +30,7 @@ class LocalDialect(Dialect):
     def submit_command(
         self, script: str, *, workdir: str, dependencies: Sequence[Dependency] = ()
     ) -> list[str]:
-        argv = [*self._base(), "submit", "--workdir", workdir]
+        argv = [*self._base(), "submit"]  # starts in the submitting folder, like qsub
         for dep in dependencies:
             argv += ["--after", f"{dep.kind}:{dep.job_id}"]
         return [*argv, script]

@@ -1,0 +1,1 @@
+"""Use cases behind the CLI commands: plain functions, no printing of their own."""

@@ -1,0 +1,52 @@
+"""Rendering a run's fold job scripts (``hpcnn render``; submission uses the same requests)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hpcnn.config import Config
+from hpcnn.errors import ConfigError
+from hpcnn.render import render_job
+from hpcnn.runs import current_run, fold_request
+from hpcnn.schedulers import Dialect, get_dialect
+
+
+def dialect_for(cfg: Config, override: str | None = None) -> Dialect:
+    name = override or cfg.cluster.scheduler
+    if name == "auto":
+        raise ConfigError(
+            "cluster.scheduler is 'auto': the dialect is detected on the cluster",
+            hint="pass --scheduler torque|pbspro|slurm, or run `hpcnn doctor` to detect it",
+        )
+    return get_dialect(name)
+
+
+def render_fold_scripts(
+    cfg: Config,
+    *,
+    scheduler: str | None = None,
+    dataset: str | None = None,
+    folds: list[int] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, str] | list[Path]:
+    """Scripts by job name; with ``out_dir`` they are written there (atomically) instead."""
+    dialect = dialect_for(cfg, scheduler)
+    run = current_run(cfg, dataset)
+    scripts = {}
+    for fold in folds or cfg.training.folds:
+        request = fold_request(cfg, run, fold)
+        scripts[request.job] = render_job(cfg, dialect, request)
+    if out_dir is None:
+        return scripts
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in scripts.items():
+        path = out / f"{name}.sh"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        os.replace(tmp, path)
+        written.append(path)
+    return written
