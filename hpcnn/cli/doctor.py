@@ -1,5 +1,50 @@
-"""hpcnn doctor."""
+"""``hpcnn doctor``: one line per link of the chain, each failure with its fix."""
 
 from __future__ import annotations
 
-COMMANDS: list = []
+import click
+
+from hpcnn.cli.common import AppContext, pass_app
+
+_MARK = {"ok": ("ok  ", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "red"),
+         "skip": ("skip", "bright_black")}
+
+
+@click.command("doctor")
+@click.option("--probe", is_flag=True,
+              help="Also submit a tiny job through the queue and show what it saw.")
+@click.option("--probe-timeout", type=float, default=300.0, show_default=True,
+              help="Seconds to wait for the probe job.")
+@pass_app
+def doctor_cmd(app: AppContext, probe: bool, probe_timeout: float) -> None:
+    """Check Python, nnU-Net, the workspace, the connection and the scheduler.
+
+    Exits non-zero at the first broken link and says how to fix it.
+    """
+    from hpcnn.doctor import CheckResult, Outcome, run_checks
+    from hpcnn.remote import connect
+
+    cfg = app.config
+    where = f"config {cfg.source}" if cfg.source else "no cluster.yaml: local defaults"
+    click.echo(f"hpcnn doctor ({where}, scheduler {cfg.cluster.scheduler})")
+
+    def report(result: CheckResult) -> None:
+        label, colour = _MARK[result.outcome.value]
+        first, *rest = (result.detail or "").splitlines() or [""]
+        click.echo(click.style(f"[{label}] ", fg=colour) + f"{result.name}: {first}")
+        for line in rest:
+            click.echo(f"       {line}")
+        if result.fix and result.outcome in (Outcome.FAIL, Outcome.WARN):
+            click.echo(f"       fix: {result.fix}")
+
+    results = run_checks(cfg, lambda: connect(cfg), probe=probe, report=report,
+                         probe_timeout=probe_timeout,
+                         on_state=lambda text: click.echo(f"       ... {text}"))
+    failed = [r for r in results if r.outcome == Outcome.FAIL]
+    if failed:
+        click.secho(f"first broken link: {failed[0].name}", fg="red", err=True)
+        raise click.exceptions.Exit(1)
+    click.secho("all checks passed", fg="green")
+
+
+COMMANDS = [doctor_cmd]

@@ -1,5 +1,75 @@
-"""hpcnn init."""
+"""``hpcnn init``: write cluster.yaml from questions or flags."""
 
 from __future__ import annotations
 
-COMMANDS: list = []
+import click
+
+SCHEDULERS = ["torque", "pbspro", "slurm", "local", "auto"]
+
+
+@click.command("init")
+@click.option("--path", "path", type=click.Path(dir_okay=False), default="cluster.yaml",
+              show_default=True, help="Where to write the config.")
+@click.option("--scheduler", type=click.Choice(SCHEDULERS), help="Cluster scheduler.")
+@click.option("--host", help="Login host or ~/.ssh/config alias (none: run jobs here).")
+@click.option("--user", help="Cluster account name.")
+@click.option("--port", type=int, help="SSH port.")
+@click.option("--identity-file", help="SSH private key file.")
+@click.option("--remote-dir", help="hpcnn's folder on the cluster (relative: under home).")
+@click.option("--ssh", type=click.Choice(["fabric", "openssh"]), help="SSH client to use.")
+@click.option("--queue", help="Queue/partition for training jobs.")
+@click.option("--walltime", help="Walltime per job, e.g. 5:00:00 or 5h.")
+@click.option("--cpus", type=int, help="CPU cores per job.")
+@click.option("--gpus", type=int, help="GPUs per job.")
+@click.option("--mem", help="Memory per job, e.g. 64gb.")
+@click.option("--mail", "mail_address", help="E-mail for job notifications (at job end).")
+@click.option("--setup", "setup", multiple=True,
+              help="Environment setup line, e.g. 'conda activate nnunet' (repeatable).")
+@click.option("--dataset", help="Dataset id or name to train.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.option("--yes", "-y", "no_questions", is_flag=True,
+              help="Ask nothing; use the flags and defaults.")
+def init_cmd(path: str, force: bool, no_questions: bool, **answers: object) -> None:
+    """Write a cluster.yaml describing your cluster (asks for what no flag gave).
+
+    Every key is documented in cluster.yaml.example. An existing file is never overwritten
+    without --force.
+    """
+    import sys
+
+    from hpcnn.services.init_config import build_config, write_config
+
+    interactive = not no_questions and sys.stdin.isatty()
+    if interactive:
+        _ask(answers)
+    text = build_config(answers)
+    target = write_config(path, text, force=force)
+    click.echo(f"wrote {target}; next: hpcnn doctor --probe")
+
+
+def _ask(answers: dict[str, object]) -> None:
+    """Prompt for the essentials a flag did not give."""
+    if answers["scheduler"] is None:
+        answers["scheduler"] = click.prompt(
+            "Scheduler", type=click.Choice(SCHEDULERS), default="torque")
+    if answers["scheduler"] == "local":
+        return
+    for key, question, default in [
+        ("host", "Login host (or ~/.ssh/config alias)", None),
+        ("user", "Cluster user name (empty: from ~/.ssh/config)", ""),
+        ("remote_dir", "Folder for hpcnn on the cluster", "hpcnn"),
+        ("queue", "Queue / partition for training", "gpu"),
+        ("walltime", "Walltime per fold job", "5:00:00"),
+        ("gpus", "GPUs per job", 1),
+        ("mem", "Memory per job", "32gb"),
+    ]:
+        if answers.get(key) in (None, ()):
+            value = click.prompt(question, default=default, show_default=default not in ("",))
+            answers[key] = value if value != "" else None
+    if not answers.get("setup"):
+        line = click.prompt("Environment setup line (e.g. 'conda activate nnunet', empty: none)",
+                            default="", show_default=False)
+        answers["setup"] = (line,) if line else ()
+
+
+COMMANDS = [init_cmd]

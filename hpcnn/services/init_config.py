@@ -1,0 +1,62 @@
+"""Building and writing a cluster.yaml from answers (``hpcnn init``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+
+from hpcnn.config import Config
+from hpcnn.errors import ConfigError
+
+_HEADER = """\
+# hpcnn configuration written by `hpcnn init`.
+# Every key is documented in cluster.yaml.example; check it all with `hpcnn doctor --probe`.
+"""
+
+_SECTIONS = {
+    "cluster": ["scheduler", "host", "user", "port", "identity_file", "remote_dir", "ssh"],
+    "resources": ["queue", "walltime", "cpus", "gpus", "mem", "mail_address"],
+    "environment": ["setup"],
+    "training": ["dataset"],
+}
+
+
+def build_config(answers: Mapping[str, object]) -> str:
+    """YAML text for the given answers, validated by the same schema that loads it."""
+    data: dict[str, dict[str, object]] = {}
+    for section, keys in _SECTIONS.items():
+        for key in keys:
+            value = answers.get(key)
+            if value in (None, (), ""):
+                continue
+            data.setdefault(section, {})[key] = list(value) if isinstance(value, tuple) else value
+    if "mail_address" in data.get("resources", {}):
+        data["resources"]["mail_events"] = "e"
+    if data.get("cluster", {}).get("host") and "scheduler" not in data["cluster"]:
+        data["cluster"]["scheduler"] = "auto"
+    from pydantic import ValidationError
+
+    try:
+        Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"these answers do not make a valid config: {problems}") from exc
+    return _HEADER + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def write_config(path: str | os.PathLike[str], text: str, *, force: bool) -> Path:
+    """Write atomically; refuse to replace an existing file without ``force``."""
+    target = Path(path)
+    if target.exists() and not force:
+        raise ConfigError(f"{target} already exists; nothing was changed",
+                          hint="pass --force to overwrite it, or --path to write elsewhere")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+    return target
