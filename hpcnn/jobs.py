@@ -169,6 +169,10 @@ def decide(
     sched, marks = obs.scheduler, obs.markers
     if marks.exit_code is not None:
         code = marks.exit_code
+        if sched is not None and not sched.state.finished and sched.state != JobState.UNKNOWN:
+            # The script has ended but the scheduler is still wrapping up (Slurm COMPLETING,
+            # a walltime kill being recorded): wait for its word on how the job ended.
+            return Verdict(JobState.RUNNING, None, f"exiting (exit code {code})", None)
         if sched is not None and sched.state in (JobState.TIMEOUT, JobState.CANCELLED):
             return Verdict(sched.state, code, sched.reason or "", None)
         if code == 0:

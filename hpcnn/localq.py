@@ -124,13 +124,24 @@ def _alive(pid: int | None) -> bool:
 
 
 def _group_alive(pgid: int | None) -> bool:
+    """Whether any live (non-zombie) process of the job's process group remains."""
     if not pgid:
         return False
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+    proc = Path("/proc")
+    if not proc.is_dir():  # macOS: no /proc; a zombie-only group is rare there
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 # ---- commands -------------------------------------------------------------------------------

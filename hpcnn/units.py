@@ -27,12 +27,10 @@ def parse_walltime(value: str | int) -> int:
         days, text = int(m.group(1)), m.group(2)
     if re.fullmatch(r"\d+(:\d{1,2}){1,2}", text):
         parts = [int(p) for p in text.split(":")]
-        while len(parts) < 3:
-            parts.insert(0, 0)
-        h, mi, s = parts
-        if mi >= 60 or s >= 60:
+        if any(p >= 60 for p in parts[1:]):
             raise ValueError(f"minutes and seconds must be below 60 in walltime {value!r}")
-        total = days * 86400 + h * 3600 + mi * 60 + s
+        # [[HH:]MM:]SS; the leading field may exceed 60, as PBS allows.
+        total = days * 86400 + sum(p * 60**i for i, p in enumerate(reversed(parts)))
     elif re.fullmatch(r"\d+", text):
         total = days * 86400 + int(text)
     elif re.fullmatch(r"(\d+(\.\d+)?\s*[smhd]\s*)+", text) and not days:

@@ -43,3 +43,18 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.delenv(var, raising=False)
     return ws
+
+
+@pytest.fixture
+def hpcnn(capsys: pytest.CaptureFixture[str]):
+    """Run the CLI in-process as a user would: returns (exit code, stdout, stderr)."""
+    from hpcnn.cli.common import run_cli
+    from hpcnn.cli.main import cli
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = run_cli(cli, [str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke

@@ -31,10 +31,10 @@ class AppContext:
 pass_app = click.make_pass_decorator(AppContext)
 
 
-def run_cli(group: click.Group) -> int:
+def run_cli(group: click.Group, args: list[str] | None = None) -> int:
     """Run the group; HpcnnError → ``error: message`` on stderr and its exit code."""
     try:
-        group.main(standalone_mode=False)
+        group.main(args=args, prog_name="hpcnn", standalone_mode=False)
     except HpcnnError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         return exc.exit_code
