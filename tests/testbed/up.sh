@@ -143,14 +143,25 @@ fi
 # ---------------------------------------------------------------- slurm config
 # Pretend GPUs need device files (without File= slurmd reports 0 GPUs and the
 # node goes INVAL). /dev/tty1 and /dev/tty2 exist on a VM; in a container that
-# lacks them, plain files under $TB_VAR serve.
-if [ -e /dev/tty1 ] && [ -e /dev/tty2 ]; then
+# lacks them, character devices made under $TB_VAR serve (tried: jobs get
+# CUDA_VISIBLE_DEVICES=0,1). Plain files are the last resort: scheduling still
+# works but jobs then get an EMPTY CUDA_VISIBLE_DEVICES.
+if [ -c /dev/tty1 ] && [ -c /dev/tty2 ]; then
     GPU0=/dev/tty1
     GPU1=/dev/tty2
 else
-    GPU0=$TB_VAR/fake-gpu0
-    GPU1=$TB_VAR/fake-gpu1
-    touch "$GPU0" "$GPU1"
+    GPU0=$TB_VAR/dev/gpu0
+    GPU1=$TB_VAR/dev/gpu1
+    install -d -m 755 "$TB_VAR/dev"
+    for n in 0 1; do
+        f=$TB_VAR/dev/gpu$n
+        [ -c "$f" ] && continue
+        rm -f "$f"
+        if ! mknod "$f" c 4 $((n + 1)) 2>/dev/null; then
+            log "warning: mknod not permitted; using a plain file $f (CUDA_VISIBLE_DEVICES will be empty in jobs)"
+            touch "$f"
+        fi
+    done
 fi
 
 SLURM_CONF="# Written by hpcnn tests/testbed/up.sh -- test bed only, do not edit.
@@ -171,7 +182,7 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
-SchedulerParameters=bf_interval=5,sched_interval=5
+SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=2
 KillWait=20
 MinJobAge=600
 InactiveLimit=0
@@ -329,6 +340,7 @@ if pid_alive "$SSHD_PID" sshd; then
     log "sshd already running (pid $(cat "$SSHD_PID"))"
 else
     log "starting sshd on $TB_HOST:$TB_PORT (log $SSHD_LOG)"
+    touch "$SSHD_LOG" && chmod 644 "$SSHD_LOG"   # sshd -E would create it 0600
     # sshd daemonises itself (own session) and writes the pid file.
     /usr/sbin/sshd -f "$SSHD_CONFIG" -E "$SSHD_LOG" </dev/null || { logtail "$SSHD_LOG"; die "sshd failed to start"; }
     for i in $(seq 1 50); do

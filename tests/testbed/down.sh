@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Stop the hpcnn test bed (run as root; idempotent).
+#   down.sh          stop sshd, slurmd, slurmctld; remove testbed.env (munged stays)
+#   down.sh --purge  also remove Slurm state/logs, sshd log, test-bed keys and config,
+#                    /etc/slurm/{slurm,gres}.conf written by up.sh, and the hpcuser account
+set -euo pipefail
+
+TB_ETC=/etc/hpcnn-testbed
+TB_VAR=/var/lib/hpcnn-testbed
+SLURM_VAR=$TB_VAR/slurm
+TB_USER=hpcuser
+
+log() { echo "[testbed down] $*"; }
+die() { echo "[testbed down] ERROR: $*" >&2; exit 1; }
+
+purge=
+case "${1:-}" in
+    "") ;;
+    --purge) purge=1 ;;
+    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    *) die "unknown argument: $1 (use --purge or nothing)" ;;
+esac
+[ "$(id -u)" = 0 ] || die "must run as root"
+
+# Gone first: nothing may think the test bed is up while it stops.
+rm -f "$TB_ETC/testbed.env"
+
+pid_alive() {
+    local pidfile=$1 comm=$2 pid
+    [ -s "$pidfile" ] || return 1
+    pid=$(tr -dc 0-9 <"$pidfile")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ]
+}
+
+stop_pidfile() {
+    local pidfile=$1 comm=$2 pid i
+    if pid_alive "$pidfile" "$comm"; then
+        pid=$(tr -dc 0-9 <"$pidfile")
+        log "stopping $comm (pid $pid)"
+        kill "$pid" 2>/dev/null || true
+        for i in $(seq 1 150); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "$comm did not stop in 15 s, sending SIGKILL"
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+    else
+        log "$comm not running"
+    fi
+    rm -f "$pidfile"
+}
+
+# Only the listener is stopped; open sessions end when their clients do.
+stop_pidfile "$TB_VAR/sshd.pid" sshd
+stop_pidfile "$SLURM_VAR/slurmd.pid" slurmd
+stop_pidfile "$SLURM_VAR/slurmctld.pid" slurmctld
+
+if [ -n "$purge" ]; then
+    log "purging state, logs, keys and config"
+    rm -rf "$TB_VAR" "$TB_ETC"
+    for f in /etc/slurm/slurm.conf /etc/slurm/gres.conf; do
+        if [ -f "$f" ] && grep -q 'hpcnn tests/testbed/up.sh' "$f"; then
+            rm -f "$f"
+        fi
+    done
+    if [ -f /etc/slurm/slurm.conf.pre-hpcnn-testbed ] && [ ! -e /etc/slurm/slurm.conf ]; then
+        mv /etc/slurm/slurm.conf.pre-hpcnn-testbed /etc/slurm/slurm.conf
+    fi
+    if id "$TB_USER" >/dev/null 2>&1; then
+        log "removing user $TB_USER and its home"
+        userdel -r "$TB_USER" 2>/dev/null || userdel "$TB_USER" || true
+        rm -rf "/home/$TB_USER"
+    fi
+fi
+log "test bed is down"
