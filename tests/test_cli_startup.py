@@ -1,0 +1,32 @@
+"""The CLI start-up path stays light: ``hpcnn --help`` must not import the heavy libraries
+(bench/cold_start.py measures the time; this test pins the cause)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ["pydantic", "rich", "jinja2", "yaml", "fabric", "paramiko", "SimpleITK", "torch",
+         "numpy", "nnunetv2", "matplotlib"]
+
+
+def test_help_imports_no_heavy_module() -> None:
+    code = (
+        "import sys\n"
+        "from hpcnn.cli.common import run_cli\n"
+        "from hpcnn.cli.main import cli\n"
+        "try:\n"
+        "    run_cli(cli, ['--help'])\n"
+        "finally:\n"
+        f"    print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Usage: hpcnn" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_command_has_help() -> None:
+    from hpcnn.cli.main import cli
+
+    for name, command in cli.commands.items():
+        assert command.help or command.short_help, name
