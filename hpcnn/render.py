@@ -65,6 +65,7 @@ def template_environment(templates_dir: Path | None = None) -> jinja2.Environmen
     env.filters.update(
         q=lambda v: shlex.quote(str(v)),
         qpath=quote_path,
+        comment=lambda v: " ".join(str(v).split()),  # one line: cannot leave a # comment
         hms=format_hms,
         mem_pbs=lambda mb: format_memory(mb, "pbs"),
         mem_slurm=lambda mb: format_memory(mb, "slurm"),
