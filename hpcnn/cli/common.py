@@ -34,7 +34,8 @@ pass_app = click.make_pass_decorator(AppContext)
 def run_cli(group: click.Group, args: list[str] | None = None) -> int:
     """Run the group; HpcnnError → ``error: message`` on stderr and its exit code."""
     try:
-        group.main(args=args, prog_name="hpcnn", standalone_mode=False)
+        # Without standalone mode Click returns ctx.exit()/Exit codes instead of raising them.
+        code = group.main(args=args, prog_name="hpcnn", standalone_mode=False)
     except HpcnnError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         return exc.exit_code
@@ -49,4 +50,4 @@ def run_cli(group: click.Group, args: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0

@@ -1,0 +1,78 @@
+"""init, doctor and render as a user runs them, on the local backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpcnn.config import load_config
+
+
+@pytest.fixture
+def queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HPCNN_LOCALQ_DIR", str(tmp_path / "localq"))
+    return tmp_path / "localq"
+
+
+def test_init_writes_a_loadable_config_and_never_overwrites(workspace: Path, hpcnn) -> None:
+    code, out, _ = hpcnn("init", "-y", "--scheduler", "torque", "--host", "login.example.org",
+                         "--queue", "gpu", "--walltime", "5:00:00", "--gpus", "2", "--mem", "64gb",
+                         "--mail", "me@example.org", "--setup", "conda activate nnunet")
+    assert code == 0 and "wrote cluster.yaml" in out
+    cfg = load_config(workspace / "cluster.yaml")
+    assert cfg.cluster.host == "login.example.org" and cfg.resources.walltime == 18000
+    assert cfg.resources.mail_events == "e"
+    assert cfg.environment.setup == ["conda activate nnunet"]
+    before = (workspace / "cluster.yaml").read_text()
+    code, _, err = hpcnn("init", "-y", "--scheduler", "slurm", "--host", "other")
+    assert code == 2 and "already exists" in err and "--force" in err
+    assert (workspace / "cluster.yaml").read_text() == before
+    code, _, _ = hpcnn("init", "-y", "--scheduler", "slurm", "--host", "other", "--force")
+    assert code == 0 and load_config(workspace / "cluster.yaml").cluster.scheduler == "slurm"
+
+
+def test_init_rejects_bad_answers_and_writes_nothing(workspace: Path, hpcnn) -> None:
+    code, _, err = hpcnn("init", "-y", "--scheduler", "torque", "--host", "h", "--walltime",
+                         "5 hours")
+    assert code == 2 and "walltime" in err
+    assert not (workspace / "cluster.yaml").exists()
+
+
+def test_doctor_probe_passes_locally(workspace: Path, queue: Path, hpcnn,
+                                     nnunet_available: None) -> None:
+    code, out, _ = hpcnn("doctor", "--probe", "--probe-timeout", "60")
+    assert code == 0, out
+    assert "[ok  ] probe job" in out and "nnunetv2 2." in out
+    assert "all checks passed" in out
+
+
+def test_doctor_probe_reports_setup_failure(workspace: Path, queue: Path, hpcnn) -> None:
+    (workspace / "cluster.yaml").write_text(
+        "environment:\n  setup:\n    - conda activate does-not-exist-env\n")
+    code, out, err = hpcnn("doctor", "--probe", "--probe-timeout", "60")
+    assert code == 1
+    assert "[FAIL] probe job" in out and "environment setup failed" in out
+    assert "fix environment.setup" in out
+    assert "first broken link: probe job" in err
+
+
+def test_render_prints_every_fold(workspace: Path, hpcnn) -> None:
+    (workspace / "cluster.yaml").write_text("training:\n  dataset: 12\n  folds: [0, 2]\n")
+    code, out, _ = hpcnn("render")
+    assert code == 0
+    assert "===== hpcnn-12-nnUNetTrainer-3d_fullres-f0-a1 =====" in out
+    assert "===== hpcnn-12-nnUNetTrainer-3d_fullres-f2-a1 =====" in out
+    assert "f1-a1" not in out
+
+
+def test_render_to_folder(workspace: Path, hpcnn) -> None:
+    code, out, _ = hpcnn("render", "--dataset", "5", "-f", "1", "-o", "scripts")
+    assert code == 0
+    script = workspace / "scripts" / "hpcnn-5-nnUNetTrainer-3d_fullres-f1-a1.sh"
+    assert script.read_text().startswith("#!/bin/bash\n")
+
+
+def test_render_without_dataset_explains(workspace: Path, hpcnn) -> None:
+    code, _, err = hpcnn("render")
+    assert code == 2 and "training.dataset" in err
