@@ -5,10 +5,7 @@
 #                    /etc/slurm/{slurm,gres}.conf written by up.sh, and the hpcuser account
 set -euo pipefail
 
-TB_ETC=/etc/hpcnn-testbed
-TB_VAR=/var/lib/hpcnn-testbed
-SLURM_VAR=$TB_VAR/slurm
-TB_USER=hpcuser
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 log() { echo "[testbed down] $*"; }
 die() { echo "[testbed down] ERROR: $*" >&2; exit 1; }
@@ -25,33 +22,6 @@ esac
 # Gone first: nothing may think the test bed is up while it stops.
 rm -f "$TB_ETC/testbed.env"
 
-pid_alive() {
-    local pidfile=$1 comm=$2 pid
-    [ -s "$pidfile" ] || return 1
-    pid=$(tr -dc 0-9 <"$pidfile")
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ]
-}
-
-stop_pidfile() {
-    local pidfile=$1 comm=$2 pid i
-    if pid_alive "$pidfile" "$comm"; then
-        pid=$(tr -dc 0-9 <"$pidfile")
-        log "stopping $comm (pid $pid)"
-        kill "$pid" 2>/dev/null || true
-        for i in $(seq 1 150); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "$comm did not stop in 15 s, sending SIGKILL"
-            kill -9 "$pid" 2>/dev/null || true
-        fi
-    else
-        log "$comm not running"
-    fi
-    rm -f "$pidfile"
-}
 
 # Only the listener is stopped; open sessions end when their clients do.
 stop_pidfile "$TB_VAR/sshd.pid" sshd
