@@ -1,0 +1,323 @@
+"""Which files make up which case: images, segmentations and channels in an export folder or a
+CSV list, paired by name.
+
+Naming rules (folder input, file names compared case-insensitively):
+
+- images and segmentations end in ``.nrrd``, ``.seg.nrrd``, ``.nii``, ``.nii.gz`` or ``.mha``;
+  other files are ignored and listed in a notice (Slicer scenes hold ``.mrml``, ``.png`` ...).
+- a file is a segmentation when it ends in ``.seg.nrrd`` or its name ends in a separator
+  (space, ``_``, ``-``, ``.``) and ``label``, ``labels``, ``labelmap``, ``seg``, ``segmentation``
+  or ``mask``; the rest of the name is the case (``case7.seg.nrrd``, ``case7_label.nii.gz``,
+  ``case7-label.nrrd``, ``case7 Segmentation.seg.nrrd`` all belong to ``case7``).
+- an image's case is its name, less a trailing ``_image``/``_img``/``_volume``/``_vol``; with
+  ``--channels T1,T2`` the name must end in a separator and one of the channels
+  (``case7_T1.nrrd``), which becomes the channel index in that order.
+- ``--pattern REGEX`` replaces the rules for names they do not fit: it is searched in each
+  file's path relative to the folder, without extension and with ``/`` separators; its named
+  group ``case`` gives the case, a group ``label`` that takes part in the match marks a
+  segmentation (without that group the suffix rule decides), a group ``channel`` the channel.
+  Files it does not match are ignored and listed.
+
+CSV input: a header row with ``image`` and optionally ``segmentation`` (or ``label``/``mask``),
+``case`` and ``channel``; one row per image, paths relative to the CSV file; an empty
+segmentation means an unlabelled image.
+
+Everything is sorted, so the same files always give the same cases in the same order.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpcnn.dataset.report import Finding, error, fix, notice, shorten
+from hpcnn.errors import DataError
+
+EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha")
+_SEP = r"[ _.\-]+"
+_SEG_WORDS = "(?:label|labels|labelmap|seg|segmentation|mask)"
+_SEG_SUFFIX = re.compile(rf"(?i)^(?P<key>.*?){_SEP}{_SEG_WORDS}$")
+_SEG_ONLY = re.compile(rf"(?i)^{_SEG_WORDS}$")
+_IMAGE_SUFFIX = re.compile(rf"(?i)^(?P<key>.+?){_SEP}(?:image|img|volume|vol)$")
+_CSV_COLUMNS = {
+    "image": "image", "img": "image", "volume": "image",
+    "segmentation": "segmentation", "seg": "segmentation", "label": "segmentation",
+    "labels": "segmentation", "mask": "segmentation",
+    "case": "case", "case_id": "case", "channel": "channel",
+}
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file as the user knows it: its path and how messages name it."""
+
+    path: Path
+    display: str
+
+    @property
+    def extension(self) -> str:
+        return split_extension(self.path.name)[1] or ""
+
+
+@dataclass(frozen=True)
+class SourceCase:
+    """One case: its name as found, its images in channel order, its segmentation if any."""
+
+    key: str
+    images: tuple[SourceFile, ...]
+    segmentation: SourceFile | None
+
+
+@dataclass
+class Discovery:
+    cases: list[SourceCase] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass
+class _Entry:
+    file: SourceFile
+    key: str
+    is_seg: bool
+    channel: str | None
+
+
+def split_extension(name: str) -> tuple[str, str | None]:
+    """``("case7", ".seg.nrrd")``; ``(name, None)`` for a file that is not an image."""
+    lower = name.lower()
+    for ext in EXTENSIONS:
+        if lower.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)], ext
+    return name, None
+
+
+def discover(
+    source: Path, *, channels: Sequence[str] = (), pattern: str | None = None
+) -> Discovery:
+    """The cases in a folder or CSV file, with every pairing problem as a finding."""
+    if source.is_file():
+        if pattern:
+            raise DataError("--pattern applies to folders; a CSV names its cases itself",
+                            hint="drop --pattern, or add a 'case' column to the CSV")
+        entries, findings = _csv_entries(source, channels)
+    elif source.is_dir():
+        entries, findings = _folder_entries(source, channels, pattern)
+    else:
+        raise DataError(f"{source}: no such folder or CSV file")
+    cases, pairing = _pair(entries, channels)
+    return Discovery(cases, findings + pairing)
+
+
+def _folder_entries(
+    root: Path, channels: Sequence[str], pattern: str | None
+) -> tuple[list[_Entry], list[Finding]]:
+    regex = _compile(pattern) if pattern else None
+    entries: list[_Entry] = []
+    ignored: list[str] = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        stem, ext = split_extension(path.name)
+        display = rel.as_posix()
+        if ext is None:
+            ignored.append(display)
+            continue
+        file = SourceFile(path, display)
+        if regex is not None:
+            match = regex.search(rel.with_name(stem).as_posix())
+            if not match or not match.group("case"):
+                ignored.append(display)
+                continue
+            is_seg = (bool(match.group("label")) if "label" in regex.groupindex
+                      else _is_seg(stem, ext))
+            channel = match.group("channel") if "channel" in regex.groupindex else None
+            entries.append(_Entry(file, match.group("case"), is_seg, channel))
+        else:
+            entries.append(_by_name(file, stem, ext, channels))
+    findings = []
+    if ignored:
+        why = "not matched by --pattern or not an image" if regex else "not an image file"
+        findings.append(notice("", f"ignored {len(ignored)} file(s), {why}: {shorten(ignored)}"))
+    return entries, findings
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise DataError(f"--pattern {pattern!r} is not a valid regular expression: {exc}") from exc
+    if "case" not in regex.groupindex:
+        raise DataError(f"--pattern {pattern!r} has no (?P<case>...) group",
+                        hint=r"e.g. --pattern '(?P<label>mask_)?(?:img_)?(?P<case>\d+)'")
+    return regex
+
+
+def _is_seg(stem: str, ext: str) -> bool:
+    return ext == ".seg.nrrd" or bool(_SEG_SUFFIX.match(stem)) or bool(_SEG_ONLY.match(stem))
+
+
+def _by_name(file: SourceFile, stem: str, ext: str, channels: Sequence[str]) -> _Entry:
+    """The default naming rules (module docstring)."""
+    if _is_seg(stem, ext):
+        m = _SEG_SUFFIX.match(stem)
+        key = m.group("key") if m else ("" if _SEG_ONLY.match(stem) else stem)
+        key, _ = _strip_channel(key, channels)
+        return _Entry(file, key, True, None)
+    key, channel = _strip_channel(stem, channels)
+    m = _IMAGE_SUFFIX.match(key)
+    return _Entry(file, m.group("key") if m else key, False, channel)
+
+
+def _strip_channel(stem: str, channels: Sequence[str]) -> tuple[str, str | None]:
+    """``("case7", "T1")`` for ``case7_T1``; longer channel names are tried first."""
+    for ch in sorted(channels, key=len, reverse=True):
+        m = re.fullmatch(rf"(?is)(?P<key>.+?){_SEP}{re.escape(ch)}", stem)
+        if m:
+            return m.group("key"), ch
+    return stem, None
+
+
+def _csv_entries(csv_path: Path, channels: Sequence[str]) -> tuple[list[_Entry], list[Finding]]:
+    base = csv_path.parent
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{csv_path}: cannot read: {exc}") from exc
+    reader = csv.DictReader(text.splitlines())
+    columns = {c: _CSV_COLUMNS.get(c.strip().lower()) for c in reader.fieldnames or []}
+    if "image" not in columns.values():
+        raise DataError(f"{csv_path}:1: no 'image' column (found: {', '.join(columns) or 'none'})",
+                        hint="start the CSV with a header such as: image,segmentation")
+    entries: list[_Entry] = []
+    findings: list[Finding] = []
+    for lineno, row in enumerate(reader, start=2):
+        values = {columns[k]: (v or "").strip() for k, v in row.items() if columns.get(k)}
+        where = f"{csv_path.name}:{lineno}"
+        if not values.get("image"):
+            findings.append(error(where, "no image on this row"))
+            continue
+        files = []
+        for role in ("image", "segmentation"):
+            if values.get(role):
+                path = Path(values[role]).expanduser()
+                path = path if path.is_absolute() else base / path
+                if not path.is_file():
+                    findings.append(error(where, f"{values[role]}: no such file"))
+                    continue
+                files.append((role, SourceFile(path, values[role])))
+        for role, file in files:
+            stem, ext = split_extension(file.path.name)
+            entry = _by_name(file, stem, ext or "", channels)
+            entry.is_seg = role == "segmentation"
+            if values.get("case"):
+                entry.key = values["case"]
+            if values.get("channel") and not entry.is_seg:
+                entry.channel = values["channel"]
+            entries.append(entry)
+    return entries, findings
+
+
+def _pair(entries: list[_Entry], channels: Sequence[str]) -> tuple[list[SourceCase], list[Finding]]:
+    """Group by case (case-insensitively, Unicode-normalised: macOS stores names decomposed)."""
+    findings: list[Finding] = []
+    groups: dict[str, list[_Entry]] = {}
+    for entry in entries:
+        if not entry.key.strip(" _.-"):
+            findings.append(error(entry.file.display, "cannot tell which case this file belongs "
+                                  "to: its name is only a segmentation suffix",
+                                  hint="rename it after its image (case7.seg.nrrd for case7.nrrd) "
+                                       "or pass --pattern"))
+            continue
+        groups.setdefault(_norm(entry.key), []).append(entry)
+    wanted = {ch.casefold(): i for i, ch in enumerate(channels)}
+    cases: list[SourceCase] = []
+    for norm in sorted(groups):
+        group = groups[norm]
+        images = [e for e in group if not e.is_seg]
+        segs = [e for e in group if e.is_seg]
+        if len(segs) > 1:
+            findings.append(error(segs[0].file.display, "two segmentations for one case: "
+                                  + ", ".join(e.file.display for e in segs),
+                                  hint="keep one of them in the source folder"))
+        if not images:
+            for e in segs:
+                findings.append(error(e.file.display, "segmentation without an image (no image "
+                                      f"named like {e.key!r})",
+                                      hint="add its image, or name the pair alike "
+                                           "(case7.nrrd + case7.seg.nrrd) or pass --pattern"))
+            continue
+        by_channel: dict[int, list[_Entry]] = {}
+        for e in images:
+            if channels:
+                index = wanted.get((e.channel or "").casefold())
+                if index is None:
+                    findings.append(error(e.file.display, "image of no known channel "
+                                          f"(expected a name ending in one of: "
+                                          f"{', '.join(channels)})",
+                                          hint="rename it, or fix --channels"))
+                    continue
+            elif e.channel:
+                findings.append(error(e.file.display, f"channel {e.channel!r} given but no "
+                                      "--channels list", hint="pass --channels in channel order"))
+                continue
+            else:
+                index = 0
+            by_channel.setdefault(index, []).append(e)
+        bad = False
+        for index, found in sorted(by_channel.items()):
+            if len(found) > 1:
+                bad = True
+                findings.append(error(found[0].file.display, "two images for one case"
+                                      + (f" and channel {channels[index]}" if channels else "")
+                                      + ": " + ", ".join(e.file.display for e in found),
+                                      hint="keep one, or name them by channel and pass --channels"))
+        missing = [channels[i] for i in range(len(channels)) if i not in by_channel]
+        if missing and by_channel:
+            bad = True
+            have = ", ".join(e.file.display for e in images)
+            findings.append(error(images[0].file.display, f"case {images[0].key!r} has no "
+                                  f"{', '.join(missing)} image (found: {have})",
+                                  hint="add the missing channel, or remove the case"))
+        if bad or not by_channel or len(segs) > 1:
+            continue
+        ordered = tuple(by_channel[i][0].file for i in sorted(by_channel))
+        cases.append(SourceCase(by_channel[min(by_channel)][0].key, ordered,
+                                segs[0].file if segs else None))
+    return cases, findings
+
+
+def _norm(key: str) -> str:
+    return unicodedata.normalize("NFC", key).casefold()
+
+
+def case_ids(keys: Sequence[str]) -> tuple[list[str], list[Finding]]:
+    """nnU-Net case ids for case names, in the same order.
+
+    A case keeps its own name, made safe for every file system and shell (accents dropped, runs
+    of other characters turned into ``_``: ``Pätient 02 ü`` → ``Patient_02_u``), when every name
+    stays non-empty and distinct (case-insensitively, for macOS and Windows). Otherwise every case
+    is numbered ``case_001``, ``case_002``... in sorted order, so no id depends on which name
+    happened to collide; ``cases.csv`` maps the ids back to the files either way.
+    """
+    safe = [_sanitise(k) for k in keys]
+    counts = Counter(s.casefold() for s in safe)
+    clashes = sorted({key for key, s in zip(keys, safe, strict=True)
+                      if not s or counts[s.casefold()] > 1})
+    if not clashes:
+        return safe, []
+    width = max(3, len(str(len(keys))))
+    ids = [f"case_{i:0{width}d}" for i in range(1, len(keys) + 1)]
+    shown = ", ".join(repr(k) for k in clashes[:6])
+    return ids, [fix("", f"case names {shown} are empty or the same once made file-name safe: "
+                     f"numbered all cases {ids[0]}...{ids[-1]} (cases.csv maps them back)")]
+
+
+def _sanitise(key: str) -> str:
+    ascii_key = unicodedata.normalize("NFKD", key).encode("ascii", "ignore").decode()
+    return re.sub(r"[^A-Za-z0-9-]+", "_", ascii_key).strip("_-")
