@@ -2,12 +2,119 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import click
+
+from hpcnn.cli.common import AppContext, pass_app
+
+if TYPE_CHECKING:
+    from hpcnn.dataset.report import Finding
 
 
 @click.group("dataset")
 def dataset_group() -> None:
     """Turn Slicer/NRRD/NIfTI exports into a valid nnU-Net dataset, and check one."""
+
+
+@dataset_group.command("import")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", required=True, help="Dataset name: the folder is DatasetNNN_NAME.")
+@click.option("--id", "dataset_id", type=int,
+              help="Dataset id 1-999 [default: the id of the dataset with this name, else the "
+                   "next free one from 501].")
+@click.option("--labels", "labels_file",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="labels.yaml: class names in order, their synonyms and source values.")
+@click.option("--remap", multiple=True, metavar="OLD:NEW[,...]",
+              help="Plain label maps: map input values, e.g. 255:1 (repeatable).")
+@click.option("--overlap", metavar="NAME,...",
+              help="Overlapping Slicer segments: priority order, first wins [default: error].")
+@click.option("--modality", metavar="CT|MR[,...]",
+              help="channel_names, one for all channels or one each; CT selects nnU-Net's CT "
+                   "normalisation.")
+@click.option("--channels", metavar="T1,T2,...",
+              help="Several images per case, named CASE_T1 ...: channels in this order.")
+@click.option("--pattern", metavar="REGEX",
+              help="Pair other names: a regex with (?P<case>...) and optional (?P<label>...) "
+                   "and (?P<channel>...) groups, searched in each relative path.")
+@click.option("--format", "file_format", type=click.Choice(["nrrd", "nii.gz"]),
+              help="Output format [default: nrrd when every input is NRRD, else nii.gz].")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2,
+              show_default=True, help="Labelled cases held out in imagesTs/labelsTs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@click.option("--strict", is_flag=True,
+              help="Treat warnings (an image without segmentation, a missing segment) as errors.")
+@click.option("--force", is_flag=True, help="Replace an existing dataset with this id.")
+@click.option("--workers", "-j", type=click.IntRange(min=1),
+              help="Parallel processes [default: all cores].")
+@pass_app
+def import_command(app: AppContext, source: Path, name: str, dataset_id: int | None,
+                   labels_file: Path | None, remap: tuple[str, ...], overlap: str | None,
+                   modality: str | None, channels: str | None, pattern: str | None,
+                   file_format: str | None, test_fraction: float, seed: int, strict: bool,
+                   force: bool, workers: int | None) -> None:
+    """Import Slicer/NRRD/NIfTI exports into nnUNet_raw/DatasetNNN_NAME.
+
+    SOURCE is a folder (searched recursively) or a CSV with image and segmentation columns.
+    Images pair with segmentations by name: case7.nrrd with case7.seg.nrrd, case7_label.nii.gz,
+    case7-label.nrrd or "case7 Segmentation.seg.nrrd". Slicer segments become classes by name,
+    whatever label value each file stored; segmentations are put onto their image's grid. Images
+    without a segmentation go to imagesTs. Nothing is written unless every case imports.
+    """
+    from hpcnn.dataset.importer import ImportOptions, import_dataset
+    from hpcnn.workspace import Workspace
+
+    options = ImportOptions(
+        source=source, name=name, dataset_id=dataset_id, labels_file=labels_file, remap=remap,
+        overlap=_names(overlap), modality=_names(modality), channels=_names(channels),
+        pattern=pattern, file_format=file_format, test_fraction=test_fraction, seed=seed,
+        strict=strict, force=force, workers=workers,
+    )
+    workspace = Workspace(app.config.workspace)
+    with _progress() as on_progress:
+        result = import_dataset(workspace, options, on_progress)
+    _print_findings(result.findings)
+    labels = ", ".join(f"{k} {v}" for k, v in result.labels.items())
+    click.secho(f"{result.dataset.folder_name}: {result.count('train')} training, "
+                f"{result.count('test')} test, {result.count('unlabelled')} unlabelled case(s), "
+                f"{result.file_ending} → {result.path}", fg="green")
+    click.echo(f"labels: {labels}")
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (text or "").split(",") if p.strip())
+
+
+_LEVEL_STYLE = {"error": "red", "warning": "yellow", "fix": "cyan", "notice": None}
+
+
+def _print_findings(findings: list[Finding]) -> None:
+    from hpcnn.dataset.report import summary_lines
+
+    for level, text in summary_lines(findings):
+        click.secho(f"{level}: {text}", fg=_LEVEL_STYLE[level])
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar on stderr (only drawn on a terminal), one task per phase."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True)
+    tasks: dict[str, Any] = {}
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done)
+
+        yield update
 
 
 COMMANDS = [dataset_group]

@@ -65,11 +65,16 @@ def raise_if_errors(findings: Iterable[Finding], *, strict: bool = False) -> Non
     if len(stopping) == 1:
         only = stopping[0]
         raise ImportFailed(only.line() + suffix, stopping, hint=only.hint)
-    lines = [f"{len(stopping)} problems{suffix}; nothing was imported:"]
+    groups: dict[tuple[str, str | None], list[str]] = {}
     for f in stopping:
-        lines.append(f"  {f.line()}")
-        if f.hint:
-            lines.append(f"    fix: {f.hint}")
+        groups.setdefault((f.message, f.hint), []).append(f.file)
+    lines = [f"{len(stopping)} problems{suffix}; nothing was imported:"]
+    for (message, hint), files in groups.items():
+        named = ", ".join(f for f in files if f)
+        lines.append(f"  {named}: {message}" if len(files) == 1 and named
+                     else f"  {message}" + (f" ({named})" if named else ""))
+        if hint:
+            lines.append(f"    fix: {hint}")
     raise ImportFailed("\n".join(lines), stopping)
 
 
