@@ -401,3 +401,52 @@ def write_nnunet_dataset(
     }
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
     return cases
+
+
+def organ_masks(grid: Grid, names: Sequence[str] = ("liver", "tumor")) -> dict[str, np.ndarray]:
+    """One sphere per name, side by side along x and touching nothing: a segmentation that
+    needs no overlap rule."""
+    n = len(names)
+    width = grid.size[0] / n
+    radius = min(width / 2 - 1, grid.size[1] / 3, grid.size[2] / 3)
+    return {name: sphere(grid, (width * (i + 0.5), grid.size[1] / 2, grid.size[2] / 2), radius)
+            for i, name in enumerate(names)}
+
+
+def labelled_case(
+    folder: Path,
+    key: str,
+    *,
+    grid: Grid | None = None,
+    names: Sequence[str] = ("liver", "tumor"),
+    seg: str | None = "slicer",
+    image_ext: str = ".nrrd",
+    label_ext: str = ".nrrd",
+    values: Sequence[int] | None = None,
+    seed: int = 0,
+) -> SyntheticCase:
+    """One small case in ``folder``: ``<key><image_ext>`` and its segmentation.
+
+    ``seg`` is ``"slicer"`` (``<key>.seg.nrrd``, cropped, label values ``values`` or 1, 2, ...),
+    ``"labelmap"`` (``<key>_label<label_ext>`` holding ``values``, default 1, 2, ...) or None
+    (an image alone). Masks: ``organ_masks``.
+    """
+    grid = grid or Grid((28, 20, 16), (1.0, 1.0, 2.0), (5.0, -3.0, 10.0))
+    rng = np.random.default_rng(seed)
+    masks = organ_masks(grid, names)
+    values = list(values) if values is not None else list(range(1, len(names) + 1))
+    image = write_image(folder / f"{key}{image_ext}", ct_image(grid, masks, rng), grid)
+    seg_path = None
+    if seg == "slicer":
+        seg_path = write_slicer_seg(folder / f"{key}.seg.nrrd",
+                                    [Segment(n, m, label_value=v)
+                                     for (n, m), v in zip(masks.items(), values, strict=True)],
+                                    grid)
+    elif seg == "labelmap":
+        label_map = grid.zeros(np.uint8)
+        for mask, v in zip(masks.values(), values, strict=True):
+            label_map[mask] = v
+        seg_path = write_image(folder / f"{key}_label{label_ext}", label_map, grid)
+    elif seg is not None:
+        raise ValueError(f"seg={seg!r}: use 'slicer', 'labelmap' or None")
+    return SyntheticCase(key, [image], seg_path, grid, masks)
