@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import synthetic
+
 from hpcnn.dataset.importer import ImportOptions, ImportResult, import_dataset
 from hpcnn.workspace import Workspace
 
@@ -129,7 +129,8 @@ def test_images_without_segmentation_go_to_imagests_and_are_listed(
     result = run_import(tmp_path / "ws", src)
     assert (result.path / "imagesTs" / "new_patient_0000.nrrd").is_file()
     assert not (result.path / "labelsTs").exists()
-    warned = [f for f in result.findings if f.level == "warning" and "without a segmentation" in f.message]
+    warned = [f for f in result.findings
+              if f.level == "warning" and "without a segmentation" in f.message]
     assert [f.file for f in warned] == ["new patient.nrrd"]
     rows = list(csv.DictReader((result.path / "cases.csv").open(encoding="utf-8")))
     assert {r["split"] for r in rows if r["case_id"] == "new_patient"} == {"unlabelled"}
