@@ -8,6 +8,7 @@ argv; the dialect never touches the network or the disk. Adding a scheduler is o
 
 from __future__ import annotations
 
+import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -70,18 +71,26 @@ class Dialect(ABC):
 
     name: str
     max_job_name: int = 64
-    """Longest job name the scheduler keeps; longer names are truncated."""
+    """Longest job name the scheduler keeps; longer names are shortened (see job_name)."""
 
     @property
     def header_template(self) -> str:
         return f"header/{self.name}.sh.j2"
 
     def job_name(self, name: str) -> str:
-        """Sanitise a job name to what the scheduler accepts (letters, digits, ``._-``)."""
+        """Sanitise a job name to what the scheduler accepts (letters, digits, ``._-``).
+
+        A name over ``max_job_name`` keeps its start plus a short hash of the whole name: a plain
+        cut would give every fold of a run the same name (Torque keeps 15 characters), and
+        names are how a crash between submit and the registry is reconciled.
+        """
         clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "hpcnn"
         if not clean[0].isalpha():
             clean = "j" + clean
-        return clean[: self.max_job_name]
+        if len(clean) <= self.max_job_name:
+            return clean
+        digest = hashlib.sha1(clean.encode()).hexdigest()[:5]
+        return f"{clean[: self.max_job_name - len(digest) - 1].rstrip('_.-')}-{digest}"
 
     @abstractmethod
     def submit_command(

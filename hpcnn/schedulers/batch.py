@@ -1,0 +1,162 @@
+"""What the cluster dialects share: dependency syntax and the PBS family's logic.
+
+Torque and PBS Pro both descend from OpenPBS: the same ``qsub -W depend=...``, the same job-id
+shape (``123.server``, arrays ``123[]``/``123[4]``), the same ``qdel``, and finished jobs whose
+exit status has negative values of the batch system's own. They differ only in how ``qstat``
+reports (Torque text, PBS Pro JSON), so :class:`PbsDialect` does everything else once and each
+subclass reads its own qstat output into :class:`RawJob` records. Slurm shares the dependency
+syntax (``afterok:1:2,afterany:3``).
+"""
+
+from __future__ import annotations
+
+import re
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from hpcnn.errors import SchedulerError, SchedulerUnavailable
+from hpcnn.schedulers.base import Dependency, Dialect, JobState, SchedulerJob
+
+# 123, 123.server.domain, 123[], 123[4].server: qsub prints nothing else on success.
+_JOB_ID = re.compile(r"^\s*(\d+(?:\[\d*\])?(?:\.[A-Za-z0-9_.-]+)?)\s*$")
+_SIGNAL_BASE = 256  # Torque/PBS report "killed by signal N" as 256+N (bash reports 128+N)
+_UNKNOWN_ID = 153  # PBSE_UNKJOBID (15001) as an exit status
+
+
+def dependency_spec(dependencies: Sequence[Dependency]) -> str:
+    """``afterok:1:2,afterany:3``: ids of one kind joined by ``:``, kinds by ``,``."""
+    kinds: dict[str, list[str]] = {}
+    for dep in dependencies:
+        kinds.setdefault(dep.kind, []).append(dep.job_id)
+    return ",".join(":".join([kind, *ids]) for kind, ids in kinds.items())
+
+
+def hms_seconds(text: str | None) -> int | None:
+    """``05:00:00`` (or ``1:05:00:00``, days first) → seconds; None when absent or unreadable."""
+    if not text or not re.fullmatch(r"\d+(:\d+)*", text.strip()):
+        return None
+    seconds = 0
+    for part in text.strip().split(":"):
+        seconds = seconds * 60 + int(part)
+    return seconds
+
+
+def qstat_failure(stderr: str, returncode: int) -> str | None:
+    """The error text when a qstat call failed as a whole, or None when it only forgot ids.
+
+    "Unknown Job Id" (and exit 153 with nothing printed: Slurm's Torque wrapper) means the ids
+    left the server's memory, not that the scheduler is down.
+    """
+    if returncode == 0:
+        return None
+    other = [
+        line for line in stderr.splitlines()
+        if line.strip() and not re.search(r"unknown job id|job has finished", line, re.I)
+    ]
+    if other:
+        return "\n".join(other)
+    if stderr.strip() or returncode == _UNKNOWN_ID:
+        return None
+    return f"qstat exited {returncode} without a message"
+
+
+@dataclass(frozen=True)
+class RawJob:
+    """The attributes of one job that hpcnn reads from qstat, whatever its format."""
+
+    state: str
+    exit_status: str | None = None
+    used_walltime: str | None = None
+    walltime_limit: str | None = None
+    comment: str | None = None
+
+
+class PbsDialect(Dialect):
+    """Submit, status rules and cancel as Torque and PBS Pro both do them."""
+
+    active_states: Mapping[str, JobState]
+    finished_states: frozenset[str]
+    walltime_codes: frozenset[int]
+    """Exit statuses that mean "killed at its walltime" (the batch system's own codes)."""
+
+    @abstractmethod
+    def read_status(self, stdout: str) -> Mapping[str, RawJob]:
+        """qstat's output → {job id as printed: attributes}; unreadable parts are skipped."""
+
+    def submit_command(
+        self, script: str, *, workdir: str, dependencies: Sequence[Dependency] = ()
+    ) -> list[str]:
+        """qsub never gets ``-V``: exporting the whole environment leaks ``BASH_FUNC_*``
+        variables that break PBS Pro's JSON status (OpenPBS issue 2541); the job script sets
+        what it needs, and the caller runs qsub in ``workdir``."""
+        depend = ["-W", f"depend={dependency_spec(dependencies)}"] if dependencies else []
+        return ["qsub", *depend, script]
+
+    def parse_submit(self, stdout: str) -> str:
+        """The job id printed by qsub (``123``, ``123.server``), or SchedulerError."""
+        for line in stdout.splitlines():
+            match = _JOB_ID.match(line)
+            if match:
+                return match.group(1)
+        raise SchedulerError(f"qsub did not print a job id: {stdout.strip() or '(no output)'}")
+
+    def parse_status(
+        self, stdout: str, stderr: str, returncode: int, job_ids: Sequence[str]
+    ) -> Mapping[str, SchedulerJob]:
+        found = self.read_status(stdout)
+        failure = qstat_failure(stderr, returncode)
+        if failure and not found:
+            raise SchedulerUnavailable(f"qstat failed (exit {returncode}): {failure}")
+        jobs: dict[str, SchedulerJob] = {}
+        for reported, raw in found.items():
+            job_id = _as_asked(reported, job_ids)
+            if raw.state in self.finished_states:
+                job = self._finished(job_id, raw)
+                if job is not None:
+                    jobs[job_id] = job
+            else:
+                jobs[job_id] = SchedulerJob(
+                    job_id, self.active_states.get(raw.state, JobState.UNKNOWN),
+                    reason=raw.comment, raw_state=raw.state or None,
+                )
+        return jobs
+
+    def _finished(self, job_id: str, raw: RawJob) -> SchedulerJob | None:
+        """A finished job from its exit status; None when the scheduler does not say how it
+        ended (Slurm's Torque wrapper shows ``C`` for every end).
+
+        Leaving such a job out lets its own exit marker decide, and a job without one become
+        ``lost`` after the grace period, instead of a guessed "completed". A walltime kill is
+        recognised by the scheduler's code or by the job having used its whole walltime.
+        """
+        status = (raw.exit_status or "").strip()
+        if not re.fullmatch(r"-?\d+", status):
+            return None
+        code = int(status)
+        used, limit = hms_seconds(raw.used_walltime), hms_seconds(raw.walltime_limit)
+        hit_limit = used is not None and limit is not None and used >= limit
+        why = None
+        if code in self.walltime_codes or (code != 0 and hit_limit):
+            state, why = JobState.TIMEOUT, "walltime exceeded"
+        elif code == 0:
+            state = JobState.COMPLETED
+        else:
+            state = JobState.FAILED
+            if code > _SIGNAL_BASE:
+                why = f"killed by signal {code - _SIGNAL_BASE}"
+            elif code < 0:
+                why = f"the batch system's own exit code {code}"
+        detail = "; ".join(part for part in (why, raw.comment) if part) or None
+        return SchedulerJob(job_id, state, exit_code=code, reason=detail, raw_state=raw.state)
+
+    def cancel_command(self, job_ids: Sequence[str]) -> list[str]:
+        return ["qdel", *job_ids]
+
+
+def _as_asked(reported: str, asked: Sequence[str]) -> str:
+    """The id as hpcnn asked for it: ``qstat 123`` may answer ``123.server``, and vice versa."""
+    if reported in asked:
+        return reported
+    base = reported.split(".", 1)[0]
+    return next((job_id for job_id in asked if job_id.split(".", 1)[0] == base), reported)
