@@ -398,10 +398,11 @@ def _scan(task: _ScanTask) -> _Scan:
                               hint="save it as a single-component label map or a .seg.nrrd"))
         return _Scan(findings, None)
     try:
-        array = sitk.GetArrayViewFromImage(sitk.ReadImage(path))
+        image = sitk.ReadImage(path)
     except RuntimeError as exc:
         findings.append(_unreadable(display, exc))
         return _Scan(findings, None)
+    array = sitk.GetArrayViewFromImage(image)  # a view: ``image`` must outlive it
     values = np.unique(array)
     if values.dtype.kind == "f":
         whole = np.isfinite(values) & (values == np.round(values))
