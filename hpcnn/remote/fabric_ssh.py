@@ -1,0 +1,247 @@
+"""The cluster through Fabric/paramiko: pure Python, one transport for the whole invocation.
+
+The ssh config (``$HPCNN_SSH_CONFIG`` or ~/.ssh/config) is loaded explicitly, so Host aliases,
+HostName, User, Port, IdentityFile and ProxyJump work as with ``ssh``; keys come from there,
+cluster.yaml, the agent and ~/.ssh. Fabric itself accepts unknown host keys silently
+(AutoAddPolicy) and reads no known_hosts: here known_hosts files are loaded (ssh's defaults or
+the config's UserKnownHostsFile) and an unknown key is refused with its fingerprint. Commands
+run on channels of ONE paramiko transport, and files move over SFTP on that same transport;
+only rsync, when used, opens its own ssh connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import getpass
+import hashlib
+import os
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import fabric
+import paramiko
+
+from hpcnn.errors import HpcnnError
+from hpcnn.remote.base import Result, login_wrap
+from hpcnn.remote.ssh_common import (
+    TIMED_OUT,
+    Failure,
+    SshConnection,
+    Target,
+    atomic_local_target,
+    failure,
+    safe_relative,
+    ssh_config_file,
+    ssh_options,
+)
+
+if TYPE_CHECKING:
+    from hpcnn.config import ClusterSection
+
+_DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2", "/etc/ssh/ssh_known_hosts")
+_READ_SIZE = 65536
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """``ED25519 SHA256:...``, as ``ssh-keygen -l`` shows it."""
+    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+    kind = key.get_name().removeprefix("ssh-").split("-")[0].upper()
+    return f"{kind} SHA256:{digest}"
+
+
+class _UnknownHostKey(Exception):
+    def __init__(self, offered: str) -> None:
+        super().__init__(offered)
+        self.offered = offered
+
+
+class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
+    """Never add a key silently: the user checks the fingerprint and records it."""
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        raise _UnknownHostKey(fingerprint(key))
+
+
+def _prompt(title: str, instructions: str, prompts: Sequence[tuple[str, bool]]) -> list[str]:
+    """keyboard-interactive (passwords, 2FA codes) on the terminal; hidden unless echoed."""
+    for text in (title, instructions):
+        if text.strip():
+            print(text.strip(), file=sys.stderr)
+    return [input(p) if echo else getpass.getpass(p) for p, echo in prompts]
+
+
+def _known_hosts_files(ssh_config: dict[str, Any]) -> list[str]:
+    """UserKnownHostsFile from the ssh config replaces the user's default, as in OpenSSH."""
+    configured = ssh_config.get("userknownhostsfile")
+    user = configured.split() if isinstance(configured, str) else list(_DEFAULT_KNOWN_HOSTS[:2])
+    return [os.path.expanduser(p) for p in [*user, _DEFAULT_KNOWN_HOSTS[2]]]
+
+
+def _secure(conn: fabric.Connection) -> None:
+    """Known hosts and the refusing policy for the connection and every ProxyJump hop."""
+    hop: Any = conn
+    while isinstance(hop, fabric.Connection):
+        hop.client.set_missing_host_key_policy(_RefuseUnknown())
+        for path in _known_hosts_files(hop.ssh_config):
+            if os.path.isfile(path):
+                hop.client.load_system_host_keys(path)
+        hop = hop.gateway
+
+
+class FabricConnection(SshConnection):
+    def __init__(self, cluster: ClusterSection) -> None:
+        self.cluster = cluster
+        config_path = ssh_config_file()
+        config = fabric.Config(runtime_ssh_path=config_path) if config_path else fabric.Config()
+        kwargs: dict[str, Any] = {}
+        if cluster.identity_file:
+            kwargs["key_filename"] = [os.path.expanduser(cluster.identity_file)]
+        self._conn = fabric.Connection(
+            cluster.host or "", user=cluster.user, port=cluster.port, config=config,
+            connect_timeout=max(1, round(cluster.connect_timeout)), connect_kwargs=kwargs,
+        )
+        _secure(self._conn)
+        self.target = Target(self._conn.host, int(self._conn.port), self._conn.user)
+        self.description = str(self.target)
+        self._sftp: paramiko.SFTPClient | None = None
+
+    def _transport(self) -> paramiko.Transport:
+        """The one transport, opened on first use; failures become ConnectionFailed."""
+        if self._conn.is_connected:
+            return self._conn.transport
+        try:
+            try:
+                self._conn.open()
+            except paramiko.AuthenticationException:
+                if not (sys.stdin.isatty() and self._conn.client.get_transport()):
+                    raise
+                self._conn.client.get_transport().auth_interactive(self._conn.user, _prompt)
+                self._conn.transport = self._conn.client.get_transport()
+        except HpcnnError:
+            raise
+        except Exception as exc:
+            self._conn.close()
+            raise self._failure(exc) from exc
+        return self._conn.transport
+
+    def _failure(self, exc: BaseException) -> HpcnnError:
+        timeout = self.cluster.connect_timeout
+        if isinstance(exc, _UnknownHostKey):
+            return failure(Failure.HOSTKEY_UNKNOWN, self.target, exc.offered)
+        if isinstance(exc, paramiko.BadHostKeyException):
+            return failure(Failure.HOSTKEY_CHANGED, self.target,
+                           f"it now offers {fingerprint(exc.key)}")
+        if isinstance(exc, paramiko.AuthenticationException):
+            return failure(Failure.AUTH, self.target, str(exc))
+        if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+            codes = {getattr(e, "errno", None) for e in exc.errors.values()}
+            if codes <= {errno.ECONNREFUSED}:
+                return failure(Failure.REFUSED, self.target)
+            return failure(Failure.UNREACHABLE, self.target, str(exc))
+        if isinstance(exc, TimeoutError | socket.timeout):
+            return failure(Failure.TIMEOUT, self.target, timeout=timeout)
+        if isinstance(exc, ConnectionRefusedError):
+            return failure(Failure.REFUSED, self.target)
+        if isinstance(exc, socket.gaierror | OSError):
+            return failure(Failure.UNREACHABLE, self.target, str(exc))
+        return failure(Failure.CLOSED, self.target, str(exc))
+
+    def _run(self, line: str, *, stdin: str | None, timeout: float | None) -> Result:
+        transport = self._transport()
+        try:
+            channel = transport.open_session(timeout=self.cluster.connect_timeout)
+        except Exception as exc:
+            raise self._failure(exc) from exc
+        with channel:
+            channel.settimeout(timeout)
+            channel.exec_command(login_wrap(self.cluster.login_shell, line))
+            if stdin:
+                channel.sendall(stdin.encode())
+            channel.shutdown_write()
+            errors: list[bytes] = []
+            reader = threading.Thread(target=_drain, args=(channel.recv_stderr, errors),
+                                      daemon=True)
+            reader.start()
+            output: list[bytes] = []
+            try:
+                _drain(channel.recv, output)
+                reader.join(timeout)
+                code = channel.recv_exit_status()
+            except TimeoutError:
+                return Result(b"".join(output).decode(errors="replace"),
+                              f"timed out after {timeout:g} s", TIMED_OUT)
+        return Result(b"".join(output).decode(errors="replace"),
+                      b"".join(errors).decode(errors="replace"), code)
+
+    def sftp(self) -> paramiko.SFTPClient:
+        """One SFTP session on the same transport, opened on first use."""
+        if self._sftp is None:
+            self._sftp = paramiko.SFTPClient.from_transport(self._transport())
+        return self._sftp
+
+    def _upload(self, local: Path, remote: str) -> None:
+        """SFTP to a temporary name, then an atomic rename over the target."""
+        tmp = f"{remote}.tmp-hpcnn"
+        sftp = self.sftp()
+        sftp.put(str(local), tmp)
+        mtime = os.stat(local).st_mtime
+        sftp.utime(tmp, (mtime, mtime))
+        sftp.posix_rename(tmp, remote)
+
+    def _download(self, remote: str, local: Path) -> None:
+        tmp = atomic_local_target(local)
+        try:
+            sftp = self.sftp()
+            sftp.get(remote, str(tmp))
+            mtime = sftp.stat(remote).st_mtime
+            if mtime is not None:
+                os.utime(tmp, (mtime, mtime))
+            os.replace(tmp, local)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _mkdirs(self, folders: Sequence[str]) -> None:
+        self.run(["mkdir", "-p", *sorted(set(folders))])
+
+    def put(self, local: Path, remote: str) -> None:
+        self._mkdirs([os.path.dirname(remote) or "."])
+        self._upload(Path(local), remote)
+
+    def get(self, remote: str, local: Path) -> None:
+        self._download(remote, Path(local))
+
+    def rsync_ssh_command(self) -> list[str]:
+        return ["ssh", *ssh_options(self.cluster, batch=not sys.stdin.isatty())]
+
+    def rsync_destination(self) -> str:
+        return self.cluster.host or self.target.host
+
+    def send_files(self, local: Path, remote: str, files: Sequence[str]) -> None:
+        self._mkdirs([os.path.dirname(f"{remote}/{rel}") for rel in files])
+        for rel in files:
+            self._upload(local / rel, f"{remote}/{rel}")
+
+    def fetch_files(self, remote: str, local: Path, files: Sequence[str]) -> None:
+        for rel in files:
+            self._download(f"{remote}/{rel}", local / safe_relative(rel))
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.close()
+            self._sftp = None
+        self._conn.close()
+
+
+def _drain(recv: Any, sink: list[bytes]) -> None:
+    while True:
+        chunk = recv(_READ_SIZE)
+        if not chunk:
+            return
+        sink.append(chunk)
+

@@ -1,0 +1,349 @@
+"""What both SSH connections share: failure messages, ssh/rsync argv, and incremental-copy rules.
+
+The two transports (system OpenSSH, Fabric/paramiko) must fail the same way for the same
+cause, so the user-facing text of every connection failure lives here once; each transport
+only recognises the cause (from ssh's stderr, or from paramiko's exception). rsync runs the
+system ``ssh`` under both transports, so its ``-e`` command is built here from the cluster
+section too. Nothing here imports paramiko: the CLI start-up path may import this module.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpcnn.errors import ConfigError, ConnectionFailed, RemoteCommandError
+from hpcnn.remote.base import Connection
+
+if TYPE_CHECKING:
+    from hpcnn.config import ClusterSection
+
+SSH_CONFIG_ENV = "HPCNN_SSH_CONFIG"
+"""An ssh config file used instead of ~/.ssh/config (both transports): a project's own hosts,
+and how the tests point a Host alias at the test bed without touching the user's files."""
+
+PARTIAL_DIR = ".rsync-partial"
+TIMED_OUT = 124
+"""A command that ran past its timeout returns this status, like timeout(1)."""
+
+
+class Failure(str, Enum):
+    UNREACHABLE = "unreachable"
+    REFUSED = "refused"
+    TIMEOUT = "timeout"
+    AUTH = "auth"
+    HOSTKEY_UNKNOWN = "hostkey-unknown"
+    HOSTKEY_CHANGED = "hostkey-changed"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a connection goes, as resolved from cluster.yaml and the ssh config."""
+
+    host: str
+    port: int
+    user: str
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The name known_hosts files use: ``host``, or ``[host]:port`` off port 22."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+
+def ssh_config_file() -> str | None:
+    return os.environ.get(SSH_CONFIG_ENV) or None
+
+
+def accept_hint(target: Target) -> str:
+    port = f"-p {target.port} " if target.port != 22 else ""
+    return (
+        "compare the fingerprint with the one your cluster documents (or ask its admins), then "
+        f"record it: ssh-keyscan {port}{shlex.quote(target.host)} >> ~/.ssh/known_hosts "
+        "(or run `hpcnn doctor --accept-host-key`, which shows it and asks)"
+    )
+
+
+def failure(kind: Failure, target: Target, detail: str = "", *,
+            timeout: float | None = None) -> ConnectionFailed:
+    """The one message (and fix) for each way a connection fails, whatever the transport."""
+    detail = detail.strip()
+    where = f"{target.host} port {target.port}"
+    if kind == Failure.REFUSED:
+        return ConnectionFailed(
+            f"{where} refused the connection: no SSH server listens there",
+            hint="check cluster.port (or Port in your ssh config); SSH usually listens on 22")
+    if kind == Failure.TIMEOUT:
+        waited = f" within {timeout:g} s" if timeout else ""
+        return ConnectionFailed(
+            f"no answer from {where}{waited}" + (f" ({detail})" if detail else ""),
+            hint="check cluster.host, your network or VPN, or raise cluster.connect_timeout")
+    if kind == Failure.AUTH:
+        return ConnectionFailed(
+            f"{target} refused the login" + (f": {detail}" if detail else ""),
+            hint="check cluster.user and cluster.identity_file (or your ssh-agent); the public "
+                 "key must be in ~/.ssh/authorized_keys on the cluster (ssh-copy-id does that)")
+    if kind == Failure.HOSTKEY_UNKNOWN:
+        return ConnectionFailed(
+            f"the host key of {target.known_hosts_name} is not in your known_hosts, so hpcnn "
+            "refuses to connect" + (f"; the server offers {detail}" if detail else ""),
+            hint=accept_hint(target))
+    if kind == Failure.HOSTKEY_CHANGED:
+        return ConnectionFailed(
+            f"the host key of {target.known_hosts_name} has CHANGED since you recorded it: "
+            "this is either a reinstalled cluster or someone intercepting the connection"
+            + (f" ({detail})" if detail else ""),
+            hint="ask the cluster's admins whether the key changed; only then remove the old one "
+                 f"with ssh-keygen -R {shlex.quote(target.known_hosts_name)} and record the "
+                 "new one")
+    if kind == Failure.CLOSED:
+        return ConnectionFailed(
+            f"{where} closed the connection" + (f": {detail}" if detail else ""),
+            hint="the server may limit connections or the account may be locked; try "
+                 f"`ssh -v -p {target.port} {target.user}@{target.host}` to see why")
+    return ConnectionFailed(
+        f"cannot reach {target.host}" + (f": {detail}" if detail else ""),
+        hint="check cluster.host (or HostName in your ssh config) and your network or VPN")
+
+
+# ssh's own messages (OpenSSH client, exit status 255), most specific first.
+_SSH_MESSAGES: list[tuple[Failure, re.Pattern[str]]] = [
+    (Failure.HOSTKEY_CHANGED, re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|"
+                                         r"Host key for .* has changed")),
+    (Failure.HOSTKEY_UNKNOWN, re.compile(r"host key is known for|Host key verification failed")),
+    (Failure.AUTH, re.compile(r"Permission denied \(|Too many authentication failures|"
+                              r"Authentication failed")),
+    (Failure.REFUSED, re.compile(r"Connection refused")),
+    (Failure.TIMEOUT, re.compile(r"timed out|Operation timed out")),
+    (Failure.UNREACHABLE, re.compile(r"Could not resolve hostname|No route to host|"
+                                     r"Network is unreachable|Name or service not known")),
+    (Failure.CLOSED, re.compile(r"Connection closed by|Connection reset by|"
+                                r"kex_exchange_identification|ssh_exchange_identification")),
+]
+
+
+def classify_ssh_stderr(stderr: str) -> tuple[Failure, str] | None:
+    """Which connection failure ssh's stderr reports, with its most telling line; None when
+    the text is the remote command's own (a command may exit 255 too)."""
+    for kind, pattern in _SSH_MESSAGES:
+        match = pattern.search(stderr)
+        if match:
+            line = next((ln.strip() for ln in stderr.splitlines() if pattern.search(ln)), "")
+            return kind, line
+    return None
+
+
+def offered_fingerprints(target: Target, timeout: float) -> str:
+    """The host key fingerprints the server offers (ssh-keyscan), for the unknown-key message;
+    empty when ssh-keyscan is missing or gets nothing."""
+    if not (shutil.which("ssh-keyscan") and shutil.which("ssh-keygen")):
+        return ""
+    try:
+        scan = subprocess.run(
+            ["ssh-keyscan", "-T", str(max(1, int(timeout))), "-p", str(target.port), target.host],
+            capture_output=True, text=True, timeout=timeout + 5, check=False)
+        keys = subprocess.run(["ssh-keygen", "-lf", "-"], input=scan.stdout,
+                              capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    prints = [f"{p[-1].strip('()')} {p[1]}" for p in (ln.split() for ln in keys.stdout.splitlines())
+              if len(p) >= 4]
+    return ", ".join(prints)
+
+
+def ssh_options(cluster: ClusterSection, *, batch: bool) -> list[str]:
+    """Options every ``ssh`` hpcnn starts gets (its commands under openssh, rsync's under both).
+
+    Unknown host keys are refused (StrictHostKeyChecking=yes) whatever the ssh config says;
+    BatchMode when there is no terminal, so cron never hangs on a password prompt.
+    """
+    opts = []
+    config = ssh_config_file()
+    if config:
+        opts += ["-F", config]
+    if cluster.port:
+        opts += ["-p", str(cluster.port)]
+    if cluster.user:
+        opts += ["-l", cluster.user]
+    if cluster.identity_file:
+        opts += ["-i", os.path.expanduser(cluster.identity_file)]
+    opts += ["-o", f"ConnectTimeout={max(1, round(cluster.connect_timeout))}",
+             "-o", "StrictHostKeyChecking=yes"]
+    if batch:
+        opts += ["-o", "BatchMode=yes"]
+    return opts
+
+
+def rsync_argv(ssh_command: Sequence[str], src: str, dst: str,
+               exclude: Sequence[str] = ()) -> list[str]:
+    """rsync that copies new and changed files and never deletes; interrupted files wait in
+    ``.rsync-partial`` until the next run, so a reader never sees half a file. ``-s`` keeps
+    remote paths with spaces, quotes or ``$(...)`` from being parsed by the remote shell."""
+    argv = ["rsync", "-a", "-s", "--partial", f"--partial-dir={PARTIAL_DIR}",
+            "--exclude", PARTIAL_DIR, "-e", shlex.join(ssh_command)]
+    for pattern in exclude:
+        argv += ["--exclude", pattern]
+    return [*argv, src, dst]
+
+
+def local_rsync_ok() -> bool:
+    """GNU rsync here (macOS ships openrsync, which lacks options hpcnn uses)."""
+    if not shutil.which("rsync"):
+        return False
+    try:
+        out = subprocess.run(["rsync", "--version"], capture_output=True, text=True,
+                             timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return bool(re.match(r"rsync\s+version\s+3", out))
+
+
+# (size, whole-second mtime) of each file below a folder, by POSIX relative path.
+Listing = Mapping[str, tuple[int, int]]
+
+
+def excluded(rel: str, patterns: Sequence[str]) -> bool:
+    """rsync-like exclusion: a pattern matches the relative path or any one path component."""
+    parts = rel.split("/")
+    return any(fnmatch.fnmatch(rel, p) or any(fnmatch.fnmatch(c, p) for c in parts)
+               for p in patterns)
+
+
+def local_listing(root: Path) -> dict[str, tuple[int, int]]:
+    files = {}
+    for path in root.rglob("*"):
+        if path.is_file():
+            st = path.stat()
+            files[path.relative_to(root).as_posix()] = (st.st_size, int(st.st_mtime))
+    return files
+
+
+def remote_listing_line(root: str) -> str:
+    """One remote command listing every file below ``root`` as ``size mtime path`` (NUL-ended,
+    so any file name survives); nothing when the folder does not exist yet."""
+    return (f"cd {shlex.quote(root)} 2>/dev/null || exit 0; "
+            "find . -type f -printf '%s %T@ %P\\0'")
+
+
+def parse_listing(stdout: str) -> dict[str, tuple[int, int]]:
+    files = {}
+    for entry in stdout.split("\0"):
+        size, _, rest = entry.partition(" ")
+        mtime, _, rel = rest.partition(" ")
+        if rel and size.isdigit():
+            files[rel] = (int(size), int(float(mtime)))
+    return files
+
+
+def to_copy(source: Listing, dest: Listing, exclude: Sequence[str] = ()) -> list[str]:
+    """Files of ``source`` missing from ``dest`` or differing in size or mtime (rsync's rule);
+    hpcnn's own partial files are never copied."""
+    return sorted(rel for rel, meta in source.items()
+                  if dest.get(rel) != meta and not excluded(rel, [PARTIAL_DIR, *exclude]))
+
+
+def safe_relative(rel: str) -> str:
+    """A relative POSIX path that stays below its root (no absolute path, no ``..``)."""
+    norm = posixpath.normpath(rel)
+    if norm.startswith(("/", "../")) or norm in ("..", "."):
+        raise RemoteCommandError(f"refusing to copy a file named {rel!r}: it leaves its folder",
+                                 returncode=1)
+    return norm
+
+
+def atomic_local_target(dest: Path) -> Path:
+    """A temporary file beside ``dest`` (same file system, so os.replace is atomic)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp-hpcnn", dir=dest.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+class SshConnection(Connection):
+    """push_tree/pull_tree for both SSH transports: rsync when both ends have it (and the
+    config allows), else each transport's own file copy over its one connection."""
+
+    cluster: ClusterSection
+    target: Target
+    _remote_rsync: bool | None = None
+
+    @abstractmethod
+    def rsync_ssh_command(self) -> list[str]:
+        """The ``ssh ...`` that rsync runs (the same host, port, user, key and options)."""
+
+    @abstractmethod
+    def rsync_destination(self) -> str:
+        """How rsync names the host (``host`` or an ssh config alias)."""
+
+    @abstractmethod
+    def send_files(self, local: Path, remote: str, files: Sequence[str]) -> None:
+        """Copy ``files`` (relative paths) from ``local`` to ``remote``, keeping mtimes."""
+
+    @abstractmethod
+    def fetch_files(self, remote: str, local: Path, files: Sequence[str]) -> None:
+        """Copy ``files`` from ``remote`` to ``local`` (each atomically), keeping mtimes."""
+
+    def use_rsync(self) -> bool:
+        mode = self.cluster.transfer
+        if mode == "sftp":
+            return False
+        if self._remote_rsync is None:
+            self._remote_rsync = self.run_shell("command -v rsync", check=False).ok
+        if mode == "rsync" and not (self._remote_rsync and local_rsync_ok()):
+            where = "here" if self._remote_rsync else f"on {self.description}"
+            raise ConfigError(f"cluster.transfer is rsync but GNU rsync is missing {where}",
+                              hint="install rsync, or set cluster.transfer: auto (or sftp)")
+        return self._remote_rsync and local_rsync_ok()
+
+    def push_tree(self, local: Path, remote: str, *, exclude: Sequence[str] = ()) -> None:
+        local = Path(local)
+        if not local.is_dir():
+            raise FileNotFoundError(f"{local}: no such folder")
+        if self.use_rsync():
+            self.run(["mkdir", "-p", remote])
+            self._rsync(f"{local}/", f"{self.rsync_destination()}:{remote}/", exclude)
+            return
+        remote_files = parse_listing(self.run_shell(remote_listing_line(remote)).stdout)
+        files = to_copy(local_listing(local), remote_files, exclude)
+        if files:
+            self.send_files(local, remote, files)
+
+    def pull_tree(self, remote: str, local: Path, *, exclude: Sequence[str] = ()) -> None:
+        local = Path(local)
+        local.mkdir(parents=True, exist_ok=True)
+        if self.use_rsync():
+            self._rsync(f"{self.rsync_destination()}:{remote}/", f"{local}/", exclude)
+            return
+        remote_files = parse_listing(self.run_shell(remote_listing_line(remote)).stdout)
+        files = to_copy(remote_files, local_listing(local), exclude)
+        if files:
+            self.fetch_files(remote, local, files)
+
+    def _rsync(self, src: str, dst: str, exclude: Sequence[str]) -> None:
+        argv = rsync_argv(self.rsync_ssh_command(), src, dst, exclude)
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              check=False)
+        if proc.returncode == 0:
+            return
+        found = classify_ssh_stderr(proc.stderr) if proc.returncode == 255 else None
+        if found:
+            raise failure(found[0], self.target, found[1],
+                          timeout=self.cluster.connect_timeout)
+        raise RemoteCommandError(
+            f"rsync {src} -> {dst} failed (exit {proc.returncode}): {proc.stderr.strip()}",
+            returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
