@@ -85,6 +85,90 @@ def import_command(app: AppContext, source: Path, name: str, dataset_id: int | N
     click.echo(f"labels: {labels}")
 
 
+@dataset_group.command("check")
+@click.argument("dataset")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list of {severity, file, code, message, hint} instead.")
+@click.option("--workers", "-j", type=click.IntRange(min=1),
+              help="Parallel processes [default: all cores].")
+@pass_app
+def check_command(app: AppContext, dataset: str, as_json: bool, workers: int | None) -> None:
+    """Report every problem of a raw nnU-Net dataset at once, file by file, with fixes.
+
+    DATASET is an id (501), a name (Liver), a folder name (Dataset501_Liver) or a path. Runs
+    all of nnU-Net's integrity checks and more (empty, float or undeclared labels, orphan and
+    stray files, imagesTs names, NaN/Inf, orientation, duplicates, dataset.json mistakes).
+    Exit code 2 when there are errors, 0 with warnings only.
+    """
+    import json
+
+    from hpcnn.dataset.check import check_dataset
+    from hpcnn.dataset.layout import resolve_dataset
+    from hpcnn.errors import EXIT_USAGE
+    from hpcnn.workspace import Workspace
+
+    cfg = app.config
+    folder = resolve_dataset(dataset, Workspace(cfg.workspace).raw)
+    with _progress() as on_progress:
+        report = check_dataset(folder, folds=cfg.training.folds, workers=workers,
+                               on_progress=on_progress)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for file, problems in report.grouped():
+            click.secho(file, bold=True)
+            for p in problems:
+                colour = "red" if p.severity == "error" else "yellow"
+                click.echo(f"  {click.style(p.severity, fg=colour)} [{p.code}] {p.message}")
+                if p.hint:
+                    click.echo(f"      fix: {p.hint}")
+        click.secho(report.summary(), fg="red" if report.errors else "green")
+    if report.errors:
+        raise click.exceptions.Exit(EXIT_USAGE)
+
+
+@click.command("preprocess")
+@click.argument("dataset", required=False)
+@click.option("--configuration", metavar="NAME",
+              help="nnU-Net configuration [default: training.configuration, 3d_fullres].")
+@click.option("--workers", "-j", type=click.IntRange(min=1),
+              help="nnU-Net processes (-np/-npfp) [default: sized to cores and memory].")
+@pass_app
+def preprocess_command(app: AppContext, dataset: str | None, configuration: str | None,
+                       workers: int | None) -> None:
+    """Plan and preprocess a dataset with nnU-Net, once `dataset check` finds no errors.
+
+    DATASET defaults to training.dataset. Runs nnUNetv2_plan_and_preprocess with integrity
+    checks (--clean when the cases changed), writes splits_final.json for the current cases
+    and hpcnn_provenance.json (versions, case list) into nnUNet_preprocessed/DatasetNNN_Name.
+    """
+    import sys
+
+    from hpcnn.dataset import preprocess
+    from hpcnn.dataset.layout import resolve_dataset
+    from hpcnn.workspace import Workspace
+
+    cfg = app.config
+    spec = dataset or cfg.training.dataset
+    if not spec:
+        raise click.UsageError("name the dataset, or set training.dataset in cluster.yaml")
+    workspace = Workspace(cfg.workspace)
+    folder = resolve_dataset(spec, workspace.raw)
+    with _progress() as on_progress:
+        job = preprocess.prepare(workspace, folder,
+                                 configuration=configuration or cfg.training.configuration,
+                                 folds=cfg.training.folds, workers=workers,
+                                 on_progress=on_progress, interactive=sys.stdout.isatty())
+    for text in job.warnings:
+        click.secho(f"warning: {text}", fg="yellow")
+    click.echo(f"{job.dataset.folder_name}: {len(job.cases)} cases, {job.configuration}, "
+               f"{job.workers} worker(s) ({job.workers_reason}); "
+               f"{'--clean: ' if job.clean else ''}{job.clean_reason}")
+    result = preprocess.run(job)
+    click.secho(f"preprocessed into {result.output}; splits_final.json {result.splits}; "
+                f"provenance {result.provenance.name}", fg="green")
+
+
 def _names(text: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (text or "").split(",") if p.strip())
 
@@ -101,20 +185,22 @@ def _print_findings(findings: list[Finding]) -> None:
 
 @contextmanager
 def _progress() -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress bar on stderr (only drawn on a terminal), one task per phase."""
+    """A rich progress bar on stderr (only drawn on a terminal), one task per phase. It redraws
+    when told rather than from its own thread, so the import may fork its workers."""
     from rich.console import Console
     from rich.progress import Progress
 
     console = Console(stderr=True)
     tasks: dict[str, Any] = {}
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+    with Progress(console=console, transient=True, auto_refresh=False,
+                  disable=not console.is_terminal) as bar:
 
         def update(phase: str, done: int, total: int) -> None:
             if phase not in tasks:
                 tasks[phase] = bar.add_task(phase, total=total)
-            bar.update(tasks[phase], completed=done)
+            bar.update(tasks[phase], completed=done, refresh=True)
 
         yield update
 
 
-COMMANDS = [dataset_group]
+COMMANDS = [dataset_group, preprocess_command]

@@ -1,0 +1,292 @@
+"""``hpcnn preprocess``: nnU-Net's plan-and-preprocess, safe to repeat and to train from.
+
+nnU-Net's own command leaves traps (nnunet-facts.md): it reuses a stale
+``dataset_fingerprint.json`` unless ``--clean`` is given; it keeps a stale ``splits_final.json``,
+so new cases land in no fold; the first fold job that finds no split file writes one while the
+others race on it (nnU-Net issue 3064); and it records no versions. So this command:
+
+1. checks the dataset (``hpcnn dataset check``) and refuses one with errors, before anything
+   under ``nnUNet_preprocessed`` is touched;
+2. compares the case list with the one the last run recorded and passes ``--clean`` when it
+   changed (or when a fingerprint of unknown origin is there);
+3. runs ``nnUNetv2_plan_and_preprocess --verify_dataset_integrity`` from this Python, with
+   ``-np``/``-npfp`` sized to the cores and memory, and streams its output;
+4. writes ``splits_final.json`` with nnU-Net's own ``generate_crossval_split`` unless the one
+   there covers exactly the current cases, so all fold jobs can start at once;
+5. writes ``hpcnn_provenance.json`` (versions, time, configuration, case list and its hash), last
+   and atomically: its presence means a completed run on exactly those cases. Training and
+   prediction read it back with ``read_provenance``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+from hpcnn.dataset.check import Progress, available_cpus, check_dataset
+from hpcnn.dataset.layout import DatasetRef, parse_folder_name
+from hpcnn.errors import DataError, HpcnnError
+from hpcnn.workspace import RAW, Workspace
+
+PROVENANCE = "hpcnn_provenance.json"
+SPLITS = "splits_final.json"
+FINGERPRINT = "dataset_fingerprint.json"
+NNUNET_SPLIT_SEED, NNUNET_FOLDS = 12345, 5  # what nnUNetTrainer.do_split uses
+ENTRY_MODULE = "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints"
+WORKER_BASE_BYTES = 512 * 2**20  # a spawned nnU-Net worker (torch imported) before any data
+BYTES_PER_VOXEL_CHANNEL = 32  # float32 data + segmentation, resampled copies, headroom
+
+
+class PreprocessFailed(HpcnnError):
+    """nnUNetv2_plan_and_preprocess ran and exited non-zero."""
+
+    exit_code = 1
+
+
+@dataclass
+class PreprocessJob:
+    """What ``run`` will do, decided before anything is written (printed by the CLI)."""
+
+    dataset: DatasetRef
+    raw_folder: Path
+    output: Path
+    configuration: str
+    cases: list[str]
+    workers: int
+    workers_reason: str
+    clean: bool
+    clean_reason: str
+    command: list[str]
+    env: dict[str, str]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PreprocessResult:
+    output: Path
+    splits: str  # "written", "regenerated" or "kept"
+    provenance: Path
+
+
+def case_list_hash(cases: Sequence[str]) -> str:
+    """sha256 of the sorted case ids, one per line: what training compares against."""
+    return hashlib.sha256("\n".join(sorted(cases)).encode("utf-8")).hexdigest()
+
+
+def read_provenance(preprocessed_folder: Path) -> dict[str, Any] | None:
+    """The provenance of ``nnUNet_preprocessed/DatasetNNN_Name`` (None: never completed by
+    hpcnn, or written by nnU-Net alone)."""
+    try:
+        data = json.loads((preprocessed_folder / PROVENANCE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def prepare(
+    workspace: Workspace,
+    raw_folder: Path,
+    *,
+    configuration: str,
+    folds: Sequence[int],
+    workers: int | None = None,
+    on_progress: Progress | None = None,
+    interactive: bool = False,
+) -> PreprocessJob:
+    """Check the dataset and decide the command; raises DataError (with the check's report)
+    when the dataset has errors. Writes nothing."""
+    ref = parse_folder_name(raw_folder.name)
+    if ref is None:
+        raise DataError(f"{raw_folder}: nnU-Net needs the dataset folder named DatasetNNN_Name",
+                        hint="import it with `hpcnn dataset import`, or rename the folder")
+    _refuse_id_clash(workspace, raw_folder, ref)
+    report = check_dataset(raw_folder, folds=folds, workers=workers, on_progress=on_progress)
+    if report.errors:
+        raise DataError(f"{report.summary()}; not preprocessing:\n"
+                        f"{report.as_text(errors_only=True)}",
+                        hint=f"fix the errors above; `hpcnn dataset check {raw_folder}` shows "
+                             "the warnings too")
+    output = workspace.preprocessed / ref.folder_name
+    previous = read_provenance(output)
+    if previous is not None:
+        changed = previous.get("cases_sha256") != case_list_hash(report.cases)
+        clean = changed
+        clean_reason = ("the case list changed since the last preprocessing" if changed
+                        else "same cases as the last preprocessing")
+    else:
+        clean = (output / FINGERPRINT).exists()
+        clean_reason = ("a fingerprint of unknown cases is there (no hpcnn provenance)" if clean
+                        else "first preprocessing")
+    sized, workers_reason = size_workers(len(report.cases), report.max_case_voxels,
+                                         report.channels)
+    if workers is not None:
+        sized, workers_reason = workers, "--workers"
+    command = [sys.executable, "-m", ENTRY_MODULE, "-d", str(ref.id), "-c", configuration,
+               "--verify_dataset_integrity", "-np", str(sized), "-npfp", str(sized)]
+    if clean:
+        command.append("--clean")
+    if not interactive:
+        command.append("--no_pbar")
+    env = {**os.environ, **workspace.nnunet_env(), RAW: str(raw_folder.parent),
+           "PYTHONUNBUFFERED": "1"}
+    job = PreprocessJob(ref, raw_folder, output, configuration, report.cases, sized,
+                        workers_reason, clean, clean_reason, command, env)
+    job.warnings = [f"{p.file}: {p.message}" for p in report.warnings]
+    return job
+
+
+def run(job: PreprocessJob, out: TextIO | None = None) -> PreprocessResult:
+    """Run nnU-Net (output streamed to ``out``), then write splits and provenance."""
+    job.output.mkdir(parents=True, exist_ok=True)
+    # A provenance file promises a completed run on its cases: withdraw it while this one runs.
+    (job.output / PROVENANCE).unlink(missing_ok=True)
+    code, tail = _stream(job.command, job.env, out or sys.stdout)
+    if code != 0:
+        raise PreprocessFailed(
+            f"nnUNetv2_plan_and_preprocess exited with code {code}; its last lines:\n{tail}",
+            hint=_failure_hint(tail, job.workers))
+    splits = _ensure_splits(job.output, job.cases)
+    provenance = _write_provenance(job, splits)
+    return PreprocessResult(job.output, splits, provenance)
+
+
+def size_workers(n_cases: int, max_voxels: int, channels: int) -> tuple[int, str]:
+    """Processes for nnU-Net: the cores this process may use, fewer when the largest case times
+    the workers would not fit in the memory available (nnU-Net's workers die silently then)."""
+    cpus = available_cpus()
+    per_worker = WORKER_BASE_BYTES + BYTES_PER_VOXEL_CHANNEL * max_voxels * (channels + 1)
+    memory = available_memory()
+    by_memory = memory // per_worker if memory else cpus
+    workers = max(1, min(cpus, by_memory, n_cases))
+    gib = 2**30
+    mem_text = f"{memory / gib:.1f} GiB available" if memory else "memory unknown"
+    return workers, (f"{cpus} core(s), {mem_text}, about {per_worker / gib:.1f} GiB per worker, "
+                     f"{n_cases} case(s)")
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still use: MemAvailable, capped by a cgroup (job) limit."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(used))
+    except (OSError, ValueError):
+        pass
+    return max(0, min(found)) if found else None
+
+
+def _refuse_id_clash(workspace: Workspace, raw_folder: Path, ref: DatasetRef) -> None:
+    """nnU-Net looks the id up in all three folders and stops when it names two datasets."""
+    others = []
+    for root in (raw_folder.parent, workspace.preprocessed, workspace.results):
+        if root.is_dir():
+            others += [p for p in root.glob(f"Dataset{ref.id:03d}_*")
+                       if p.is_dir() and p.name != ref.folder_name]
+    if others:
+        raise DataError(f"dataset id {ref.id} also names {', '.join(map(str, others))}: nnU-Net "
+                        f"cannot tell which dataset -d {ref.id} means",
+                        hint="rename or remove the other folder, or import under another --id")
+
+
+def _stream(command: list[str], env: dict[str, str], out: TextIO) -> tuple[int, str]:
+    """Run ``command``, copying its output to ``out`` as it comes (progress bars included);
+    returns the exit code and the last lines."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tail: deque[str] = deque(maxlen=40)
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        pending = ""
+        while chunk := os.read(fd, 65536):
+            text = decoder.decode(chunk)
+            out.write(text)
+            out.flush()
+            pending += text
+            *lines, pending = pending.split("\n")
+            tail.extend(line.rsplit("\r", 1)[-1] for line in lines)
+        tail.append(pending)
+        code = proc.wait()
+    return code, "\n".join(line for line in tail if line.strip())
+
+
+def _failure_hint(tail: str, workers: int) -> str:
+    if any(s in tail for s in ("6 feet under", "Killed", "MemoryError", "out of memory")):
+        return (f"a worker ran out of memory: run again with fewer workers "
+                f"(--workers {max(1, workers // 2)})")
+    return "see nnU-Net's output above; `hpcnn dataset check` reports dataset problems"
+
+
+def _ensure_splits(output: Path, cases: list[str]) -> str:
+    """Keep a split file that covers exactly ``cases``; otherwise write nnU-Net's default one."""
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    path = output / SPLITS
+    existed = path.exists()
+    if existed and _covers(path, set(cases)):
+        return "kept"
+    splits = generate_crossval_split(sorted(cases), seed=NNUNET_SPLIT_SEED,
+                                     n_splits=NNUNET_FOLDS)
+    plain = [{"train": [str(c) for c in s["train"]], "val": [str(c) for c in s["val"]]}
+             for s in splits]
+    _atomic_write(path, json.dumps(plain, indent=4) + "\n")
+    return "regenerated" if existed else "written"
+
+
+def _covers(path: Path, cases: set[str]) -> bool:
+    try:
+        splits = json.loads(path.read_text(encoding="utf-8"))
+        folds = [(set(s["train"]), set(s["val"])) for s in splits]
+    except (ValueError, TypeError, KeyError):
+        return False
+    return bool(folds) and all(t | v == cases for t, v in folds) and \
+        set().union(*(v for _, v in folds)) == cases
+
+
+def _write_provenance(job: PreprocessJob, splits: str) -> Path:
+    from importlib.metadata import version
+
+    from hpcnn import __version__
+
+    data = {
+        "dataset": job.dataset.folder_name,
+        "raw_folder": str(job.raw_folder),
+        "configuration": job.configuration,
+        "nnunetv2_version": version("nnunetv2"),
+        "hpcnn_version": __version__,
+        "python": sys.version.split()[0],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "num_cases": len(job.cases),
+        "cases": sorted(job.cases),
+        "cases_sha256": case_list_hash(job.cases),
+        "clean": job.clean,
+        "splits": splits,
+        "workers": job.workers,
+    }
+    path = job.output / PROVENANCE
+    _atomic_write(path, json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
