@@ -58,3 +58,71 @@ def hpcnn(capsys: pytest.CaptureFixture[str]):
         return code, out, err
 
     return invoke
+
+
+# ---- the real cluster test bed (tests/testbed/up.sh): sshd as hpcuser + Slurm with Torque wrappers
+
+TESTBED_ENV = Path("/etc/hpcnn-testbed/testbed.env")
+TESTBED_VENV = "/opt/hpcnn-venv"  # the shared nnunetv2 venv, readable by hpcuser
+
+
+@pytest.fixture(scope="session")
+def testbed() -> dict[str, str]:
+    """The test bed's facts (TESTBED_HOST, _PORT, _USER, _KEY, _KNOWN_HOSTS, _HOME, _SSHD_LOG)."""
+    need(TESTBED_ENV.is_file(), f"the test bed is not up ({TESTBED_ENV} is missing: run "
+                                "tests/testbed/up.sh as root)")
+    pairs = (line.split("=", 1) for line in TESTBED_ENV.read_text().splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+@pytest.fixture
+def testbed_ssh_config(testbed: dict[str, str], tmp_path: Path,
+                       monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An ssh config (used by both transports via HPCNN_SSH_CONFIG) with the Host alias
+    ``testbed`` and the test bed's known_hosts for every host, so nothing of ~/.ssh is used."""
+    path = tmp_path / "ssh_config"
+    path.write_text(
+        "Host testbed\n"
+        f"  HostName {testbed['TESTBED_HOST']}\n  Port {testbed['TESTBED_PORT']}\n"
+        f"  User {testbed['TESTBED_USER']}\n  IdentityFile {testbed['TESTBED_KEY']}\n"
+        "  IdentitiesOnly yes\n"
+        "Host *\n"
+        f"  UserKnownHostsFile {testbed['TESTBED_KNOWN_HOSTS']}\n"
+        "  GlobalKnownHostsFile /dev/null\n"
+    )
+    monkeypatch.setenv("HPCNN_SSH_CONFIG", str(path))
+    return path
+
+
+@pytest.fixture
+def cluster_config(testbed: dict[str, str], testbed_ssh_config: Path, tmp_path: Path):
+    """Factory: a cluster.yaml for the test bed, loaded like a user's. ``alias=True`` names the
+    host by its ssh-config alias; False spells out host, port, user and key in cluster.yaml.
+    Each config gets its own remote_dir (relative: under hpcuser's home)."""
+    import yaml
+
+    from hpcnn.config import Config, load_config_file
+
+    count = iter(range(1000))
+
+    def make(scheduler: str = "torque", ssh: str = "fabric", *, alias: bool = True,
+             **cluster: object) -> Config:
+        section: dict[str, object] = {"scheduler": scheduler, "ssh": ssh}
+        if alias:
+            section["host"] = "testbed"
+        else:
+            section.update(host=testbed["TESTBED_HOST"], port=int(testbed["TESTBED_PORT"]),
+                           user=testbed["TESTBED_USER"], identity_file=testbed["TESTBED_KEY"])
+        section["remote_dir"] = f"hpcnn-tests/{tmp_path.name}-{next(count)}"
+        section.update(cluster)
+        data = {
+            "workspace": str(tmp_path / "ws"),
+            "cluster": section,
+            "resources": {"cpus": 1, "gpus": 0, "mem": "100mb", "walltime": "0:05:00"},
+            "environment": {"setup": [f"source {TESTBED_VENV}/bin/activate"]},
+        }
+        path = tmp_path / f"cluster-{scheduler}-{ssh}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return load_config_file(path)
+
+    return make

@@ -15,6 +15,7 @@ import base64
 import errno
 import getpass
 import hashlib
+import logging
 import os
 import socket
 import sys
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import fabric
 import paramiko
 
-from hpcnn.errors import HpcnnError
+from hpcnn.errors import HpcnnError, RemoteCommandError
 from hpcnn.remote.base import Result, login_wrap
 from hpcnn.remote.ssh_common import (
     TIMED_OUT,
@@ -42,6 +43,9 @@ from hpcnn.remote.ssh_common import (
 
 if TYPE_CHECKING:
     from hpcnn.config import ClusterSection
+
+# paramiko logs every failed handshake with a traceback; hpcnn reports failures itself.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 _DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2", "/etc/ssh/ssh_known_hosts")
 _READ_SIZE = 65536
@@ -99,12 +103,15 @@ class FabricConnection(SshConnection):
         self.cluster = cluster
         config_path = ssh_config_file()
         config = fabric.Config(runtime_ssh_path=config_path) if config_path else fabric.Config()
-        kwargs: dict[str, Any] = {}
+        # The banner and auth waits get the same limit: a server that accepts the TCP
+        # connection and never speaks is as unreachable as one that never accepts it.
+        wait = max(1, round(cluster.connect_timeout))
+        kwargs: dict[str, Any] = {"banner_timeout": wait, "auth_timeout": wait}
         if cluster.identity_file:
             kwargs["key_filename"] = [os.path.expanduser(cluster.identity_file)]
         self._conn = fabric.Connection(
             cluster.host or "", user=cluster.user, port=cluster.port, config=config,
-            connect_timeout=max(1, round(cluster.connect_timeout)), connect_kwargs=kwargs,
+            connect_timeout=wait, connect_kwargs=kwargs,
         )
         _secure(self._conn)
         self.target = Target(self._conn.host, int(self._conn.port), self._conn.user)
@@ -144,7 +151,7 @@ class FabricConnection(SshConnection):
             if codes <= {errno.ECONNREFUSED}:
                 return failure(Failure.REFUSED, self.target)
             return failure(Failure.UNREACHABLE, self.target, str(exc))
-        if isinstance(exc, TimeoutError | socket.timeout):
+        if any(isinstance(e, TimeoutError | socket.timeout) for e in _chain(exc)):
             return failure(Failure.TIMEOUT, self.target, timeout=timeout)
         if isinstance(exc, ConnectionRefusedError):
             return failure(Failure.REFUSED, self.target)
@@ -189,10 +196,13 @@ class FabricConnection(SshConnection):
         """SFTP to a temporary name, then an atomic rename over the target."""
         tmp = f"{remote}.tmp-hpcnn"
         sftp = self.sftp()
-        sftp.put(str(local), tmp)
-        mtime = os.stat(local).st_mtime
-        sftp.utime(tmp, (mtime, mtime))
-        sftp.posix_rename(tmp, remote)
+        try:
+            sftp.put(str(local), tmp)
+            mtime = os.stat(local).st_mtime
+            sftp.utime(tmp, (mtime, mtime))
+            sftp.posix_rename(tmp, remote)
+        except OSError as exc:
+            raise self._sftp_error("write", remote, exc) from exc
 
     def _download(self, remote: str, local: Path) -> None:
         tmp = atomic_local_target(local)
@@ -203,8 +213,14 @@ class FabricConnection(SshConnection):
             if mtime is not None:
                 os.utime(tmp, (mtime, mtime))
             os.replace(tmp, local)
+        except OSError as exc:
+            raise self._sftp_error("read", remote, exc) from exc
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _sftp_error(self, verb: str, remote: str, exc: OSError) -> RemoteCommandError:
+        return RemoteCommandError(f"cannot {verb} {remote} on {self.description}: "
+                                  f"{exc.strerror or exc}", returncode=1)
 
     def _mkdirs(self, folders: Sequence[str]) -> None:
         self.run(["mkdir", "-p", *sorted(set(folders))])
@@ -236,6 +252,16 @@ class FabricConnection(SshConnection):
             self._sftp.close()
             self._sftp = None
         self._conn.close()
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    """An exception and the ones it was raised from or while handling (paramiko wraps a
+    banner timeout in a plain SSHException)."""
+    found: list[BaseException] = []
+    while exc is not None and exc not in found:
+        found.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return found
 
 
 def _drain(recv: Any, sink: list[bytes]) -> None:

@@ -1,0 +1,283 @@
+"""Both SSH transports against the test bed: round trips, hostile names as data, ONE connection
+per Connection (counted in sshd's log), and every connection fault as one clear message."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hpcnn.errors import ConnectionFailed, RemoteCommandError
+from hpcnn.remote import connect
+from hpcnn.remote.base import Connection
+
+TRANSPORTS = ["fabric", "openssh"]
+
+
+def hostile(tag: str) -> str:
+    """A name with a space, quotes and a command substitution; if it were ever run as code it
+    would create ``pwned-<tag>`` in the home of whoever ran it (no ``/``: it is a file name)."""
+    return f"a b'c\"$(cd;touch pwned-{tag})"
+
+
+def accepted(log: Path) -> int:
+    """sshd writes one such line per accepted connection (tests/testbed/README.md)."""
+    return sum("Accepted publickey for" in line for line in log.read_text().splitlines())
+
+
+def client_port(conn: Connection) -> str:
+    """The client port of the connection a command ran on, as sshd saw it."""
+    return conn.run_shell('echo "$SSH_CONNECTION"').stdout.split()[1]
+
+
+@pytest.fixture
+def marker_tag(testbed: dict[str, str]) -> Iterator[str]:
+    tag = uuid.uuid4().hex[:8]
+    yield tag
+    for home in (Path.home(), Path(testbed["TESTBED_HOME"])):
+        assert not (home / f"pwned-{tag}").exists(), "a name was run as a command"
+
+
+@pytest.mark.parametrize("ssh", TRANSPORTS)
+@pytest.mark.parametrize("alias", [True, False], ids=["ssh-config-alias", "cluster-yaml"])
+def test_commands_and_files_round_trip(cluster_config, tmp_path: Path, ssh: str, alias: bool,
+                                       marker_tag: str) -> None:
+    cfg = cluster_config("torque", ssh, alias=alias)
+    name = hostile(marker_tag)
+    with connect(cfg) as conn:
+        assert conn.description == "hpcuser@127.0.0.1:2222"
+        res = conn.run(["printf", "%s\n", name, "$HOME"])
+        assert res.stdout.splitlines() == [name, "$HOME"]
+        assert conn.run(["sh", "-c", "exit 7"], check=False).returncode == 7
+        assert conn.run(["cat"], stdin="data in\n").stdout == "data in\n"
+        assert "qsub" in conn.run(["command", "-v", "qsub"]).stdout  # the login shell's PATH
+
+        local = tmp_path / "up.bin"
+        local.write_bytes(bytes(range(256)) * 10)
+        remote = f"{cfg.remote_dir}/{name}/file {name}"
+        conn.put(local, remote)
+        assert conn.run(["wc", "-c", remote]).stdout.split()[0] == "2560"
+        assert conn.read_text(remote + ".tmp-hpcnn") is None  # the temp name was renamed
+        back = tmp_path / f"down {name}"
+        conn.get(remote, back)
+        assert back.read_bytes() == local.read_bytes()
+        with pytest.raises(RemoteCommandError):
+            conn.get(f"{cfg.remote_dir}/missing", tmp_path / "never")
+        assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("ssh", TRANSPORTS)
+@pytest.mark.parametrize("transfer", ["auto", "sftp"])
+def test_trees_copy_changed_files_and_never_delete(cluster_config, tmp_path: Path, ssh: str,
+                                                   transfer: str, marker_tag: str) -> None:
+    cfg = cluster_config("torque", ssh, transfer=transfer)
+    name = hostile(marker_tag)
+    src = tmp_path / "src"
+    (src / name).mkdir(parents=True)
+    (src / name / f"{name}.txt").write_text("one")
+    (src / "top.txt").write_text("top")
+    (src / "skip.tmp").write_text("excluded")
+    remote = f"{cfg.remote_dir}/tree {name}"
+    with connect(cfg) as conn:
+        conn.push_tree(src, remote, exclude=["*.tmp"])
+        files = sorted(conn.run(["find", remote, "-type", "f"]).stdout.splitlines())
+        assert files == sorted([f"{remote}/{name}/{name}.txt", f"{remote}/top.txt"])
+        # a remote-only file survives the next push; a changed file is sent again
+        conn.write_text(f"{remote}/remote-only.txt", "keep")
+        (src / "top.txt").write_text("top, changed")
+        os.utime(src / "top.txt", (1_700_000_000, 1_700_000_000))
+        conn.push_tree(src, remote, exclude=["*.tmp"])
+        assert conn.read_text(f"{remote}/top.txt") == "top, changed"
+        assert conn.read_text(f"{remote}/remote-only.txt") == "keep"
+
+        dest = tmp_path / "dest"
+        dest.mkdir()
+        (dest / "local-only.txt").write_text("mine")
+        conn.pull_tree(remote, dest, exclude=["remote-only*"])
+        assert (dest / name / f"{name}.txt").read_text() == "one"
+        assert (dest / "top.txt").read_text() == "top, changed"
+        assert int((dest / "top.txt").stat().st_mtime) == 1_700_000_000
+        assert (dest / "local-only.txt").read_text() == "mine"
+        assert not (dest / "remote-only.txt").exists()
+        assert not (dest / "skip.tmp").exists()
+
+
+@pytest.mark.parametrize("ssh", TRANSPORTS)
+def test_one_ssh_connection_per_connection_object(cluster_config, testbed, tmp_path: Path,
+                                                  ssh: str) -> None:
+    """Every command, file and (under openssh) rsync of one Connection rides ONE SSH login.
+
+    Fabric cannot share its transport with rsync's ssh, so it is measured with SFTP transfers;
+    sshd's log counts logins (another process using the test bed at the same time would add
+    to the count: CI runs the tests one after another)."""
+    cfg = cluster_config("torque", ssh, transfer="auto" if ssh == "openssh" else "sftp")
+    log = Path(testbed["TESTBED_SSHD_LOG"])
+    src = tmp_path / "t"
+    src.mkdir()
+    (src / "f.txt").write_text("x")
+    before = accepted(log)
+    with connect(cfg) as conn:
+        ports = {client_port(conn)}
+        conn.run(["true"])
+        conn.write_text(f"{cfg.remote_dir}/a.txt", "a")
+        conn.put(src / "f.txt", f"{cfg.remote_dir}/b.txt")
+        conn.get(f"{cfg.remote_dir}/b.txt", tmp_path / "b.txt")
+        conn.push_tree(src, f"{cfg.remote_dir}/tree")
+        conn.pull_tree(f"{cfg.remote_dir}/tree", tmp_path / "pulled")
+        ports.add(client_port(conn))
+    assert len(ports) == 1
+    assert accepted(log) - before == 1
+
+
+def test_openssh_master_is_private_and_closed(cluster_config) -> None:
+    cfg = cluster_config("torque", "openssh")
+    conn = connect(cfg)
+    control_dir = Path(conn._control_dir)  # type: ignore[attr-defined]
+    assert control_dir.stat().st_mode & 0o777 == 0o700
+    conn.run(["true"])
+    assert (control_dir / "master").is_socket()
+    conn.close()
+    assert not control_dir.exists()
+
+
+# ---- faults: each one clear message, nothing left behind
+
+
+@pytest.fixture
+def fake_server() -> Iterator[callable]:
+    """Start a TCP server on 127.0.0.1 that is not SSH: ``greeting`` is sent then the
+    connection closes; None keeps it open and silent (a host that never answers)."""
+    sockets: list[socket.socket] = []
+
+    def start(greeting: bytes | None) -> int:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        sockets.append(server)
+
+        def serve() -> None:
+            while True:
+                try:
+                    client, _ = server.accept()
+                except OSError:
+                    return
+                sockets.append(client)
+                if greeting is not None:
+                    client.sendall(greeting)
+                    client.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        return server.getsockname()[1]
+
+    yield start
+    for sock in sockets:
+        sock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def connection_error(cfg) -> ConnectionFailed:
+    with pytest.raises(ConnectionFailed) as info, connect(cfg) as conn:
+        conn.run(["true"])
+    return info.value
+
+
+@pytest.mark.parametrize("ssh", TRANSPORTS)
+def test_closed_port_is_refused(cluster_config, ssh: str) -> None:
+    err = connection_error(cluster_config("torque", ssh, alias=False, port=free_port()))
+    assert "refused the connection" in str(err) and "cluster.port" in str(err)
+
+
+@pytest.mark.parametrize("ssh", TRANSPORTS)
+def test_wrong_port_with_another_server(cluster_config, fake_server, ssh: str) -> None:
+    port = fake_server(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+    err = connection_error(cluster_config("torque", ssh, alias=False, port=port))
+    assert "closed the connection" in str(err), str(err)
+
+
+@pytest.mark.parametrize("ssh", TRANSPORTS)
+def test_silent_host_times_out(cluster_config, fake_server, ssh: str) -> None:
+    port = fake_server(None)
+    err = connection_error(cluster_config("torque", ssh, alias=False, port=port,
+                                          connect_timeout=2))
+    assert "no answer from" in str(err) and "connect_timeout" in str(err), str(err)
+
+
+@pytest.mark.parametrize("ssh", TRANSPORTS)
+def test_unknown_host_name(cluster_config, ssh: str) -> None:
+    err = connection_error(cluster_config("torque", ssh, alias=False,
+                                          host="no-such-host.invalid"))
+    assert "cannot reach no-such-host.invalid" in str(err)
+
+
+@pytest.mark.parametrize("ssh", TRANSPORTS)
+def test_key_not_authorised(cluster_config, tmp_path: Path, ssh: str) -> None:
+    key = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    err = connection_error(cluster_config("torque", ssh, alias=False, identity_file=str(key)))
+    assert "refused the login" in str(err) and "authorized_keys" in str(err)
+
+
+def known_hosts_config(testbed, tmp_path: Path, known_hosts: Path) -> None:
+    config = Path(os.environ["HPCNN_SSH_CONFIG"])
+    config.write_text(config.read_text().replace(testbed["TESTBED_KNOWN_HOSTS"],
+                                                 str(known_hosts)))
+
+
+@pytest.mark.parametrize("ssh", TRANSPORTS)
+def test_unknown_host_key_is_refused_with_its_fingerprint(cluster_config, testbed,
+                                                          tmp_path: Path, ssh: str) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    known_hosts_config(testbed, tmp_path, empty)
+    err = connection_error(cluster_config("torque", ssh))
+    expected = subprocess.run(
+        ["ssh-keygen", "-lf", "/etc/hpcnn-testbed/ssh_host_ed25519_key.pub"],
+        capture_output=True, text=True, check=True).stdout.split()[1]
+    assert "not in your known_hosts" in str(err) and expected in str(err), str(err)
+    assert "ssh-keyscan -p 2222 127.0.0.1" in str(err)
+    assert empty.read_text() == ""  # nothing was added behind the user's back
+
+
+@pytest.mark.parametrize("ssh", TRANSPORTS)
+def test_changed_host_key_is_refused(cluster_config, testbed, tmp_path: Path, ssh: str) -> None:
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    wrong = tmp_path / "known_hosts"
+    key = " ".join(Path(f"{other}.pub").read_text().split()[:2])
+    wrong.write_text(f"[127.0.0.1]:2222 {key}\n")
+    known_hosts_config(testbed, tmp_path, wrong)
+    err = connection_error(cluster_config("torque", ssh))
+    assert "has CHANGED" in str(err) and "ssh-keygen -R" in str(err), str(err)
+
+
+@pytest.mark.parametrize("ssh", TRANSPORTS)
+def test_remote_dir_not_writable(cluster_config, tmp_path: Path, ssh: str) -> None:
+    cfg = cluster_config("torque", ssh, remote_dir="/var/lib/hpcnn-testbed/not-yours")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("x")
+    with connect(cfg) as conn:
+        with pytest.raises(RemoteCommandError, match="Permission denied"):
+            conn.put(src / "f.txt", f"{cfg.remote_dir}/f.txt")
+        with pytest.raises(RemoteCommandError, match="Permission denied"):
+            conn.push_tree(src, cfg.remote_dir)
+    assert not Path(cfg.remote_dir).exists()
+
+
+def test_no_ssh_client_installed(cluster_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = cluster_config("torque", "openssh")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConnectionFailed, match="ssh client is not installed"):
+        connect(cfg)
