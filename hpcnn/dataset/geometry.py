@@ -122,16 +122,20 @@ def resample(labels: np.ndarray, seg: Geometry, image: Geometry) -> np.ndarray:
 
 
 def inside_count(labels: np.ndarray, seg: Geometry, image: Geometry) -> tuple[int, int]:
-    """(labelled voxels of ``labels``, how many of them have their centre inside the image)."""
+    """(labelled voxels of ``labels``, how many of them have their centre inside the image).
+
+    Written element-wise rather than as one matrix product: a large product goes to the BLAS
+    library, whose own threads would compete with the other import workers for the cores."""
     zyx = np.nonzero(labels)
     total = len(zyx[0])
     if not total:
         return 0, 0
-    idx = np.stack([zyx[2], zyx[1], zyx[0]]).astype(float)
+    xyz = [zyx[2], zyx[1], zyx[0]]
     a, b = index_map(image, seg)
-    pos = a @ idx + b[:, None]
-    size = np.asarray(image.size, dtype=float)[:, None]
-    inside = np.all((pos >= -0.5) & (pos < size - 0.5), axis=0)
+    inside = np.ones(total, dtype=bool)
+    for axis in range(3):
+        pos = b[axis] + a[axis, 0] * xyz[0] + a[axis, 1] * xyz[1] + a[axis, 2] * xyz[2]
+        inside &= (pos >= -0.5) & (pos < image.size[axis] - 0.5)
     return total, int(inside.sum())
 
 
@@ -142,12 +146,13 @@ def onto_image(
     the image) — the caller turns "none inside" into an error and "some outside" into a
     warning."""
     kind, offset = relation(seg, image)
+    total = int(np.count_nonzero(labels))
     if kind in ("same", "copied"):
-        total = int(np.count_nonzero(labels))
         return labels, kind, total, total
+    if kind == "shifted":
+        placed = paste(labels, offset, image)
+        return placed, kind, total, int(np.count_nonzero(placed))
     total, inside = inside_count(labels, seg, image)
     if total and not inside:
         return np.zeros(image.size[::-1], labels.dtype), kind, total, 0
-    if kind == "shifted":
-        return paste(labels, offset, image), kind, total, inside
     return resample(labels, seg, image), kind, total, inside

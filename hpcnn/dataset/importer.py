@@ -8,8 +8,8 @@ folder next to the destination and renamed into place only when no error was fou
 or interrupted import leaves no half dataset, and an existing dataset is replaced only with
 ``force``. Inputs are sorted and the split is seeded: the same sources give the same bytes.
 
-Workers are processes (``spawn``, the one start method every platform has) with one SimpleITK
-thread each; ``workers=1`` runs in this process with the same single thread, so timings compare.
+Workers are processes (``process_pool``) with one SimpleITK thread each; ``workers=1`` runs in
+this process with the same single thread, so timings compare.
 """
 
 from __future__ import annotations
@@ -285,15 +285,12 @@ def _runner(workers: int, on_progress: Progress | None) -> Iterator[Callable[...
     pool = None
     threads = None
     if workers > 1:
-        import multiprocessing
-
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker)
+        pool = process_pool(workers)
     else:
         import SimpleITK as sitk
 
         threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-        _init_worker()
+        pin_simpleitk_threads()
 
     def run(phase: str, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
         results: list[Any] = [None] * len(tasks)
@@ -323,7 +320,24 @@ def _runner(workers: int, on_progress: Progress | None) -> Iterator[Callable[...
             sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
-def _init_worker() -> None:
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes with one SimpleITK thread each (parallelism comes from the cases).
+
+    On Linux, a process that runs no other thread forks its workers: they start at once and
+    inherit nothing half-locked. Elsewhere, or with other threads running (a notebook, a
+    progress bar that refreshes itself), they are spawned, which costs each worker a few tenths
+    of a second to import numpy and SimpleITK again.
+    """
+    import multiprocessing
+    import sys
+    import threading
+
+    single = sys.platform.startswith("linux") and threading.active_count() == 1
+    context = multiprocessing.get_context("fork" if single else "spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=pin_simpleitk_threads)
+
+
+def pin_simpleitk_threads() -> None:
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
@@ -503,9 +517,14 @@ def _attached(path: Path) -> bool:
     copying it copies the image."""
     if not path.name.lower().endswith(".nrrd"):
         return True
+    head = b""
     with path.open("rb") as fh:
-        head = fh.read(65536).split(b"\n\n", 1)[0]
-    return not re.search(rb"^data ?file:", head, re.MULTILINE)
+        while b"\n\n" not in head and len(head) < 1 << 20:
+            chunk = fh.read(4096)
+            if not chunk:
+                break
+            head += chunk
+    return not re.search(rb"^data ?file:", head.split(b"\n\n", 1)[0], re.MULTILINE)
 
 
 def _write(task: _WriteTask) -> list[Finding]:

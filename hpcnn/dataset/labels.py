@@ -160,7 +160,10 @@ def parse_remap(specs: Sequence[str]) -> dict[int, int]:
 def lookup(raw: np.ndarray, mapping: Mapping[int, int], dtype: np.dtype) -> np.ndarray:
     """``mapping[value]`` for every voxel of an integer array, 0 where a value is not mapped;
     one pass through a lookup table."""
-    lo, hi = int(raw.min(initial=0)), int(raw.max(initial=0))
+    if raw.dtype in (np.uint8, np.uint16):  # every value has a slot: no pass for min and max
+        lo, hi = 0, int(np.iinfo(raw.dtype).max)
+    else:
+        lo, hi = int(raw.min(initial=0)), int(raw.max(initial=0))
     if hi - lo > 1 << 24:
         values, inverse = np.unique(raw, return_inverse=True)
         table = np.array([mapping.get(int(v), 0) for v in values], dtype=dtype)

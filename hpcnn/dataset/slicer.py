@@ -107,15 +107,19 @@ def class_map(
         if out is None:
             out = mapped
             continue
-        both = (mapped != 0) & (out != 0) & (mapped != out)
-        take = (mapped != 0) & (out == 0)
-        if both.any():
-            pairs, counts = np.unique(np.stack([out[both], mapped[both]]), axis=1,
+        # Later layers usually hold a few small segments: work on their voxels only.
+        flat = out.reshape(-1)
+        where = np.flatnonzero(mapped)
+        new, old = mapped.reshape(-1)[where], flat[where]
+        clash = (old != 0) & (old != new)
+        take = old == 0
+        if clash.any():
+            pairs, counts = np.unique(np.stack([old[clash], new[clash]]), axis=1,
                                       return_counts=True)
             for (a, b), n in zip(pairs.T.tolist(), counts.tolist(), strict=True):
                 ordered = rank[a] < unlisted or rank[b] < unlisted
                 (settled if ordered else unsettled).append(Overlap(min(a, b), max(a, b), n))
-            take |= both & (rank[mapped] < rank[out])
-        out = np.where(take, mapped, out)
+            take |= clash & (rank[new] < rank[old])
+        flat[where[take]] = new[take]
     assert out is not None
     return out, settled, unsettled
