@@ -192,3 +192,28 @@ def test_naming_rules_pair_common_export_names(tmp_path: Path, name: str, suffix
     assert [(c.key.lower(), c.segmentation and c.segmentation.display) for c in found.cases] == [
         (name.lower().removesuffix("_img"), f"case7{suffix}")]
     assert "ignored 1 file(s), not an image file: scene.mrml" in found.findings[0].message
+
+
+def test_an_interrupted_import_leaves_the_previous_dataset_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sitk_available: None
+) -> None:
+    import hpcnn.dataset.importer as importer
+
+    src = tmp_path / "src"
+    for key in ("a", "b", "c"):
+        synthetic.labelled_case(src, key)
+    before = run_import(tmp_path / "ws", src)
+    snapshot = {p: p.read_bytes() for p in before.path.rglob("*") if p.is_file()}
+    real, written = importer._write, []
+
+    def interrupted(task: object) -> object:
+        if written:
+            raise KeyboardInterrupt
+        written.append(task)
+        return real(task)
+
+    monkeypatch.setattr(importer, "_write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_import(tmp_path / "ws", src, force=True)
+    assert [p.name for p in (tmp_path / "ws" / "nnUNet_raw").iterdir()] == [before.path.name]
+    assert {p: p.read_bytes() for p in before.path.rglob("*") if p.is_file()} == snapshot

@@ -205,7 +205,8 @@ def test_overlapping_layers_error_without_overlap_and_resolved_with_it(
     label = read(result.path / "labelsTr" / "m.nrrd")
     assert np.array_equal(label, case.expected(result.labels, ("tumor", "liver")))
     assert (label == result.labels["tumor"]).sum() == case.masks["tumor"].sum()
-    assert any("labelled 'tumor' (--overlap)" in line for line in fixes(result))
+    assert "m.seg.nrrd: voxels in both 'liver' and 'tumor' labelled 'tumor' (--overlap)" in \
+        fixes(result)
 
 
 def test_overlap_naming_an_unknown_class(src: Path, fails) -> None:
@@ -378,3 +379,16 @@ def test_failure_in_the_service_lists_every_problem(src: Path, workspace: Path) 
         run_import(workspace, src)
     assert sorted(f.file for f in caught.value.findings) == ["b.seg.nrrd", "c.nrrd"]
     assert "2 problems; nothing was imported" in str(caught.value)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("image,segmentation\na.nrrd,missing.seg.nrrd\n", "list.csv:2: missing.seg.nrrd: no such file"),
+    ("volume_path,seg\na.nrrd,a.seg.nrrd\n", "list.csv:1: no 'image' column"),
+])
+def test_bad_csv(src: Path, fails, text: str, needle: str) -> None:
+    (src / "list.csv").write_text(text)
+    fails(src / "list.csv", needle)
+
+
+def test_pattern_without_a_case_group(src: Path, fails) -> None:
+    fails(src, "has no (?P<case>...) group", args=("--pattern", r"\d+"))

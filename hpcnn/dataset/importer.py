@@ -589,6 +589,8 @@ def _labels(task: _WriteTask, reference: Any, findings: list[Finding]) -> np.nda
         findings.append(_unreadable(display, exc))
         return None
     data = sitk.GetArrayViewFromImage(seg)
+    if data.dtype.kind == "f":  # whole numbers (checked in _scan for plain label maps)
+        data = data.astype(np.int64)
     dtype = np.dtype(task.dtype)
     name = dict(enumerate(task.class_names, start=1))
     if task.slicer is not None:
@@ -602,14 +604,13 @@ def _labels(task: _WriteTask, reference: Any, findings: list[Finding]) -> np.nda
         order = {c: i for i, c in enumerate(task.priority)}
         for o in settled:
             winner = min((o.first, o.second), key=lambda c: order.get(c, len(order)))
-            findings.append(fix(display, f"{o.voxels} voxel(s) in both {name[o.first]!r} and "
-                                         f"{name[o.second]!r}: labelled {name[winner]!r} "
+            findings.append(fix(display, f"voxels in both {name[o.first]!r} and "
+                                         f"{name[o.second]!r} labelled {name[winner]!r} "
                                          "(--overlap)"))
         if unsettled:
             return None
     else:
-        raw = data.astype(np.int64) if data.dtype.kind == "f" else data
-        labels = lookup(raw, dict(task.values), dtype)
+        labels = lookup(data, dict(task.values), dtype)
     image = Geometry.of(reference)
     if not labels.any():
         findings.append(warning(display, "empty segmentation: no labelled voxels"

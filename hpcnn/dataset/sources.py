@@ -4,7 +4,8 @@ CSV list, paired by name.
 Naming rules (folder input, file names compared case-insensitively):
 
 - images and segmentations end in ``.nrrd``, ``.seg.nrrd``, ``.nii``, ``.nii.gz`` or ``.mha``;
-  other files are ignored and listed in a notice (Slicer scenes hold ``.mrml``, ``.png`` ...).
+  other files are ignored and listed in a notice (Slicer scenes hold ``.mrml``, ``.png`` ...),
+  and so are hidden files and nnU-Net's own folders (``nnUNet_raw`` ...).
 - a file is a segmentation when it ends in ``.seg.nrrd`` or its name ends in a separator
   (space, ``_``, ``-``, ``.``) and ``label``, ``labels``, ``labelmap``, ``seg``, ``segmentation``
   or ``mask``; the rest of the name is the case (``case7.seg.nrrd``, ``case7_label.nii.gz``,
@@ -44,6 +45,7 @@ _SEG_WORDS = "(?:label|labels|labelmap|seg|segmentation|mask)"
 _SEG_SUFFIX = re.compile(rf"(?i)^(?P<key>.*?){_SEP}{_SEG_WORDS}$")
 _SEG_ONLY = re.compile(rf"(?i)^{_SEG_WORDS}$")
 _IMAGE_SUFFIX = re.compile(rf"(?i)^(?P<key>.+?){_SEP}(?:image|img|volume|vol)$")
+_NNUNET_DIRS = {"nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"}  # a workspace as source
 _CSV_COLUMNS = {
     "image": "image", "img": "image", "volume": "image",
     "segmentation": "segmentation", "seg": "segmentation", "label": "segmentation",
@@ -121,7 +123,7 @@ def _folder_entries(
     ignored: list[str] = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
+        if any(part.startswith(".") or part in _NNUNET_DIRS for part in rel.parts):
             continue
         stem, ext = split_extension(path.name)
         display = rel.as_posix()
