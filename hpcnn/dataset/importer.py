@@ -353,7 +353,6 @@ class _ScanTask:
 class _Scan:
     findings: list[Finding]
     seg: SegInfo | None
-    slicer: bool = False
 
 
 def _scan_task(case: sources.SourceCase) -> _ScanTask:
@@ -405,7 +404,7 @@ def _scan(task: _ScanTask) -> _Scan:
                               hint="save the segmentation again from Slicer"))
         return _Scan(findings, None)
     if segments:
-        return _Scan(findings, SegInfo(display, segments), slicer=True)
+        return _Scan(findings, SegInfo(display, segments))
     if reader.GetNumberOfComponents() != 1:
         findings.append(error(display, f"a label map with {reader.GetNumberOfComponents()} "
                               "components and no Slicer segment table",

@@ -105,7 +105,7 @@ def class_map(
         mapped = lookup(layers[..., layer],
                         {v: c for lay, v, c in segments if lay == layer and c}, dtype)
         if out is None:
-            out = mapped
+            out = np.ascontiguousarray(mapped)  # written through a flat view below
             continue
         # Later layers usually hold a few small segments: work on their voxels only.
         flat = out.reshape(-1)
