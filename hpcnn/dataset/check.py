@@ -55,6 +55,7 @@ V1_KEYS = {
     "tensorImageSize": "nnU-Net v2 ignores it (the images say how many dimensions they have)",
     "modality": "nnU-Net v2 reads 'channel_names' instead",
 }
+RENAME_MODALITY = 'rename "modality" to "channel_names" (same content, e.g. {"0": "CT"})'
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl",
                  ".gipl.gz", ".tif", ".tiff", ".png", ".bmp", ".dcm")
 NNUNET_FOLDS = 5  # nnU-Net's default split is a 5-fold KFold: fewer cases and it fails
@@ -120,7 +121,7 @@ def check_dataset(
     """Check the raw dataset in ``folder``; ``folds`` are the folds that will be trained."""
     report = CheckReport(folder)
     meta = _read_dataset_json(folder, report)
-    ending = meta.file_ending or _infer_ending(folder / IMAGES_TR)
+    ending = _scan_ending(folder / IMAGES_TR, meta.file_ending, report)
     cases, labels = _scan_training(folder, meta, ending, report)
     channels = meta.channels or max((max(chs) + 1 for chs in cases.values()), default=1)
     report.channels = channels
@@ -166,15 +167,16 @@ def _read_dataset_json(folder: Path, report: CheckReport) -> Meta:
     problems: list[Problem] = []
     for key, why in V1_KEYS.items():
         if key in data:
-            fix = ('rename "modality" to "channel_names" (same content, e.g. {"0": "CT"})'
-                   if key == "modality" and "channel_names" not in data
+            fix = (RENAME_MODALITY if key == "modality" and "channel_names" not in data
                    else f'remove "{key}"')
             problems.append(warning(DATASET_JSON, "v1-key",
                                     f'"{key}" is a nnU-Net v1 key: {why}', fix))
     for key in REQUIRED_KEYS:
-        if key not in data and not (key == "channel_names" and "modality" in data):
+        if key not in data:
+            fix = (RENAME_MODALITY if key == "channel_names" and "modality" in data
+                   else _MISSING_KEY_HINTS[key])
             problems.append(error(DATASET_JSON, "missing-key", f'required key "{key}" is missing',
-                                  _MISSING_KEY_HINTS[key]))
+                                  fix))
     if "dataset" in data:
         problems.append(warning(DATASET_JSON, "explicit-file-list",
                                 'a "dataset" file list: nnU-Net reads the cases from it, while '
@@ -330,6 +332,21 @@ def _infer_ending(images_dir: Path) -> str | None:
                       if not p.name.startswith("."))
     endings.pop(None, None)
     return endings.most_common(1)[0][0] if endings else None
+
+
+def _scan_ending(images_dir: Path, declared: str | None, report: CheckReport) -> str | None:
+    """The ending to find cases by: file_ending, unless no image has it and the images share
+    another one (then that one, after one error, rather than every file reported as ignored)."""
+    inferred = _infer_ending(images_dir)
+    if declared is None or inferred is None or declared == inferred:
+        return declared or inferred
+    if any(p.name.endswith(declared) for p in _entries(images_dir)):
+        return declared
+    report.add([error(DATASET_JSON, "file-ending-mismatch",
+                      f'file_ending is "{declared}" but the images in imagesTr end in '
+                      f'"{inferred}": nnU-Net finds no training case',
+                      f'set "file_ending": "{inferred}"')])
+    return inferred
 
 
 def _entries(folder: Path) -> list[Path]:
