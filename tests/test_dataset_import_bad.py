@@ -392,3 +392,8 @@ def test_bad_csv(src: Path, fails, text: str, needle: str) -> None:
 
 def test_pattern_without_a_case_group(src: Path, fails) -> None:
     fails(src, "has no (?P<case>...) group", args=("--pattern", r"\d+"))
+
+
+def test_remap_of_a_value_no_label_map_holds(src: Path, workspace: Path) -> None:
+    result = run_import(workspace, src, remap=("255:1",))
+    assert "--remap 255:1: no plain label map holds the value 255" in fixes(result, "warning")

@@ -265,9 +265,16 @@ def plan_labels(
         findings.append(fix("", f"label values are not consecutive from 1: renumbered "
                                 f"{renumbered} (nnU-Net needs 0, 1, 2, ...; class names keep "
                                 "the old values)"))
-    if remap:
+    found = {v for info in infos if info.segments is None for v in info.values}
+    if any(v in found for v in remap):
         findings.append(fix("", "label values remapped: "
-                                + ", ".join(f"{a}→{b}" for a, b in sorted(remap.items()))))
+                                + ", ".join(f"{a}→{b}" for a, b in sorted(remap.items())
+                                            if a in found)))
+    for value in sorted(set(remap) - found):
+        findings.append(warning("", f"--remap {value}:{remap[value]}: no plain label map holds "
+                                    f"the value {value}",
+                                hint="check the value; Slicer segmentations map by name, "
+                                     "not by --remap"))
     findings += _per_file(infos, spec, by_name, by_value, remap, names[:n_named])
     classes = {name: i for i, name in enumerate(names, start=1)}
     return LabelPlan(classes, by_name, by_value, dict(remap)), findings
