@@ -27,7 +27,8 @@ _JOB_KEY = re.compile(r'"(\d+(?:\[\d*\])?(?:\.[^"\s]*)?)"\s*:\s*\{')
 
 
 def _documents(text: str) -> Iterator[str]:
-    """The top-level ``{...}`` documents in the output, by brace depth outside strings."""
+    """The top-level ``{...}`` documents in the output, by brace depth outside strings; an
+    unterminated one (unbalanced quotes in a broken value) is yielded as it stands."""
     depth, start, in_string, escaped = 0, 0, False, False
     for i, ch in enumerate(text):
         if in_string:
@@ -46,6 +47,8 @@ def _documents(text: str) -> Iterator[str]:
             depth -= 1
             if depth == 0:
                 yield text[start : i + 1]
+    if depth:
+        yield text[start:]
 
 
 def _salvage(doc: str) -> dict[str, dict[str, Any]]:

@@ -102,9 +102,11 @@ class SlurmDialect(Dialect):
             state = _STATES.get(raw.split()[0] if raw else "", JobState.UNKNOWN)
             if state == JobState.QUEUED and raw == "PENDING" and _HOLD_REASONS.match(reason):
                 state = JobState.HELD
+            code_value = exit_code(code) if state.finished else None
+            if state == JobState.CANCELLED and not code_value:
+                code_value = None  # cancelled before it ran: there is no exit code
             jobs[job_id] = SchedulerJob(
-                job_id, state,
-                exit_code=exit_code(code) if state.finished else None,
+                job_id, state, exit_code=code_value,
                 reason=None if reason in ("", "None") else reason,
                 raw_state=raw,
             )
