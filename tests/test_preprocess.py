@@ -1,0 +1,149 @@
+"""``hpcnn preprocess``: refuses broken datasets, runs nnU-Net for real, keeps splits current.
+
+The end-to-end test runs nnUNetv2_plan_and_preprocess twice on 6 (then 7) cases of 32^3 with two
+workers (about 20 s each on 2 cores): the second run, after a case was added, must pass --clean
+and regenerate splits_final.json so the new case lands in exactly one validation fold.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic import Grid, ct_image, sphere, write_image, write_nnunet_dataset
+
+from hpcnn.dataset import preprocess
+from hpcnn.errors import DataError
+from hpcnn.workspace import Workspace
+
+NAME = "Dataset501_Liver"
+
+
+def make_raw(workspace: Path, n_cases: int = 6, size: tuple[int, int, int] = (32, 32, 32)) -> Path:
+    folder = workspace / "nnUNet_raw" / NAME
+    write_nnunet_dataset(folder, n_cases=n_cases, size=size)
+    return folder
+
+
+def add_case(folder: Path, key: str) -> None:
+    """One more labelled case like the generated ones, and numTraining to match."""
+    grid = Grid((32, 32, 32))
+    liver, tumor = sphere(grid, (16, 15, 17), 11.0), sphere(grid, (16, 15, 17), 4.0)
+    write_image(folder / "imagesTr" / f"{key}_0000.nii.gz",
+                ct_image(grid, {"liver": liver, "tumor": tumor}, np.random.default_rng(7)), grid)
+    write_image(folder / "labelsTr" / f"{key}.nii.gz",
+                (liver.astype(np.uint8) + tumor.astype(np.uint8)), grid)
+    meta = json.loads((folder / "dataset.json").read_text())
+    meta["numTraining"] += 1
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=2))
+
+
+def assert_splits_cover(path: Path, cases: list[str]) -> list[dict[str, list[str]]]:
+    splits = json.loads(path.read_text())
+    assert len(splits) == 5
+    validation = [c for fold in splits for c in fold["val"]]
+    assert sorted(validation) == sorted(cases), "every case in exactly one validation fold"
+    for fold in splits:
+        assert sorted(fold["train"] + fold["val"]) == sorted(cases)
+    return splits
+
+
+def test_refuses_a_dataset_with_check_errors(workspace: Path, hpcnn,
+                                             sitk_available: None) -> None:
+    folder = make_raw(workspace, size=(16, 16, 8))
+    (folder / "labelsTr" / "case_002.nii.gz").unlink()
+    (folder / "labelsTr" / "notes.txt").write_text("x")
+    code, _, err = hpcnn("preprocess", "501")
+    assert code == 2
+    assert "not preprocessing" in err and "labelsTr/case_002.nii.gz" in err
+    assert "[missing-label]" in err and "stray-file" not in err, "errors only, warnings elided"
+    assert not (workspace / "nnUNet_preprocessed").exists()
+
+
+def test_prepare_decides_clean_workers_and_command(workspace: Path,
+                                                   sitk_available: None) -> None:
+    folder = make_raw(workspace, size=(16, 16, 8))
+    ws = Workspace(workspace)
+    out = ws.preprocessed / NAME
+
+    def prepare(**kwargs: object) -> preprocess.PreprocessJob:
+        return preprocess.prepare(ws, folder, configuration="3d_fullres", folds=range(5),
+                                  **kwargs)
+
+    job = prepare(workers=3)
+    assert not job.clean and job.workers == 3
+    assert job.command[1:] == ["-m", preprocess.ENTRY_MODULE, "-d", "501", "-c", "3d_fullres",
+                               "--verify_dataset_integrity", "-np", "3", "-npfp", "3",
+                               "--no_pbar"]
+    assert job.env["nnUNet_preprocessed"] == str(ws.preprocessed)
+    assert job.env["nnUNet_raw"] == str(ws.raw) and job.env["nnUNet_results"] == str(ws.results)
+    assert job.cases == [f"case_{i:03d}" for i in range(6)]
+    assert not out.exists(), "prepare writes nothing"
+
+    out.mkdir(parents=True)
+    (out / "dataset_fingerprint.json").write_text("{}")
+    assert prepare().clean, "a fingerprint of unknown cases is recomputed"
+    provenance = {"cases_sha256": preprocess.case_list_hash(job.cases)}
+    (out / preprocess.PROVENANCE).write_text(json.dumps(provenance))
+    assert not prepare().clean, "same cases: the fingerprint stays"
+    provenance["cases_sha256"] = preprocess.case_list_hash(job.cases[:-1])
+    (out / preprocess.PROVENANCE).write_text(json.dumps(provenance))
+    assert "--clean" in prepare().command, "changed cases: --clean"
+
+    (ws.results / "Dataset501_Other").mkdir(parents=True)
+    with pytest.raises(DataError, match="also names"):
+        prepare()
+
+
+def test_workers_fit_cores_cases_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(preprocess, "available_cpus", lambda: 16)
+    monkeypatch.setattr(preprocess, "available_memory", lambda: 64 * 2**30)
+    assert preprocess.size_workers(40, 128 * 128 * 64, 1)[0] == 16
+    assert preprocess.size_workers(3, 128 * 128 * 64, 1)[0] == 3
+    # 512x512x400 CT: about 7 GiB per worker, so 64 GiB fit 9 of them
+    workers, why = preprocess.size_workers(40, 512 * 512 * 400, 1)
+    assert workers == 9 and "64.0 GiB" in why
+    monkeypatch.setattr(preprocess, "available_memory", lambda: 2**30)
+    assert preprocess.size_workers(40, 512 * 512 * 400, 1)[0] == 1
+
+
+def test_preprocess_runs_nnunet_and_regenerates_splits_for_new_cases(
+        workspace: Path, hpcnn, nnunet_available: None, sitk_available: None) -> None:
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    folder = make_raw(workspace)
+    code, out, err = hpcnn("preprocess", "Liver", "--workers", "2")
+    assert code == 0, out + err
+    pre = workspace / "nnUNet_preprocessed" / NAME
+    assert "Preprocessing dataset" in out, "nnU-Net's output is streamed"
+    assert (pre / "nnUNetPlans.json").is_file() and (pre / "dataset_fingerprint.json").is_file()
+    data = pre / "nnUNetPlans_3d_fullres"
+    cases = [f"case_{i:03d}" for i in range(6)]
+    assert sorted(p.stem for p in data.glob("*.pkl")) == cases
+    assert all((data / f"{c}.b2nd").is_file() and (data / f"{c}_seg.b2nd").is_file()
+               for c in cases)
+    assert sorted(p.name for p in (pre / "gt_segmentations").iterdir()) == \
+        [f"{c}.nii.gz" for c in cases]
+    provenance = json.loads((pre / "hpcnn_provenance.json").read_text())
+    assert provenance["cases"] == cases and provenance["num_cases"] == 6
+    assert provenance["cases_sha256"] == preprocess.case_list_hash(cases)
+    assert provenance["nnunetv2_version"].startswith("2.")
+    assert provenance["hpcnn_version"] and provenance["configuration"] == "3d_fullres"
+    assert provenance["splits"] == "written" and provenance["clean"] is False
+    splits = assert_splits_cover(pre / "splits_final.json", cases)
+    assert splits == [{"train": list(s["train"]), "val": list(s["val"])}
+                      for s in generate_crossval_split(cases, seed=12345, n_splits=5)]
+
+    add_case(folder, "case_006")
+    code, out, err = hpcnn("preprocess", "501", "-j", "2")
+    assert code == 0, out + err
+    assert "--clean: the case list changed" in out
+    cases.append("case_006")
+    assert_splits_cover(pre / "splits_final.json", cases)
+    provenance = json.loads((pre / "hpcnn_provenance.json").read_text())
+    assert provenance["cases"] == cases and provenance["splits"] == "regenerated"
+    assert provenance["clean"] is True
+    fingerprint = json.loads((pre / "dataset_fingerprint.json").read_text())
+    assert len(fingerprint["spacings"]) == 7, "the fingerprint was recomputed"
