@@ -397,3 +397,7 @@ def test_pattern_without_a_case_group(src: Path, fails) -> None:
 def test_remap_of_a_value_no_label_map_holds(src: Path, workspace: Path) -> None:
     result = run_import(workspace, src, remap=("255:1",))
     assert "--remap 255:1: no plain label map holds the value 255" in fixes(result, "warning")
+
+
+def test_a_single_image_as_source(src: Path, fails) -> None:
+    fails(src / "a.nrrd", "a.nrrd: a single file", "pass the folder that holds it")

@@ -103,6 +103,9 @@ def discover(
 ) -> Discovery:
     """The cases in a folder or CSV file, with every pairing problem as a finding."""
     if source.is_file():
+        if source.suffix.lower() != ".csv":
+            raise DataError(f"{source}: a single file; import takes a folder of exports or a "
+                            ".csv list of them", hint="pass the folder that holds it")
         if pattern:
             raise DataError("--pattern applies to folders; a CSV names its cases itself",
                             hint="drop --pattern, or add a 'case' column to the CSV")
