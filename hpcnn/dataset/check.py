@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -481,21 +480,16 @@ def _run(tasks: list[CaseTask], workers: int, on_progress: Progress | None) -> l
             if on_progress:
                 on_progress("checking cases", i, total)
         return results
-    # spawn: the CLI's progress bar runs a thread, and forking a threaded process is unsafe.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker) as pool:
+    import SimpleITK  # noqa: F401  (loaded once here: forked workers inherit it)
+
+    from hpcnn.dataset.importer import process_pool
+
+    with process_pool(workers) as pool:
         futures = [pool.submit(check_case, task) for task in tasks]
         for done, _ in enumerate(as_completed(futures), start=1):
             if on_progress:
                 on_progress("checking cases", done, total)
         return [f.result() for f in futures]
-
-
-def _init_worker() -> None:
-    """One ITK thread per worker process: the pool is the parallelism."""
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
 def check_case(task: CaseTask) -> CaseResult:
