@@ -131,6 +131,7 @@ def test_preprocess_runs_nnunet_and_regenerates_splits_for_new_cases(
     assert provenance["cases_sha256"] == preprocess.case_list_hash(cases)
     assert provenance["nnunetv2_version"].startswith("2.")
     assert provenance["hpcnn_version"] and provenance["configuration"] == "3d_fullres"
+    assert provenance["plans"] == "nnUNetPlans"
     assert provenance["splits"] == "written" and provenance["clean"] is False
     splits = assert_splits_cover(pre / "splits_final.json", cases)
     assert splits == [{"train": list(s["train"]), "val": list(s["val"])}

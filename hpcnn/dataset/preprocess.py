@@ -42,6 +42,7 @@ PROVENANCE = "hpcnn_provenance.json"
 SPLITS = "splits_final.json"
 FINGERPRINT = "dataset_fingerprint.json"
 NNUNET_SPLIT_SEED, NNUNET_FOLDS = 12345, 5  # what nnUNetTrainer.do_split uses
+PLANS = "nnUNetPlans"  # what plan_and_preprocess writes with its default planner
 ENTRY_MODULE = "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints"
 WORKER_BASE_BYTES = 512 * 2**20  # a spawned nnU-Net worker (torch imported) before any data
 BYTES_PER_VOXEL_CHANNEL = 32  # float32 data + segmentation, resampled copies, headroom
@@ -270,6 +271,7 @@ def _write_provenance(job: PreprocessJob, splits: str) -> Path:
         "dataset": job.dataset.folder_name,
         "raw_folder": str(job.raw_folder),
         "configuration": job.configuration,
+        "plans": PLANS,
         "nnunetv2_version": version("nnunetv2"),
         "hpcnn_version": __version__,
         "python": sys.version.split()[0],
