@@ -2,8 +2,8 @@
 
 Checks run in order; a check whose prerequisite failed is not run (its line says so), so the
 report's first failure is the one to fix. The same list serves the local backend and a cluster:
-cluster checks (SSH, login shell, dialect detection, remote versions) plug in through
-``REMOTE_CHECKS``.
+cluster checks (SSH, login shell, dialect detection, remote versions) live in
+``hpcnn.doctor_remote``.
 """
 
 from __future__ import annotations
@@ -179,8 +179,6 @@ def run_probe(ctx: DoctorContext, timeout: float = 300.0,
 
 
 LOCAL_CHECKS: list[Check] = [check_python, check_local_nnunet, check_workspace, check_local_queue]
-REMOTE_CHECKS: list[Check] = []
-"""Cluster checks, in order (SSH, login shell, remote dir, dialect, remote versions)."""
 
 
 def run_checks(
@@ -195,7 +193,12 @@ def run_checks(
     """Run the checks in order; after the first failure the rest are skipped."""
     ctx = DoctorContext(cfg, connect)
     checks: list[Check] = [check_python, check_local_nnunet, check_workspace]
-    checks += [check_local_queue] if cfg.cluster.is_local else REMOTE_CHECKS
+    if cfg.cluster.is_local:
+        checks.append(check_local_queue)
+    else:  # SSH, login shell, remote dir, scheduler, remote versions
+        from hpcnn.doctor_remote import REMOTE_CHECKS
+
+        checks += REMOTE_CHECKS
     if probe:
         checks.append(lambda c: run_probe(c, probe_timeout, on_state))
     results: list[CheckResult] = []

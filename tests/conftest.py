@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -94,8 +95,39 @@ def testbed_ssh_config(testbed: dict[str, str], tmp_path: Path,
     return path
 
 
+@pytest.fixture(scope="session")
+def testbed_environment(testbed: dict[str, str]) -> list[str]:
+    """environment.setup lines that give the cluster account nnunetv2 as a job would get it.
+
+    Work-around (reported): /opt/hpcnn-venv's python links into /root/.pyenv, which hpcuser
+    cannot enter, so the shared venv does not run as the cluster account. Until it does, jobs
+    get a stand-in ``nnunetv2`` package (same version as here) under hpcuser's home, so the
+    doctor's and the probe's import checks exercise the real path (setup, PYTHONPATH,
+    importlib.metadata) without a second 6 GB install.
+    """
+    import importlib.metadata
+
+    ssh = ["ssh", "-i", testbed["TESTBED_KEY"], "-p", testbed["TESTBED_PORT"],
+           "-o", f"UserKnownHostsFile={testbed['TESTBED_KNOWN_HOSTS']}", "-o", "BatchMode=yes",
+           f"{testbed['TESTBED_USER']}@{testbed['TESTBED_HOST']}"]
+    activate = f"source {TESTBED_VENV}/bin/activate"
+    probe = subprocess.run([*ssh, f"{activate} && python3 -c 'import nnunetv2'"],
+                           capture_output=True, text=True, check=False)
+    if probe.returncode == 0:
+        return [activate]
+    version = importlib.metadata.version("nnunetv2")
+    stand_in = "hpcnn-tests/stand-in"
+    script = (f"mkdir -p {stand_in}/nnunetv2 {stand_in}/nnunetv2-{version}.dist-info && "
+              f"echo '__version__ = \"{version}\"' > {stand_in}/nnunetv2/__init__.py && "
+              f"printf 'Metadata-Version: 2.1\\nName: nnunetv2\\nVersion: {version}\\n' "
+              f"> {stand_in}/nnunetv2-{version}.dist-info/METADATA")
+    subprocess.run([*ssh, script], check=True, capture_output=True)
+    return [f'export PYTHONPATH="$HOME/{stand_in}${{PYTHONPATH:+:$PYTHONPATH}}"']
+
+
 @pytest.fixture
-def cluster_config(testbed: dict[str, str], testbed_ssh_config: Path, tmp_path: Path):
+def cluster_config(testbed: dict[str, str], testbed_ssh_config: Path, tmp_path: Path,
+                   testbed_environment: list[str]):
     """Factory: a cluster.yaml for the test bed, loaded like a user's. ``alias=True`` names the
     host by its ssh-config alias; False spells out host, port, user and key in cluster.yaml.
     Each config gets its own remote_dir (relative: under hpcuser's home)."""
@@ -119,7 +151,7 @@ def cluster_config(testbed: dict[str, str], testbed_ssh_config: Path, tmp_path: 
             "workspace": str(tmp_path / "ws"),
             "cluster": section,
             "resources": {"cpus": 1, "gpus": 0, "mem": "100mb", "walltime": "0:05:00"},
-            "environment": {"setup": [f"source {TESTBED_VENV}/bin/activate"]},
+            "environment": {"setup": testbed_environment},
         }
         path = tmp_path / f"cluster-{scheduler}-{ssh}.yaml"
         path.write_text(yaml.safe_dump(data))

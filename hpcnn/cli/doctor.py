@@ -15,8 +15,11 @@ _MARK = {"ok": ("ok  ", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "
               help="Also submit a tiny job through the queue and show what it saw.")
 @click.option("--probe-timeout", type=float, default=300.0, show_default=True,
               help="Seconds to wait for the probe job.")
+@click.option("--accept-host-key", is_flag=True,
+              help="Show the cluster's host key fingerprints and, if you confirm, record them.")
 @pass_app
-def doctor_cmd(app: AppContext, probe: bool, probe_timeout: float) -> None:
+def doctor_cmd(app: AppContext, probe: bool, probe_timeout: float,
+               accept_host_key: bool) -> None:
     """Check Python, nnU-Net, the workspace, the connection and the scheduler.
 
     Exits non-zero at the first broken link and says how to fix it.
@@ -37,6 +40,11 @@ def doctor_cmd(app: AppContext, probe: bool, probe_timeout: float) -> None:
         if result.fix and result.outcome in (Outcome.FAIL, Outcome.WARN):
             click.echo(f"       fix: {result.fix}")
 
+    if accept_host_key and not cfg.cluster.is_local:
+        from hpcnn.doctor_remote import accept_host_key as accept
+
+        with connect(cfg) as conn:
+            accept(conn, lambda q: click.confirm(q, default=False), click.echo)
     results = run_checks(cfg, lambda: connect(cfg), probe=probe, report=report,
                          probe_timeout=probe_timeout,
                          on_state=lambda text: click.echo(f"       ... {text}"))

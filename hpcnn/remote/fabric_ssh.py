@@ -116,6 +116,7 @@ class FabricConnection(SshConnection):
         _secure(self._conn)
         self.target = Target(self._conn.host, int(self._conn.port), self._conn.user)
         self.description = str(self.target)
+        self.known_hosts_file = _known_hosts_files(self._conn.ssh_config)[0]
         self._sftp: paramiko.SFTPClient | None = None
 
     def _transport(self) -> paramiko.Transport:

@@ -60,6 +60,8 @@ class OpenSSHConnection(SshConnection):
         self.target = Target(settings.get("hostname", self.host), int(settings.get("port", 22)),
                              settings.get("user", ""))
         self.description = str(self.target)
+        self.known_hosts_file = os.path.expanduser(
+            settings.get("userknownhostsfile", "~/.ssh/known_hosts").split()[0])
         self._control_dir: str | None = None
         self._mux: list[str] = []
         if settings.get("controlmaster", "false") in ("false", "no"):

@@ -280,6 +280,8 @@ class SshConnection(Connection):
 
     cluster: ClusterSection
     target: Target
+    known_hosts_file: str
+    """Where this transport reads (and ``doctor --accept-host-key`` records) host keys."""
     _remote_rsync: bool | None = None
 
     @abstractmethod

@@ -54,7 +54,7 @@ def parse_detection(stdout: str) -> Detection:
     if real_pbs:
         return Detection(real_pbs[0], f"qstat --version: {real_pbs[1]}")
     if slurm:
-        wrappers = " (its Torque wrappers qsub/qstat are present too)" if "qsub" in have else ""
+        wrappers = "; Slurm's Torque wrappers qsub/qstat too" if "qsub" in have else ""
         return Detection("slurm", f"sbatch and squeue found{wrappers}")
     if have & {"qsub", "qstat"}:
         raise SchedulerError(

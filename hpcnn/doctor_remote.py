@@ -1,0 +1,181 @@
+"""``hpcnn doctor`` for a cluster: SSH, login shell, remote dir, scheduler, remote nnU-Net.
+
+Each check is one remote command over the doctor's one connection and names the link that is
+broken with its fix. Facts found on the way (the detected dialect, the absolute remote dir)
+go into ``ctx.facts`` for the checks after them and for ``--probe``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from hpcnn.doctor import MIN_FREE_GB, Check, CheckResult, DoctorContext, Outcome
+from hpcnn.errors import ConnectionFailed, HpcnnError, SchedulerUnavailable
+from hpcnn.remote.base import join_argv
+from hpcnn.remote.ssh_common import SshConnection
+from hpcnn.schedulers import get_dialect
+from hpcnn.schedulers.detect import DETECT_LINE, parse_detection
+
+_PYTHON_PROBE = (
+    "import sys\n"
+    "try:\n"
+    "    import importlib.metadata as m; v = m.version('nnunetv2')\n"
+    "except Exception:\n"
+    "    v = '-'\n"
+    "print(sys.version.split()[0], v)\n"
+)
+
+
+_NO_SUCH_JOB = "67108863"  # Slurm's largest job id; "0" is rejected as malformed, not unknown
+
+
+def _fail(name: str, exc: HpcnnError) -> CheckResult:
+    message, _, _ = str(exc).partition("\n  fix: ")
+    return CheckResult(name, Outcome.FAIL, message, exc.hint or "")
+
+
+def check_ssh(ctx: DoctorContext) -> CheckResult:
+    """Reachable, host key known, logged in: one command proves all three; a failure says
+    which of them broke (ssh_common words each cause)."""
+    cluster = ctx.cfg.cluster
+    try:
+        ctx.conn.run_shell("true")
+    except ConnectionFailed as exc:
+        text = str(exc)
+        name = ("ssh host key" if "host key" in text else
+                "ssh login" if "refused the login" in text else "ssh reachable")
+        return _fail(name, exc)
+    return CheckResult("ssh", Outcome.OK, f"{ctx.conn.description} via {cluster.ssh}: "
+                                          "reachable, host key known, logged in")
+
+
+def check_login_shell(ctx: DoctorContext) -> CheckResult:
+    shell = ctx.cfg.cluster.login_shell
+    res = ctx.conn.run_shell('echo "hpcnn-ok $0"; echo "$PATH"', check=False)
+    lines = res.stdout.splitlines()
+    if not res.ok or not lines or not lines[0].startswith("hpcnn-ok"):
+        return CheckResult("login shell", Outcome.FAIL,
+                           f"`{shell}` did not run a command (exit {res.returncode}): "
+                           f"{res.stderr.strip()[-300:]}",
+                           "set cluster.login_shell to a shell that takes a command, e.g. "
+                           "`bash -lc`")
+    path = lines[1] if len(lines) > 1 else ""
+    return CheckResult("login shell", Outcome.OK, f"`{shell}` works; PATH={path[:120]}")
+
+
+def check_remote_dir(ctx: DoctorContext) -> CheckResult:
+    """The folder exists (or is made) and takes a file; its free space, like the local one."""
+    folder = ctx.cfg.remote_dir
+    q = shlex.quote(folder)
+    res = ctx.conn.run_shell(
+        f"mkdir -p {q} && cd {q} && pwd && t=.hpcnn-doctor-$$ && : > \"$t\" && rm -f \"$t\" "
+        "&& df -Pk .", check=False)
+    lines = res.stdout.splitlines()
+    if not res.ok or len(lines) < 3:
+        return CheckResult("remote dir", Outcome.FAIL,
+                           f"cannot write in {folder} on {ctx.conn.description}: "
+                           f"{res.stderr.strip()[-300:]}",
+                           "set cluster.remote_dir to a folder your cluster account can write "
+                           "(relative paths are under its home)")
+    absolute, fields = lines[0], lines[-1].split()
+    ctx.facts["remote_dir"] = absolute
+    free_gb = int(fields[3]) * 1024 / 1e9 if len(fields) > 3 and fields[3].isdigit() else None
+    detail = absolute + (f" ({free_gb:.1f} GB free)" if free_gb is not None else "")
+    if free_gb is not None and free_gb < MIN_FREE_GB:
+        return CheckResult("remote dir", Outcome.WARN, detail,
+                           f"less than {MIN_FREE_GB:.0f} GB free: preprocessed data and "
+                           "checkpoints need room; choose another cluster.remote_dir")
+    return CheckResult("remote dir", Outcome.OK, detail)
+
+
+def check_scheduler(ctx: DoctorContext) -> CheckResult:
+    """Detect the dialect (what ``auto`` uses), compare it with cluster.yaml, and ask the
+    scheduler about a job id that does not exist: an answer, even "unknown id", means the
+    scheduler is up and the dialect's status call works."""
+    probe_ids = [_NO_SUCH_JOB]
+    configured = ctx.cfg.cluster.scheduler
+    res = ctx.conn.run_shell(DETECT_LINE, check=False)
+    try:
+        found = parse_detection(res.stdout)
+    except HpcnnError as exc:
+        if configured == "auto":
+            return _fail("scheduler", exc)
+        found = None
+    name = found.dialect if configured == "auto" and found else configured
+    ctx.facts["dialect"] = name
+    dialect = get_dialect(name)
+    status = ctx.conn.run(dialect.status_command(probe_ids), check=False)
+    try:
+        dialect.parse_status(status.stdout, status.stderr, status.returncode, probe_ids)
+    except SchedulerUnavailable as exc:
+        return CheckResult("scheduler", Outcome.FAIL,
+                           f"{name}: `{join_argv(dialect.status_command(probe_ids))}` did not "
+                           f"answer: {exc}",
+                           "check that the scheduler's commands are on the login shell's PATH "
+                           "and that the scheduler is up (ask the cluster's admins)")
+    evidence = f" ({found.evidence})" if found else ""
+    detail = f"{name}{evidence}, answering"
+    if found and found.dialect != name:
+        return CheckResult("scheduler", Outcome.WARN, detail + f"; detected {found.dialect}",
+                           f"cluster.scheduler says {configured}; `{found.dialect}` (or `auto`) "
+                           "reports exit codes and walltime kills more faithfully")
+    return CheckResult("scheduler", Outcome.OK, detail)
+
+
+def check_remote_python(ctx: DoctorContext) -> CheckResult:
+    """Python and nnunetv2 after the user's environment.setup, as a job would see them."""
+    setup = ctx.cfg.environment.setup
+    line = " && ".join([*setup, f"python3 -c {shlex.quote(_PYTHON_PROBE)}"])
+    res = ctx.conn.run_shell(line, check=False)
+    words = res.stdout.split()
+    if not res.ok or len(words) < 2:
+        return CheckResult("cluster python", Outcome.FAIL,
+                           f"environment.setup + python3 failed (exit {res.returncode}): "
+                           f"{res.stderr.strip()[-300:]}",
+                           "fix environment.setup in cluster.yaml (conda activate, module load "
+                           "or a venv) so that python3 works in a job")
+    python, nnunet = words[-2], words[-1]
+    if nnunet == "-":
+        return CheckResult("cluster python", Outcome.FAIL,
+                           f"python {python}, but nnunetv2 is not importable after "
+                           "environment.setup",
+                           "install nnunetv2 on the cluster, or add its activation (conda, "
+                           "module, venv) to environment.setup")
+    local = ctx.facts.get("local_nnunet")
+    detail = f"python {python}, nnunetv2 {nnunet}"
+    if local and local != nnunet:
+        return CheckResult("cluster python", Outcome.WARN, f"{detail}; this machine has {local}",
+                           f"use the same nnunetv2 on both sides (pip install nnunetv2=={local})"
+                           ": plans and checkpoints of one version may not load in another")
+    return CheckResult("cluster python", Outcome.OK, detail)
+
+
+REMOTE_CHECKS: list[Check] = [
+    check_ssh, check_login_shell, check_remote_dir, check_scheduler, check_remote_python,
+]
+
+
+def accept_host_key(conn: SshConnection, confirm: Callable[[str], bool],
+                    echo: Callable[[str], None]) -> bool:
+    """Show the keys the cluster offers and, when the user confirms, record them in the
+    known_hosts file the connection reads. Returns whether keys were added."""
+    target, known_hosts = conn.target, Path(conn.known_hosts_file)
+    scan = subprocess.run(["ssh-keyscan", "-p", str(target.port), target.host],
+                          capture_output=True, text=True, timeout=60, check=False)
+    keys = [line for line in scan.stdout.splitlines() if line and not line.startswith("#")]
+    if not keys:
+        echo(f"no host keys from {target.host} port {target.port}: {scan.stderr.strip()}")
+        return False
+    prints = subprocess.run(["ssh-keygen", "-lf", "-"], input="\n".join(keys) + "\n",
+                            capture_output=True, text=True, check=False).stdout
+    echo(f"{target.known_hosts_name} offers:\n{prints.rstrip()}")
+    if not confirm(f"Do these match the fingerprints your cluster documents? Add them to "
+                   f"{known_hosts}"):
+        return False
+    known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with known_hosts.open("a") as handle:
+        handle.write("\n".join(keys) + "\n")
+    return True
