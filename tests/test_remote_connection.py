@@ -18,6 +18,8 @@ from hpcnn.errors import ConnectionFailed, RemoteCommandError
 from hpcnn.remote import connect
 from hpcnn.remote.base import Connection
 
+pytestmark = pytest.mark.testbed
+
 TRANSPORTS = ["fabric", "openssh"]
 
 
@@ -281,3 +283,22 @@ def test_no_ssh_client_installed(cluster_config, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(ConnectionFailed, match="ssh client is not installed"):
         connect(cfg)
+
+
+@pytest.mark.parametrize("ssh", TRANSPORTS)
+def test_accept_host_key_shows_fingerprint_and_records_it(cluster_config, testbed,
+                                                          tmp_path: Path, ssh: str) -> None:
+    from hpcnn.doctor_remote import accept_host_key
+
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    known_hosts_config(testbed, tmp_path, known_hosts)
+    cfg = cluster_config("torque", ssh)
+    shown: list[str] = []
+    with connect(cfg) as conn:
+        assert not accept_host_key(conn, lambda question: False, shown.append)
+        assert known_hosts.read_text() == "" and "SHA256:" in shown[0]
+        assert accept_host_key(conn, lambda question: True, shown.append)
+    assert "[127.0.0.1]:2222 ssh-ed25519" in known_hosts.read_text()
+    with connect(cfg) as conn:
+        assert conn.run(["true"]).ok
