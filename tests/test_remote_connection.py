@@ -231,35 +231,35 @@ def test_key_not_authorised(cluster_config, tmp_path: Path, ssh: str) -> None:
     assert "refused the login" in str(err) and "authorized_keys" in str(err)
 
 
-def known_hosts_config(testbed, tmp_path: Path, known_hosts: Path) -> None:
-    config = Path(os.environ["HPCNN_SSH_CONFIG"])
-    config.write_text(config.read_text().replace(testbed["TESTBED_KNOWN_HOSTS"],
-                                                 str(known_hosts)))
+@pytest.fixture
+def known_hosts(testbed, testbed_ssh_config: Path, tmp_path: Path) -> Path:
+    """An empty known_hosts file that the test's ssh config uses instead of the test bed's."""
+    path = tmp_path / "known_hosts"
+    path.write_text("")
+    testbed_ssh_config.write_text(
+        testbed_ssh_config.read_text().replace(testbed["TESTBED_KNOWN_HOSTS"], str(path)))
+    return path
 
 
 @pytest.mark.parametrize("ssh", TRANSPORTS)
-def test_unknown_host_key_is_refused_with_its_fingerprint(cluster_config, testbed,
-                                                          tmp_path: Path, ssh: str) -> None:
-    empty = tmp_path / "known_hosts"
-    empty.write_text("")
-    known_hosts_config(testbed, tmp_path, empty)
+def test_unknown_host_key_is_refused_with_its_fingerprint(cluster_config, known_hosts: Path,
+                                                          ssh: str) -> None:
     err = connection_error(cluster_config("torque", ssh))
     expected = subprocess.run(
         ["ssh-keygen", "-lf", "/etc/hpcnn-testbed/ssh_host_ed25519_key.pub"],
         capture_output=True, text=True, check=True).stdout.split()[1]
     assert "not in your known_hosts" in str(err) and expected in str(err), str(err)
     assert "ssh-keyscan -p 2222 127.0.0.1" in str(err)
-    assert empty.read_text() == ""  # nothing was added behind the user's back
+    assert known_hosts.read_text() == ""  # nothing was added behind the user's back
 
 
 @pytest.mark.parametrize("ssh", TRANSPORTS)
-def test_changed_host_key_is_refused(cluster_config, testbed, tmp_path: Path, ssh: str) -> None:
+def test_changed_host_key_is_refused(cluster_config, known_hosts: Path, tmp_path: Path,
+                                     ssh: str) -> None:
     other = tmp_path / "other"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
-    wrong = tmp_path / "known_hosts"
     key = " ".join(Path(f"{other}.pub").read_text().split()[:2])
-    wrong.write_text(f"[127.0.0.1]:2222 {key}\n")
-    known_hosts_config(testbed, tmp_path, wrong)
+    known_hosts.write_text(f"[127.0.0.1]:2222 {key}\n")
     err = connection_error(cluster_config("torque", ssh))
     assert "has CHANGED" in str(err) and "ssh-keygen -R" in str(err), str(err)
 
@@ -286,13 +286,10 @@ def test_no_ssh_client_installed(cluster_config, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize("ssh", TRANSPORTS)
-def test_accept_host_key_shows_fingerprint_and_records_it(cluster_config, testbed,
-                                                          tmp_path: Path, ssh: str) -> None:
+def test_accept_host_key_shows_fingerprint_and_records_it(cluster_config, known_hosts: Path,
+                                                          ssh: str) -> None:
     from hpcnn.doctor_remote import accept_host_key
 
-    known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text("")
-    known_hosts_config(testbed, tmp_path, known_hosts)
     cfg = cluster_config("torque", ssh)
     shown: list[str] = []
     with connect(cfg) as conn:
