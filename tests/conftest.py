@@ -95,6 +95,13 @@ def testbed_ssh_config(testbed: dict[str, str], tmp_path: Path,
     return path
 
 
+def testbed_ssh(testbed: dict[str, str]) -> list[str]:
+    """A plain ``ssh`` to the cluster account, for fixtures that prepare or clean up."""
+    return ["ssh", "-i", testbed["TESTBED_KEY"], "-p", testbed["TESTBED_PORT"],
+            "-o", f"UserKnownHostsFile={testbed['TESTBED_KNOWN_HOSTS']}", "-o", "BatchMode=yes",
+            f"{testbed['TESTBED_USER']}@{testbed['TESTBED_HOST']}"]
+
+
 @pytest.fixture(scope="session")
 def testbed_environment(testbed: dict[str, str]) -> list[str]:
     """environment.setup lines that give the cluster account nnunetv2 as a job would get it.
@@ -107,9 +114,7 @@ def testbed_environment(testbed: dict[str, str]) -> list[str]:
     """
     import importlib.metadata
 
-    ssh = ["ssh", "-i", testbed["TESTBED_KEY"], "-p", testbed["TESTBED_PORT"],
-           "-o", f"UserKnownHostsFile={testbed['TESTBED_KNOWN_HOSTS']}", "-o", "BatchMode=yes",
-           f"{testbed['TESTBED_USER']}@{testbed['TESTBED_HOST']}"]
+    ssh = testbed_ssh(testbed)
     activate = f"source {TESTBED_VENV}/bin/activate"
     probe = subprocess.run([*ssh, f"{activate} && python3 -c 'import nnunetv2'"],
                            capture_output=True, text=True, check=False)
@@ -130,7 +135,7 @@ def cluster_config(testbed: dict[str, str], testbed_ssh_config: Path, tmp_path: 
                    testbed_environment: list[str]):
     """Factory: a cluster.yaml for the test bed, loaded like a user's. ``alias=True`` names the
     host by its ssh-config alias; False spells out host, port, user and key in cluster.yaml.
-    Each config gets its own remote_dir (relative: under hpcuser's home)."""
+    Each config gets its own remote_dir (relative: under hpcuser's home), removed afterwards."""
     import yaml
 
     from hpcnn.config import Config, load_config_file
@@ -157,4 +162,6 @@ def cluster_config(testbed: dict[str, str], testbed_ssh_config: Path, tmp_path: 
         path.write_text(yaml.safe_dump(data))
         return load_config_file(path)
 
-    return make
+    yield make
+    subprocess.run([*testbed_ssh(testbed), f"rm -rf hpcnn-tests/{tmp_path.name}-*"],
+                   capture_output=True, check=False)

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -153,7 +153,7 @@ def test_openssh_master_is_private_and_closed(cluster_config) -> None:
 
 
 @pytest.fixture
-def fake_server() -> Iterator[callable]:
+def fake_server() -> Iterator[Callable[[bytes | None], int]]:
     """Start a TCP server on 127.0.0.1 that is not SSH: ``greeting`` is sent then the
     connection closes; None keeps it open and silent (a host that never answers)."""
     sockets: list[socket.socket] = []
