@@ -20,6 +20,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,6 +124,7 @@ class FabricConnection(SshConnection):
         """The one transport, opened on first use; failures become ConnectionFailed."""
         if self._conn.is_connected:
             return self._conn.transport
+        start = time.monotonic()
         try:
             try:
                 self._conn.open()
@@ -135,10 +137,13 @@ class FabricConnection(SshConnection):
             raise
         except Exception as exc:
             self._conn.close()
-            raise self._failure(exc) from exc
+            raise self._failure(exc, waited=time.monotonic() - start) from exc
         return self._conn.transport
 
-    def _failure(self, exc: BaseException) -> HpcnnError:
+    def _failure(self, exc: BaseException, waited: float = 0.0) -> HpcnnError:
+        """The cause of a failed connect or channel. A server that took the TCP connection and
+        then said nothing until the timeout is "no answer": paramiko reports that as a banner
+        error, or (its handshake wait ending first) as "No existing session"."""
         timeout = self.cluster.connect_timeout
         if isinstance(exc, _UnknownHostKey):
             return failure(Failure.HOSTKEY_UNKNOWN, self.target, exc.offered)
@@ -152,7 +157,8 @@ class FabricConnection(SshConnection):
             if codes <= {errno.ECONNREFUSED}:
                 return failure(Failure.REFUSED, self.target)
             return failure(Failure.UNREACHABLE, self.target, str(exc))
-        if any(isinstance(e, TimeoutError | socket.timeout) for e in _chain(exc)):
+        timed_out = any(isinstance(e, TimeoutError | socket.timeout) for e in _chain(exc))
+        if timed_out or waited >= timeout * 0.9:
             return failure(Failure.TIMEOUT, self.target, timeout=timeout)
         if isinstance(exc, ConnectionRefusedError):
             return failure(Failure.REFUSED, self.target)
