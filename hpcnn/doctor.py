@@ -200,7 +200,10 @@ def run_checks(
 
         checks += REMOTE_CHECKS
     if probe:
-        checks.append(lambda c: run_probe(c, probe_timeout, on_state))
+        def check_probe_job(c: DoctorContext) -> CheckResult:
+            return run_probe(c, probe_timeout, on_state)
+
+        checks.append(check_probe_job)
     results: list[CheckResult] = []
     failed: str | None = None
     try:

@@ -141,6 +141,22 @@ def _kv(lines: Sequence[str]) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if "=" in line)
 
 
+WALLTIME_SLACK = 0.95
+"""A job stopped by SIGTERM after this share of its walltime was stopped by the walltime."""
+
+
+def _ran_to_walltime(marks: Markers) -> bool:
+    from datetime import datetime
+
+    limit = marks.started.get("walltime", "")
+    try:
+        began = datetime.fromisoformat(marks.started["time"].replace("Z", "+00:00"))
+        ended = datetime.fromisoformat(marks.exit_info["time"].replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return False
+    return limit.isdigit() and (ended - began).total_seconds() >= WALLTIME_SLACK * int(limit)
+
+
 @dataclass(frozen=True)
 class Verdict:
     state: JobState
@@ -182,6 +198,10 @@ def decide(
         else:
             detail = marks.err_tail.splitlines()[-1] if marks.err_tail else ""
         if marks.exit_info.get("signal") == "TERM":
+            if _ran_to_walltime(marks):
+                # Schedulers that hide how a job ended (Slurm's Torque wrapper shows C for
+                # everything) still leave the job's own clock: it was stopped at its limit.
+                return Verdict(JobState.TIMEOUT, code, "stopped at its walltime", None)
             detail = ("stopped by SIGTERM (walltime or cancel); " + detail).rstrip("; ")
         return Verdict(JobState.FAILED, code, detail, None)
     if not answered:

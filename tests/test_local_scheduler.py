@@ -239,3 +239,18 @@ def test_job_survives_the_submitting_process(tmp_path: Path, queue: Path) -> Non
     assert state_of(job, str(job_dir)).state in (JobState.QUEUED, JobState.RUNNING)
     wait_until(lambda: state_of(job, str(job_dir)).state == JobState.COMPLETED, what="done")
     assert "survived" in (job_dir / "out.log").read_text()
+
+
+def test_sigterm_before_the_walltime_is_not_a_timeout(tmp_path: Path, queue: Path) -> None:
+    """A job killed early (e.g. by an administrator) with SIGTERM is failed, not timeout,
+    when the scheduler does not say why: the job's own clock is below its walltime."""
+    cfg = make_cfg(tmp_path, resources=ResourcesSection(walltime=3600))
+    job, jdir = submit(cfg, "killed", [["sleep", "60"]])
+    wait_until(lambda: Path(jdir, "started").exists(), what="started")
+    pid = int(dict(line.split("=", 1) for line in
+                   Path(jdir, "started").read_text().splitlines())["pid"])
+    time.sleep(0.5)
+    os.killpg(pid, signal.SIGTERM)
+    wait_until(lambda: state_of(job, jdir).state.finished, what="finish")
+    v = state_of(job, jdir)
+    assert v.state == JobState.FAILED and "stopped by SIGTERM" in v.detail
