@@ -104,30 +104,15 @@ def testbed_ssh(testbed: dict[str, str]) -> list[str]:
 
 @pytest.fixture(scope="session")
 def testbed_environment(testbed: dict[str, str]) -> list[str]:
-    """environment.setup lines that give the cluster account nnunetv2 as a job would get it.
-
-    Work-around (reported): /opt/hpcnn-venv's python links into /root/.pyenv, which hpcuser
-    cannot enter, so the shared venv does not run as the cluster account. Until it does, jobs
-    get a stand-in ``nnunetv2`` package (same version as here) under hpcuser's home, so the
-    doctor's and the probe's import checks exercise the real path (setup, PYTHONPATH,
-    importlib.metadata) without a second 6 GB install.
-    """
-    import importlib.metadata
-
-    ssh = testbed_ssh(testbed)
+    """environment.setup lines that give the cluster account nnunetv2 as a job gets it: the
+    machine's shared venv (.ci/run builds it from a Python every user can run)."""
     activate = f"source {TESTBED_VENV}/bin/activate"
-    probe = subprocess.run([*ssh, f"{activate} && python3 -c 'import nnunetv2'"],
+    probe = subprocess.run([*testbed_ssh(testbed), f"{activate} && python3 -c 'import nnunetv2'"],
                            capture_output=True, text=True, check=False)
-    if probe.returncode == 0:
-        return [activate]
-    version = importlib.metadata.version("nnunetv2")
-    stand_in = "hpcnn-tests/stand-in"
-    script = (f"mkdir -p {stand_in}/nnunetv2 {stand_in}/nnunetv2-{version}.dist-info && "
-              f"echo '__version__ = \"{version}\"' > {stand_in}/nnunetv2/__init__.py && "
-              f"printf 'Metadata-Version: 2.1\\nName: nnunetv2\\nVersion: {version}\\n' "
-              f"> {stand_in}/nnunetv2-{version}.dist-info/METADATA")
-    subprocess.run([*ssh, script], check=True, capture_output=True)
-    return [f'export PYTHONPATH="$HOME/{stand_in}${{PYTHONPATH:+:$PYTHONPATH}}"']
+    need(probe.returncode == 0,
+         f"the cluster account cannot import nnunetv2 from {TESTBED_VENV}: "
+         f"{probe.stderr.strip()[-300:]} (rebuild it with .ci/run)")
+    return [activate]
 
 
 @pytest.fixture
