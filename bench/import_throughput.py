@@ -8,7 +8,7 @@ CT-like volumes (.nrrd, gzip) with Slicer .seg.nrrd segmentations (three segment
 their extent, 4-D with overlapping layers in most cases), written once to --data and reused.
 
 Both sides run the same way: in this process for one worker, else in the import's process pool
-(``hpcnn.dataset.importer.process_pool``: forked on Linux; its start counts on both sides), with
+(``hpcnn.dataset.workers.process_pool``: forked on Linux; its start counts on both sides), with
 SimpleITK pinned to one thread per worker
 (``sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)``) and gzip-compressed output. The
 baseline reads and writes every image and segmentation once (``sitk.ReadImage`` +
@@ -61,7 +61,7 @@ def _copy_pair(job: tuple[str, str, str, str, str]) -> None:
 def baseline(data: Path, workers: int, ending: str) -> None:
     """Plain SimpleITK: read and write every image and segmentation, run like the import: in
     this process for one worker, else in the import's own kind of pool."""
-    from hpcnn.dataset.importer import pin_simpleitk_threads, process_pool
+    from hpcnn.dataset.workers import pin_simpleitk_threads, process_pool
 
     images = sorted(p for p in data.glob("*.nrrd") if not p.name.endswith(".seg.nrrd"))
     with tempfile.TemporaryDirectory(dir=data.parent) as out:

@@ -17,7 +17,7 @@ import pytest
 from synthetic import Grid, Segment, box, write_nnunet_dataset, write_slicer_seg
 
 from hpcnn.dataset.check import check_dataset
-from hpcnn.dataset.problems import CheckReport
+from hpcnn.dataset.findings import CheckReport
 
 ENDING = ".nrrd"  # ITK's NIfTI reader turns NaN into 0; NRRD keeps them
 SIZE = (16, 16, 8)
@@ -39,7 +39,7 @@ def add_companions(folder: Path) -> None:
 
 
 def found(report: CheckReport) -> set[tuple[str, str, str]]:
-    return {(p.severity, p.code, p.file) for p in report.problems}
+    return {(p.level, p.code, p.file) for p in report.problems}
 
 
 def image(folder: Path, case: int, channel: int = 0) -> Path:

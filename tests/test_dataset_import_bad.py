@@ -12,8 +12,8 @@ import synthetic
 from synthetic import Grid, Segment
 from test_dataset_import import read, run_import
 
+from hpcnn.dataset.findings import ImportFailed
 from hpcnn.dataset.importer import ImportResult
-from hpcnn.dataset.report import ImportFailed
 
 pytestmark = pytest.mark.usefixtures("sitk_available")
 

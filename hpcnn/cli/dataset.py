@@ -12,7 +12,7 @@ import click
 from hpcnn.cli.common import AppContext, pass_app
 
 if TYPE_CHECKING:
-    from hpcnn.dataset.report import Finding
+    from hpcnn.dataset.findings import Finding
 
 
 @click.group("dataset")
@@ -115,13 +115,9 @@ def check_command(app: AppContext, dataset: str, as_json: bool, workers: int | N
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
-        for file, problems in report.grouped():
-            click.secho(file, bold=True)
-            for p in problems:
-                colour = "red" if p.severity == "error" else "yellow"
-                click.echo(f"  {click.style(p.severity, fg=colour)} [{p.code}] {p.message}")
-                if p.hint:
-                    click.echo(f"      fix: {p.hint}")
+        text = report.as_text(style=_style)
+        if text:
+            click.echo(text)
         click.secho(report.summary(), fg="red" if report.errors else "green")
     if report.errors:
         raise click.exceptions.Exit(EXIT_USAGE)
@@ -176,8 +172,15 @@ def _names(text: str | None) -> tuple[str, ...]:
 _LEVEL_STYLE = {"error": "red", "warning": "yellow", "fix": "cyan", "notice": None}
 
 
+def _style(text: str, part: str) -> str:
+    """A file name in bold, a level in its colour."""
+    if part == "file":
+        return click.style(text, bold=True)
+    return click.style(text, fg=_LEVEL_STYLE[part])
+
+
 def _print_findings(findings: list[Finding]) -> None:
-    from hpcnn.dataset.report import summary_lines
+    from hpcnn.dataset.findings import summary_lines
 
     for level, text in summary_lines(findings):
         click.secho(f"{level}: {text}", fg=_LEVEL_STYLE[level])

@@ -3,8 +3,8 @@
 nnU-Net's own ``verify_dataset_integrity`` stops at the first hard error (an assert or a
 RuntimeError), reads every label file twice, and misses whole classes of mistakes: empty or float
 labels, orphan and stray files, imagesTs names, mixed orientations, duplicated cases, v1 keys in
-dataset.json. This check runs every test on every file and collects the findings as Problems
-(problems.py), so a user fixes everything in one round. It is a superset of nnU-Net's checks, with
+dataset.json. This check runs every test on every file and collects the findings
+(findings.py), so a user fixes everything in one round. It is a superset of nnU-Net's checks, with
 the same tolerances (``np.allclose`` defaults, exact equality between channels), so a dataset it
 passes also passes nnU-Net's.
 
@@ -21,27 +21,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import as_completed
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hpcnn.dataset.findings import DATASET_JSON, CheckReport, Finding, error, warning
 from hpcnn.dataset.geometry import Geometry
 from hpcnn.dataset.layout import read_dataset_json
-from hpcnn.dataset.problems import DATASET_JSON, CheckReport, Problem, error, warning
+from hpcnn.dataset.workers import Progress, available_cpus, runner
 from hpcnn.errors import DataError
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
-
-Progress = Callable[[str, int, int], None]
-"""``on_progress(phase, done, total)``, as for the importer (the CLI draws the bar)."""
 
 IMAGES_TR, LABELS_TR, IMAGES_TS = "imagesTr", "labelsTr", "imagesTs"
 SPLITS = "splits_final.json"
@@ -93,21 +89,13 @@ class CaseResult:
 
     case: str
     image: str
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[Finding] = field(default_factory=list)
     dimension: int | None = None
     geometry: Geometry | None = None
     orientation: str | None = None
     voxels: int = 0
     digest: str | None = None
     label_values: frozenset[int] = frozenset()
-
-
-def available_cpus() -> int:
-    """Cores this process may use (the job's allocation on a cluster node, not the node's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def check_dataset(
@@ -128,9 +116,10 @@ def check_dataset(
     if ending is not None:
         _check_case_files(cases, labels, channels, ending, report)
     if meta.num_training is not None and meta.num_training != len(cases):
-        report.add([error(DATASET_JSON, "num-training-mismatch",
+        report.add([error(DATASET_JSON,
                           f"numTraining is {meta.num_training} but imagesTr holds "
-                          f"{len(cases)} case(s)", f'set "numTraining": {len(cases)}')])
+                          f"{len(cases)} case(s)", f'set "numTraining": {len(cases)}',
+                          code="num-training-mismatch")])
     tasks = [CaseTask(folder, case, tuple(chs[c] for c in sorted(chs)), labels.get(case),
                       meta.allowed_labels)
              for case, chs in sorted(cases.items())]
@@ -153,34 +142,35 @@ def _read_dataset_json(folder: Path, report: CheckReport) -> Meta:
     meta = Meta()
     path = folder / DATASET_JSON
     if not path.is_file():
-        report.add([error(DATASET_JSON, "missing-dataset-json", "no dataset.json in the dataset",
+        report.add([error(DATASET_JSON, "no dataset.json in the dataset",
                           "write one with channel_names, labels, numTraining and file_ending "
-                          "(`hpcnn dataset import` writes it)")])
+                          "(`hpcnn dataset import` writes it)", code="missing-dataset-json")])
         return meta
     try:
         data = read_dataset_json(path)
     except DataError as exc:
-        report.add([error(DATASET_JSON, "invalid-json", str(exc.args[0]).replace(
-            str(path), DATASET_JSON), exc.hint or "")])
+        report.add([error(DATASET_JSON, str(exc.args[0]).replace(
+            str(path), DATASET_JSON), exc.hint or "", code="invalid-json")])
         return meta
-    problems: list[Problem] = []
+    problems: list[Finding] = []
     for key, why in V1_KEYS.items():
         if key in data:
             fix = (RENAME_MODALITY if key == "modality" and "channel_names" not in data
                    else f'remove "{key}"')
-            problems.append(warning(DATASET_JSON, "v1-key",
-                                    f'"{key}" is a nnU-Net v1 key: {why}', fix))
+            problems.append(warning(DATASET_JSON,
+                                    f'"{key}" is a nnU-Net v1 key: {why}', fix, code="v1-key"))
     for key in REQUIRED_KEYS:
         if key not in data:
             fix = (RENAME_MODALITY if key == "channel_names" and "modality" in data
                    else _MISSING_KEY_HINTS[key])
-            problems.append(error(DATASET_JSON, "missing-key", f'required key "{key}" is missing',
-                                  fix))
+            problems.append(error(DATASET_JSON, f'required key "{key}" is missing',
+                                  fix, code="missing-key"))
     if "dataset" in data:
-        problems.append(warning(DATASET_JSON, "explicit-file-list",
+        problems.append(warning(DATASET_JSON,
                                 'a "dataset" file list: nnU-Net reads the cases from it, while '
                                 "this check reads imagesTr and labelsTr",
-                                'remove "dataset" and keep the cases in imagesTr/labelsTr'))
+                                'remove "dataset" and keep the cases in imagesTr/labelsTr',
+                                code="explicit-file-list"))
     meta.channels = _channel_names(data.get("channel_names", data.get("modality")), problems)
     meta.file_ending = _file_ending(data.get("file_ending"), problems)
     _labels(data, meta, problems)
@@ -189,9 +179,10 @@ def _read_dataset_json(folder: Path, report: CheckReport) -> Meta:
         if isinstance(num, int) and not isinstance(num, bool) and num >= 0:
             meta.num_training = num
         else:
-            problems.append(error(DATASET_JSON, "bad-num-training",
+            problems.append(error(DATASET_JSON,
                                   f"numTraining is {num!r}, not a whole number",
-                                  '"numTraining" is the number of training cases, e.g. 40'))
+                                  '"numTraining" is the number of training cases, e.g. 40',
+                                  code="bad-num-training"))
     report.add(problems)
     return meta
 
@@ -204,41 +195,43 @@ _MISSING_KEY_HINTS = {
 }
 
 
-def _channel_names(value: Any, problems: list[Problem]) -> int | None:
+def _channel_names(value: Any, problems: list[Finding]) -> int | None:
     if value is None:
         return None
     if not isinstance(value, dict) or not value:
-        problems.append(error(DATASET_JSON, "bad-channel-names",
+        problems.append(error(DATASET_JSON,
                               f"channel_names must be an object, got {value!r}",
-                              'e.g. "channel_names": {"0": "CT"}'))
+                              'e.g. "channel_names": {"0": "CT"}', code="bad-channel-names"))
         return None
     expected = [str(i) for i in range(len(value))]
     if sorted(value, key=lambda k: (len(str(k)), str(k))) != expected:
-        problems.append(error(DATASET_JSON, "bad-channel-names",
+        problems.append(error(DATASET_JSON,
                               f"channel_names keys are {list(value)}; nnU-Net needs the channel "
                               f"numbers {', '.join(expected)}",
-                              'number the channels from "0", matching the _0000, _0001 ... files'))
+                              'number the channels from "0", matching the _0000, _0001 ... files',
+                              code="bad-channel-names"))
     return len(value)
 
 
-def _file_ending(value: Any, problems: list[Problem]) -> str | None:
+def _file_ending(value: Any, problems: list[Finding]) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip("."):
-        problems.append(error(DATASET_JSON, "bad-file-ending", f"file_ending is {value!r}",
-                              'e.g. "file_ending": ".nii.gz"'))
+        problems.append(error(DATASET_JSON, f"file_ending is {value!r}",
+                              'e.g. "file_ending": ".nii.gz"', code="bad-file-ending"))
         return None
     if not value.startswith("."):
-        problems.append(error(DATASET_JSON, "bad-file-ending",
+        problems.append(error(DATASET_JSON,
                               f'file_ending "{value}" has no leading dot: nnU-Net matches file '
-                              "names against it literally", f'use ".{value}"'))
+                              "names against it literally", f'use ".{value}"',
+                              code="bad-file-ending"))
         value = "." + value
     readable = _nnunet_endings()
     if value not in readable:
-        problems.append(error(DATASET_JSON, "unsupported-file-ending",
+        problems.append(error(DATASET_JSON,
                               f'nnU-Net has no reader for "{value}"',
                               f"convert the images to .nii.gz or .nrrd (nnU-Net reads "
-                              f"{', '.join(sorted(readable))})"))
+                              f"{', '.join(sorted(readable))})", code="unsupported-file-ending"))
     return value
 
 
@@ -248,14 +241,15 @@ def _nnunet_endings() -> set[str]:
     return {e for cls in LIST_OF_IO_CLASSES for e in cls.supported_file_endings}
 
 
-def _labels(data: dict[str, Any], meta: Meta, problems: list[Problem]) -> None:
+def _labels(data: dict[str, Any], meta: Meta, problems: list[Finding]) -> None:
     """nnU-Net's LabelManager rules, all reported instead of the first one asserted."""
     labels = data.get("labels")
     if labels is None:
         return
     if not isinstance(labels, dict) or not labels:
-        problems.append(error(DATASET_JSON, "bad-labels", f"labels must be an object, got "
-                              f"{labels!r}", 'e.g. "labels": {"background": 0, "liver": 1}'))
+        problems.append(error(DATASET_JSON, f"labels must be an object, got "
+                              f"{labels!r}", 'e.g. "labels": {"background": 0, "liver": 1}',
+                              code="bad-labels"))
         return
     scalars: dict[str, int] = {}
     values: set[int] = set()
@@ -263,9 +257,10 @@ def _labels(data: dict[str, Any], meta: Meta, problems: list[Problem]) -> None:
     for name, value in labels.items():
         items = value if isinstance(value, list) else [value]
         if not items or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-            problems.append(error(DATASET_JSON, "bad-label-value",
+            problems.append(error(DATASET_JSON,
                                   f'label "{name}" has the value {value!r}, not a whole number',
-                                  f'e.g. "{name}": 1 (a number, not a string)'))
+                                  f'e.g. "{name}": 1 (a number, not a string)',
+                                  code="bad-label-value"))
             continue
         if name == "ignore":
             continue
@@ -275,42 +270,46 @@ def _labels(data: dict[str, Any], meta: Meta, problems: list[Problem]) -> None:
         else:
             scalars[name] = items[0]
     if regions and "regions_class_order" not in data:
-        problems.append(error(DATASET_JSON, "regions-without-order",
+        problems.append(error(DATASET_JSON,
                               "labels define regions (lists of values) but regions_class_order "
-                              "is missing", "add regions_class_order: one label value per region"))
+                              "is missing", "add regions_class_order: one label value per region",
+                              code="regions-without-order"))
     if labels.get("background") != 0:
         zero = [n for n, v in scalars.items() if v == 0 and n != "background"]
         fix = (f'rename "{zero[0]}" to "background"' if zero
                else 'add "background": 0 (nnU-Net requires it, with value 0)')
         found = "is missing" if "background" not in labels else f"is {labels['background']!r}"
-        problems.append(error(DATASET_JSON, "background-not-zero",
+        problems.append(error(DATASET_JSON,
                               f'the "background" label {found}; nnU-Net requires '
-                              '"background": 0', fix))
+                              '"background": 0', fix, code="background-not-zero"))
     if values:
         gaps = sorted(set(range(max(values) + 1)) - values)
         negative = sorted(v for v in values if v < 0)
         if gaps or negative:
-            problems.append(error(DATASET_JSON, "labels-not-consecutive",
+            problems.append(error(DATASET_JSON,
                                   f"label values {sorted(values)} are not 0, 1, 2, ... without "
                                   f"gaps (missing {gaps or 'none'})",
                                   "renumber the labels here and in the label files "
-                                  "(`hpcnn dataset import --remap OLD:NEW` does both)"))
+                                  "(`hpcnn dataset import --remap OLD:NEW` does both)",
+                                  code="labels-not-consecutive"))
     by_value = Counter(scalars.values())
     for value, count in sorted(by_value.items()):
         if count > 1:
             names = [n for n, v in scalars.items() if v == value]
-            problems.append(warning(DATASET_JSON, "duplicate-label-value",
+            problems.append(warning(DATASET_JSON,
                                     f"labels {names} share the value {value}: nnU-Net trains "
-                                    "them as one class", "give each class its own value"))
+                                    "them as one class", "give each class its own value",
+                                    code="duplicate-label-value"))
     ignore = labels.get("ignore")
     allowed = set(values)
     if isinstance(ignore, int) and not isinstance(ignore, bool):
         allowed.add(ignore)
         if values and ignore != max(values) + 1:
-            problems.append(error(DATASET_JSON, "ignore-label-not-highest",
+            problems.append(error(DATASET_JSON,
                                   f"the ignore label is {ignore}; nnU-Net requires it to be the "
                                   f"highest value, {max(values) + 1}",
-                                  f'set "ignore": {max(values) + 1} and relabel the files'))
+                                  f'set "ignore": {max(values) + 1} and relabel the files',
+                                  code="ignore-label-not-highest"))
     meta.allowed_labels = frozenset(allowed) if values else None
     meta.foreground = {v: n for n, v in scalars.items() if v != 0}
 
@@ -341,10 +340,10 @@ def _scan_ending(images_dir: Path, declared: str | None, report: CheckReport) ->
         return declared or inferred
     if any(p.name.endswith(declared) for p in _entries(images_dir)):
         return declared
-    report.add([error(DATASET_JSON, "file-ending-mismatch",
+    report.add([error(DATASET_JSON,
                       f'file_ending is "{declared}" but the images in imagesTr end in '
                       f'"{inferred}": nnU-Net finds no training case',
-                      f'set "file_ending": "{inferred}"')])
+                      f'set "file_ending": "{inferred}"', code="file-ending-mismatch")])
     return inferred
 
 
@@ -352,42 +351,43 @@ def _entries(folder: Path) -> list[Path]:
     return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
-def _misplaced(rel: str, path: Path, ending: str, severity: str = "error") -> Problem | None:
+def _misplaced(rel: str, path: Path, ending: str, severity: str = "error") -> Finding | None:
     """A folder, a stray file or an image with another ending: what nnU-Net silently skips.
     None for a file nnU-Net reads (``ending``, not hidden)."""
     where = rel.split("/")[0]
     make = error if severity == "error" else warning
     if path.is_dir():
-        return warning(rel, "stray-file", f"a folder inside {where}: nnU-Net ignores it",
-                       f"move it out of {where}")
+        return warning(rel, f"a folder inside {where}: nnU-Net ignores it",
+                       f"move it out of {where}", code="stray-file")
     if path.name.startswith("."):
         if path.name.endswith(ending) and where != LABELS_TR:
-            return make(rel, "hidden-file", "a hidden file with the image ending: nnU-Net takes "
+            return make(rel, "a hidden file with the image ending: nnU-Net takes "
                         "it for a case and fails to read it (macOS writes such ._ files)",
-                        "delete it")
-        return warning(rel, "stray-file", "a hidden file: nnU-Net ignores it", "delete it")
+                        "delete it", code="hidden-file")
+        return warning(rel, "a hidden file: nnU-Net ignores it", "delete it", code="stray-file")
     if path.name.endswith(ending):
         return None
     other = _image_ending(path.name)
     if other:
-        return make(rel, "wrong-file-ending",
+        return make(rel,
                     f'ends in "{other}" but the dataset\'s file_ending is "{ending}": nnU-Net '
                     "ignores this file", f"convert it to {ending} (every file of a dataset has "
-                    "the same ending)")
-    return warning(rel, "stray-file", f"not an image with the ending {ending}: nnU-Net ignores it",
-                   f"move it out of {where}")
+                    "the same ending)", code="wrong-file-ending")
+    return warning(rel, f"not an image with the ending {ending}: nnU-Net ignores it",
+                   f"move it out of {where}", code="stray-file")
 
 
 def _scan_training(
     folder: Path, meta: Meta, ending: str | None, report: CheckReport
 ) -> tuple[dict[str, dict[int, str]], dict[str, str]]:
     """Training cases as nnU-Net finds them: case → channel → file, and case → label file."""
-    problems: list[Problem] = []
+    problems: list[Finding] = []
     for sub in (IMAGES_TR, LABELS_TR):
         if not (folder / sub).is_dir():
-            problems.append(error(sub, "missing-folder", f"no {sub} folder in the dataset",
+            problems.append(error(sub, f"no {sub} folder in the dataset",
                                   f"create {sub}/ with the training "
-                                  f"{'images' if sub == IMAGES_TR else 'labels'}"))
+                                  f"{'images' if sub == IMAGES_TR else 'labels'}",
+                                  code="missing-folder"))
     cases: dict[str, dict[int, str]] = {}
     labels: dict[str, str] = {}
     if ending is None:
@@ -402,11 +402,11 @@ def _scan_training(
         stem = path.name[: -len(ending)]
         m = _CHANNEL.fullmatch(stem)
         if not m:
-            problems.append(error(rel, "bad-image-name",
+            problems.append(error(rel,
                                   f"not named CASE_XXXX{ending}: nnU-Net cuts the last five "
                                   "characters off as the channel number and makes a wrong case",
                                   f"rename it to {stem}_0000{ending} (one file per channel, "
-                                  "numbered from _0000)"))
+                                  "numbered from _0000)", code="bad-image-name"))
             continue
         cases.setdefault(m["case"], {})[int(m["channel"])] = rel
     for path in _entries(folder / LABELS_TR):
@@ -421,45 +421,46 @@ def _scan_training(
             continue
         m = _CHANNEL.fullmatch(stem)
         if m and m["case"] in cases:
-            problems.append(error(rel, "bad-label-name",
+            problems.append(error(rel,
                                   "label files carry no channel number: nnU-Net looks for "
                                   f"labelsTr/{m['case']}{ending}",
-                                  f"rename it to {m['case']}{ending}"))
+                                  f"rename it to {m['case']}{ending}", code="bad-label-name"))
         else:
-            problems.append(error(rel, "orphan-label",
+            problems.append(error(rel,
                                   f"no images for case {stem!r} in imagesTr: nnU-Net ignores "
                                   "this label", f"add imagesTr/{stem}_0000{ending}, or remove "
-                                  "the label"))
+                                  "the label", code="orphan-label"))
     report.add(problems)
     return cases, labels
 
 
 def _check_case_files(cases: dict[str, dict[int, str]], labels: dict[str, str], channels: int,
                       ending: str, report: CheckReport) -> None:
-    problems: list[Problem] = []
+    problems: list[Finding] = []
     for case, chs in sorted(cases.items()):
         for c in range(channels):
             if c not in chs:
-                problems.append(error(f"{IMAGES_TR}/{case}_{c:04d}{ending}", "missing-channel",
+                problems.append(error(f"{IMAGES_TR}/{case}_{c:04d}{ending}",
                                       f"missing: case {case!r} has channel(s) {sorted(chs)} of "
-                                      f"{channels}", "add the file, or fix channel_names"))
+                                      f"{channels}", "add the file, or fix channel_names",
+                                      code="missing-channel"))
         for c in sorted(chs):
             if c >= channels:
-                problems.append(error(chs[c], "extra-channel",
+                problems.append(error(chs[c],
                                       f"channel {c}, but channel_names declares {channels} "
                                       "channel(s)", "declare it in channel_names, or remove the "
-                                      "file"))
+                                      "file", code="extra-channel"))
         if case not in labels:
-            problems.append(error(f"{LABELS_TR}/{case}{ending}", "missing-label",
+            problems.append(error(f"{LABELS_TR}/{case}{ending}",
                                   f"missing: case {case!r} has images but no label",
                                   "add the label file, or move the images to imagesTs if the "
-                                  "case has no segmentation"))
+                                  "case has no segmentation", code="missing-label"))
         if not _SAFE_NAME.fullmatch(case):
-            problems.append(warning(chs[min(chs)], "unusual-case-name",
+            problems.append(warning(chs[min(chs)],
                                     f"case id {case!r} has spaces or characters other than "
                                     "A-Z a-z 0-9 _ . -",
                                     "rename the case: job scripts, rsync and other tools split "
-                                    "or mangle such names"))
+                                    "or mangle such names", code="unusual-case-name"))
     report.add(problems)
 
 
@@ -469,27 +470,8 @@ def _check_case_files(cases: dict[str, dict[int, str]], labels: dict[str, str], 
 
 def _run(tasks: list[CaseTask], workers: int, on_progress: Progress | None) -> list[CaseResult]:
     """Results in task order; a process pool when there is more than one worker and task."""
-    total = len(tasks)
-    if on_progress:
-        on_progress("checking cases", 0, total)
-    workers = max(1, min(workers, total))
-    if workers == 1:
-        results = []
-        for i, task in enumerate(tasks, start=1):
-            results.append(check_case(task))
-            if on_progress:
-                on_progress("checking cases", i, total)
-        return results
-    import SimpleITK  # noqa: F401  (loaded once here: forked workers inherit it)
-
-    from hpcnn.dataset.importer import process_pool
-
-    with process_pool(workers) as pool:
-        futures = [pool.submit(check_case, task) for task in tasks]
-        for done, _ in enumerate(as_completed(futures), start=1):
-            if on_progress:
-                on_progress("checking cases", done, total)
-        return [f.result() for f in futures]
+    with runner(max(1, min(workers, len(tasks))), on_progress) as run:
+        return run("checking cases", check_case, tasks)
 
 
 def check_case(task: CaseTask) -> CaseResult:
@@ -535,8 +517,9 @@ def _read(root: Path, rel: str, result: CaseResult) -> sitk.Image | None:
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1].replace("sitk::ERROR: ", "")
         reason = reason.replace(f'"{path}"', "it").replace(str(path), "it")
-        result.problems.append(error(rel, "unreadable", f"cannot be read as an image: {reason}",
-                                     "re-export it: it is truncated, empty or not an image"))
+        result.problems.append(error(rel, f"cannot be read as an image: {reason}",
+                                     "re-export it: it is truncated, empty or not an image",
+                                     code="unreadable"))
         return None
 
 
@@ -545,11 +528,11 @@ def _check_image(image: sitk.Image, rel: str, result: CaseResult) -> np.ndarray:
 
     arr = sitk.GetArrayViewFromImage(image)
     if image.GetNumberOfComponentsPerPixel() > 1:
-        result.problems.append(error(rel, "vector-image",
+        result.problems.append(error(rel,
                                      f"{image.GetNumberOfComponentsPerPixel()} values per voxel "
                                      "(a vector image): nnU-Net expects one value per voxel",
                                      "save each component as its own channel file "
-                                     "(_0000, _0001, ...)"))
+                                     "(_0000, _0001, ...)", code="vector-image"))
     if arr.dtype.kind == "f":
         finite = np.isfinite(arr)
         if not finite.all():
@@ -559,13 +542,13 @@ def _check_image(image: sitk.Image, rel: str, result: CaseResult) -> np.ndarray:
                                       (inf, "infinite", "inf-in-image")):
                 if count:
                     result.problems.append(error(
-                        rel, code, f"{count} {what} voxel(s): nnU-Net's normalisation turns them "
+                        rel, f"{count} {what} voxel(s): nnU-Net's normalisation turns them "
                         "into a NaN loss", "replace them with a real intensity (e.g. the "
-                        "background value) before training"))
+                        "background value) before training", code=code))
     if arr.size and arr.min() == arr.max():
-        result.problems.append(warning(rel, "constant-image",
+        result.problems.append(warning(rel,
                                        f"every voxel is {arr.flat[0]}: an empty or failed export",
-                                       "re-export the image"))
+                                       "re-export the image", code="constant-image"))
     return arr
 
 
@@ -573,19 +556,20 @@ def _compare_channels(first: sitk.Image, image: sitk.Image, rel: str,
                       result: CaseResult) -> None:
     """nnU-Net stacks the channels of a case and requires exactly equal grids (not allclose)."""
     if image.GetSize() != first.GetSize():
-        result.problems.append(error(rel, "channel-shape-mismatch",
+        result.problems.append(error(rel,
                                      f"size {image.GetSize()} differs from channel 0's "
                                      f"{first.GetSize()}", "resample the channels of a case onto "
-                                     "one grid"))
+                                     "one grid", code="channel-shape-mismatch"))
     elif image.GetSpacing() != first.GetSpacing():
-        result.problems.append(error(rel, "channel-spacing-mismatch",
+        result.problems.append(error(rel,
                                      f"spacing {image.GetSpacing()} differs from channel 0's "
                                      f"{first.GetSpacing()}", "give all channels of a case the "
-                                     "same spacing"))
+                                     "same spacing", code="channel-spacing-mismatch"))
     elif (image.GetOrigin(), image.GetDirection()) != (first.GetOrigin(), first.GetDirection()):
-        result.problems.append(warning(rel, "channel-geometry-mismatch",
+        result.problems.append(warning(rel,
                                        "origin or direction differs from channel 0's",
-                                       "check that the channels are registered to each other"))
+                                       "check that the channels are registered to each other",
+                                       code="channel-geometry-mismatch"))
 
 
 def _check_label(label: sitk.Image, image: sitk.Image | None, task: CaseTask,
@@ -595,9 +579,9 @@ def _check_label(label: sitk.Image, image: sitk.Image | None, task: CaseTask,
     rel = task.label or ""
     problems = result.problems
     if label.GetNumberOfComponentsPerPixel() > 1:
-        problems.append(error(rel, "vector-image",
+        problems.append(error(rel,
                               f"{label.GetNumberOfComponentsPerPixel()} values per voxel: a "
-                              "label map has one", _SEG_HINT))
+                              "label map has one", _SEG_HINT, code="vector-image"))
         return
     if image is not None:
         _compare_geometry(Geometry.of(label), Geometry.of(image), rel, problems)
@@ -605,19 +589,22 @@ def _check_label(label: sitk.Image, image: sitk.Image | None, task: CaseTask,
     if arr.dtype.kind == "f":
         nan = int(np.isnan(arr).sum())
         if nan:
-            problems.append(error(rel, "nan-in-label", f"{nan} NaN voxel(s)",
-                                  "re-export the segmentation as an integer label map"))
+            problems.append(error(rel, f"{nan} NaN voxel(s)",
+                                  "re-export the segmentation as an integer label map",
+                                  code="nan-in-label"))
             arr = arr[~np.isnan(arr)]
         values = np.unique(arr)
         fractional = values[values != np.round(values)]
         if fractional.size:
-            problems.append(error(rel, "non-integer-label",
+            problems.append(error(rel,
                                   f"values such as {fractional[:3].tolist()} are not whole "
                                   "numbers: the label map was interpolated",
-                                  "resample segmentations with nearest neighbour, never linear"))
+                                  "resample segmentations with nearest neighbour, never linear",
+                                  code="non-integer-label"))
         else:
-            problems.append(warning(rel, "float-label", f"stored as {arr.dtype} floats",
-                                    "store label maps as unsigned integers (uint8)"))
+            problems.append(warning(rel, f"stored as {arr.dtype} floats",
+                                    "store label maps as unsigned integers (uint8)",
+                                    code="float-label"))
         values = values[values == np.round(values)].astype(np.int64)
     else:
         values = _unique(arr)
@@ -632,39 +619,41 @@ def _check_label(label: sitk.Image, image: sitk.Image | None, task: CaseTask,
                 fix = "negative values are never labels: relabel the file"
             else:
                 fix = "declare them in dataset.json labels, or relabel the file"
-            problems.append(error(rel, "undeclared-label",
+            problems.append(error(rel,
                                   f"values {_few(undeclared)} are not declared in dataset.json "
-                                  f"(declared: {sorted(task.allowed_labels)})", fix))
+                                  f"(declared: {sorted(task.allowed_labels)})", fix,
+                                  code="undeclared-label"))
     if set(found) <= {0}:
-        problems.append(warning(rel, "empty-label", "no foreground: every voxel is 0",
+        problems.append(warning(rel, "no foreground: every voxel is 0",
                                 "keep it only if the case really shows no structure; otherwise "
-                                "the segmentation was not exported"))
+                                "the segmentation was not exported", code="empty-label"))
 
 
 def _compare_geometry(label: Geometry, image: Geometry, rel: str,
-                      problems: list[Problem]) -> None:
+                      problems: list[Finding]) -> None:
     """nnU-Net's tests (``np.allclose``): size and spacing are errors, origin and direction
     warnings, since only the voxel arrays are used for training."""
     fix = ("put the label on its image's grid: `hpcnn dataset import` resamples it with nearest "
            "neighbour")
     if len(label.size) != len(image.size):
-        problems.append(error(rel, "dimension-mismatch", f"{len(label.size)}-D label for a "
-                              f"{len(image.size)}-D image", fix))
+        problems.append(error(rel, f"{len(label.size)}-D label for a "
+                              f"{len(image.size)}-D image", fix, code="dimension-mismatch"))
         return
     if label.size != image.size:
-        problems.append(error(rel, "shape-mismatch", f"size {_dims(label.size)} but the image is "
-                              f"{_dims(image.size)}", fix))
+        problems.append(error(rel, f"size {_dims(label.size)} but the image is "
+                              f"{_dims(image.size)}", fix, code="shape-mismatch"))
     if not np.allclose(label.spacing, image.spacing):
-        problems.append(error(rel, "spacing-mismatch", f"spacing {_dims(label.spacing)} but the "
-                              f"image's is {_dims(image.spacing)}", fix))
+        problems.append(error(rel, f"spacing {_dims(label.spacing)} but the "
+                              f"image's is {_dims(image.spacing)}", fix, code="spacing-mismatch"))
     if not np.allclose(label.origin, image.origin):
-        problems.append(warning(rel, "origin-mismatch", f"origin {_dims(label.origin)} but the "
+        problems.append(warning(rel, f"origin {_dims(label.origin)} but the "
                                 f"image's is {_dims(image.origin)}",
                                 "check the overlay; if the label was drawn on this image, copy "
-                                "the image's origin into the label file"))
+                                "the image's origin into the label file", code="origin-mismatch"))
     if not np.allclose(label.direction, image.direction):
-        problems.append(warning(rel, "direction-mismatch", "direction differs from the image's",
-                                "check the overlay; the label may be flipped against its image"))
+        problems.append(warning(rel, "direction differs from the image's",
+                                "check the overlay; the label may be flipped against its image",
+                                code="direction-mismatch"))
 
 
 def _unique(arr: np.ndarray) -> np.ndarray:
@@ -689,34 +678,36 @@ def _few(values: Sequence[int], n: int = 8) -> str:
 
 def _compare_cases(results: list[CaseResult], meta: Meta, folds: Sequence[int],
                    report: CheckReport) -> None:
-    problems: list[Problem] = []
+    problems: list[Finding] = []
     needed = max(NNUNET_FOLDS, len(folds))
     if len(results) < needed:
-        problems.append(error(IMAGES_TR, "too-few-cases",
+        problems.append(error(IMAGES_TR,
                               f"{len(results)} training case(s): nnU-Net's 5-fold cross-"
                               f"validation (folds {', '.join(map(str, folds))} configured) needs "
                               f"at least {needed}", "add labelled cases (each fold validates on "
-                              "a fifth of them; 20 or more give useful figures)"))
+                              "a fifth of them; 20 or more give useful figures)",
+                              code="too-few-cases"))
     read = [r for r in results if r.geometry is not None]
     dims = Counter(r.dimension for r in read)
     if len(dims) > 1:
         usual = dims.most_common(1)[0][0]
         for r in read:
             if r.dimension != usual:
-                problems.append(error(r.image, "dimension-mismatch",
+                problems.append(error(r.image,
                                       f"a {r.dimension}-D image in a dataset of {usual}-D images",
-                                      "export the full volume"))
+                                      "export the full volume", code="dimension-mismatch"))
         read = [r for r in read if r.dimension == usual]
     orientations = Counter(r.orientation for r in read if r.orientation)
     if len(orientations) > 1:
         usual_o, count = orientations.most_common(1)[0]
         for r in read:
             if r.orientation and r.orientation != usual_o:
-                problems.append(warning(r.image, "orientation-differs",
+                problems.append(warning(r.image,
                                         f"orientation {r.orientation}, but {count} case(s) are "
                                         f"{usual_o}: nnU-Net trains on voxel arrays, so the "
                                         "anatomy appears flipped or rotated in this case",
-                                        f"reorient it to {usual_o} (e.g. SimpleITK DICOMOrient)"))
+                                        f"reorient it to {usual_o} (e.g. SimpleITK DICOMOrient)",
+                                        code="orientation-differs"))
     if read:
         problems.extend(_spacing_problems(read))
     problems.extend(_duplicates(results))
@@ -724,48 +715,49 @@ def _compare_cases(results: list[CaseResult], meta: Meta, folds: Sequence[int],
     if seen and meta.foreground:
         for value, name in sorted(meta.foreground.items()):
             if value not in seen:
-                problems.append(warning(DATASET_JSON, "label-never-present",
+                problems.append(warning(DATASET_JSON,
                                         f'label "{name}" ({value}) occurs in no label file: '
                                         "nnU-Net trains a class it never sees",
                                         "remove it from labels (and renumber), or check the "
-                                        "export"))
+                                        "export", code="label-never-present"))
     report.add(problems)
 
 
-def _spacing_problems(read: list[CaseResult]) -> list[Problem]:
+def _spacing_problems(read: list[CaseResult]) -> list[Finding]:
     from nnunetv2.configuration import ANISO_THRESHOLD
 
-    problems: list[Problem] = []
+    problems: list[Finding] = []
     spacings = np.array([r.geometry.spacing for r in read if r.geometry])
     median = np.median(spacings, axis=0)
     if median.min() > 0 and median.max() / median.min() > ANISO_THRESHOLD:
-        problems.append(warning(IMAGES_TR, "anisotropic-spacing",
+        problems.append(warning(IMAGES_TR,
                                 f"median spacing {_dims(median.tolist())}: more than "
                                 f"{ANISO_THRESHOLD}x coarser along one axis, so nnU-Net "
                                 "resamples that axis separately and the 2d configuration may "
-                                "do as well as 3d_fullres", "consider training 2d as well"))
+                                "do as well as 3d_fullres", "consider training 2d as well",
+                                code="anisotropic-spacing"))
     for r, spacing in zip(read, spacings, strict=True):
         ratio = spacing / median
         if (ratio > SPACING_OUTLIER).any() or (ratio < 1 / SPACING_OUTLIER).any():
-            problems.append(warning(r.image, "spacing-outlier",
+            problems.append(warning(r.image,
                                     f"spacing {_dims(spacing.tolist())}, far from the median "
                                     f"{_dims(median.tolist())}: nnU-Net resamples it heavily",
                                     "check the export (swapped axes, wrong units, a scout "
-                                    "scan)"))
+                                    "scan)", code="spacing-outlier"))
     return problems
 
 
-def _duplicates(results: list[CaseResult]) -> list[Problem]:
+def _duplicates(results: list[CaseResult]) -> list[Finding]:
     first: dict[str, CaseResult] = {}
     problems = []
     for r in results:
         if r.digest is None:
             continue
         if r.digest in first:
-            problems.append(warning(r.image, "duplicate-case",
+            problems.append(warning(r.image,
                                     f"the same voxels as {first[r.digest].image}: one scan "
                                     "under two names can land in training and validation",
-                                    "remove one of the two cases"))
+                                    "remove one of the two cases", code="duplicate-case"))
         else:
             first[r.digest] = r
     return problems
@@ -779,7 +771,7 @@ def _check_test_images(folder: Path, ending: str, channels: int, report: CheckRe
     """Headers only: prediction needs CASE_XXXX names, every channel, readable files."""
     import SimpleITK as sitk
 
-    problems: list[Problem] = []
+    problems: list[Finding] = []
     cases: dict[str, set[int]] = {}
     reader = sitk.ImageFileReader()
     for path in _entries(folder / IMAGES_TS):
@@ -790,27 +782,31 @@ def _check_test_images(folder: Path, ending: str, channels: int, report: CheckRe
             continue
         m = _CHANNEL.fullmatch(path.name[: -len(ending)])
         if not m:
-            problems.append(warning(rel, "bad-test-name", f"not named CASE_XXXX{ending}: "
+            problems.append(warning(rel, f"not named CASE_XXXX{ending}: "
                                     "prediction skips or crashes on it",
-                                    f"rename it to {path.name[: -len(ending)]}_0000{ending}"))
+                                    f"rename it to {path.name[: -len(ending)]}_0000{ending}",
+                                    code="bad-test-name"))
             continue
         cases.setdefault(m["case"], set()).add(int(m["channel"]))
         reader.SetFileName(str(path))
         try:
             reader.ReadImageInformation()
         except RuntimeError:
-            problems.append(warning(rel, "unreadable", "cannot be read as an image",
-                                    "re-export it: it is truncated, empty or not an image"))
+            problems.append(warning(rel, "cannot be read as an image",
+                                    "re-export it: it is truncated, empty or not an image",
+                                    code="unreadable"))
             continue
         if reader.GetNumberOfComponents() > 1:
-            problems.append(warning(rel, "vector-image", "several values per voxel: nnU-Net "
-                                    "expects one", "save each component as its own channel"))
+            problems.append(warning(rel, "several values per voxel: nnU-Net "
+                                    "expects one", "save each component as its own channel",
+                                    code="vector-image"))
     for case, chs in sorted(cases.items()):
         for c in range(channels):
             if c not in chs:
-                problems.append(warning(f"{IMAGES_TS}/{case}_{c:04d}{ending}", "missing-channel",
+                problems.append(warning(f"{IMAGES_TS}/{case}_{c:04d}{ending}",
                                         f"missing: test case {case!r} lacks channel {c}",
-                                        "add the file: prediction needs every channel"))
+                                        "add the file: prediction needs every channel",
+                                        code="missing-channel"))
     report.add(problems)
 
 
@@ -827,8 +823,8 @@ def _check_raw_splits(folder: Path, cases: list[str], report: CheckReport) -> No
         splits = json.loads(path.read_text(encoding="utf-8"))
         folds = [(set(s["train"]), set(s["val"])) for s in splits]
     except (ValueError, TypeError, KeyError) as exc:
-        report.add([error(SPLITS, "bad-splits", f"not a list of {{train, val}} folds: {exc}",
-                          fix)])
+        report.add([error(SPLITS, f"not a list of {{train, val}} folds: {exc}",
+                          fix, code="bad-splits")])
         return
     known = set(cases)
     named = set().union(*(t | v for t, v in folds)) if folds else set()
@@ -841,4 +837,4 @@ def _check_raw_splits(folder: Path, cases: list[str], report: CheckReport) -> No
                          f"({_few(unvalidated, 5)})")
         if unknown:
             parts.append(f"{len(unknown)} unknown case(s) ({_few(unknown, 5)})")
-        report.add([error(SPLITS, "stale-splits", "; ".join(parts), fix)])
+        report.add([error(SPLITS, "; ".join(parts), fix, code="stale-splits")])

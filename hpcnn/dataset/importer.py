@@ -1,6 +1,6 @@
 """``hpcnn dataset import``: an export folder (or CSV) → ``nnUNet_raw/DatasetNNN_Name``.
 
-The import runs in stages and reports every problem of a stage at once (report.py): pair the
+The import runs in stages and reports every problem of a stage at once (findings.py): pair the
 files (sources.py), read every header and the values of plain label maps (in parallel), decide
 the classes (labels.py), then read, check, convert and write every case (in parallel: slicer.py
 builds class maps, geometry.py puts them on the image grid). Everything is written into a hidden
@@ -8,7 +8,7 @@ folder next to the destination and renamed into place only when no error was fou
 or interrupted import leaves no half dataset, and an existing dataset is replaced only with
 ``force``. Inputs are sorted and the split is seeded: the same sources give the same bytes.
 
-Workers are processes (``process_pool``) with one SimpleITK thread each; ``workers=1`` runs in
+Workers are processes (workers.py) with one SimpleITK thread each; ``workers=1`` runs in
 this process with the same single thread, so timings compare.
 """
 
@@ -23,16 +23,15 @@ import random
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from hpcnn.dataset import sources
+from hpcnn.dataset.findings import Finding, error, fix, notice, raise_if_errors, warning
 from hpcnn.dataset.geometry import Geometry, onto_image, relation
 from hpcnn.dataset.labels import (
     LabelPlan,
@@ -49,13 +48,10 @@ from hpcnn.dataset.layout import (
     validate_id,
     validate_name,
 )
-from hpcnn.dataset.report import Finding, error, fix, notice, raise_if_errors, warning
 from hpcnn.dataset.slicer import SegmentTableError, class_map, read_segments
+from hpcnn.dataset.workers import Progress, runner
 from hpcnn.errors import DataError
 from hpcnn.workspace import Workspace
-
-Progress = Callable[[str, int, int], None]
-"""``on_progress(phase, done, total)``, called in this process as cases finish."""
 
 FORMATS = {"nrrd": ".nrrd", "nii.gz": ".nii.gz"}
 MIN_TRAINING = 5  # nnU-Net's 5-fold cross-validation
@@ -145,7 +141,7 @@ def import_dataset(
                                 hint="add cases, or lower --test-fraction"))
 
     workers = max(1, min(options.workers or os.cpu_count() or 1, len(found.cases)))
-    with _runner(workers, on_progress) as run:
+    with runner(workers, on_progress) as run:
         scans = run("reading", _scan, [_scan_task(c) for c in found.cases])
         findings += [f for s in scans for f in s.findings]
         raise_if_errors(findings, strict=strict)
@@ -274,73 +270,6 @@ def _split(cases: Sequence[sources.SourceCase], ids: Sequence[str], fraction: fl
 
 # --------------------------------------------------------------------------------------------
 # Workers: plain data in, findings out (everything crosses a process boundary)
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-@contextmanager
-def _runner(workers: int, on_progress: Progress | None) -> Iterator[Callable[..., list[Any]]]:
-    """A ``run(phase, fn, tasks) -> results in task order`` over a process pool (or inline)."""
-    pool = None
-    threads = None
-    if workers > 1:
-        pool = process_pool(workers)
-    else:
-        import SimpleITK as sitk
-
-        threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-        pin_simpleitk_threads()
-
-    def run(phase: str, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
-        results: list[Any] = [None] * len(tasks)
-        if on_progress:
-            on_progress(phase, 0, len(tasks))
-        if pool is None:
-            for i, task in enumerate(tasks):
-                results[i] = fn(task)
-                if on_progress:
-                    on_progress(phase, i + 1, len(tasks))
-            return results
-        futures = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
-        for done, future in enumerate(as_completed(futures), start=1):
-            results[futures[future]] = future.result()
-            if on_progress:
-                on_progress(phase, done, len(tasks))
-        return results
-
-    try:
-        yield run
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        else:
-            import SimpleITK as sitk
-
-            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-
-
-def process_pool(workers: int) -> ProcessPoolExecutor:
-    """Worker processes with one SimpleITK thread each (parallelism comes from the cases).
-
-    On Linux, a process that runs no other thread forks its workers: they start at once and
-    inherit nothing half-locked. Elsewhere, or with other threads running (a notebook, a
-    progress bar that refreshes itself), they are spawned, which costs each worker a few tenths
-    of a second to import numpy and SimpleITK again.
-    """
-    import multiprocessing
-    import sys
-    import threading
-
-    single = sys.platform.startswith("linux") and threading.active_count() == 1
-    context = multiprocessing.get_context("fork" if single else "spawn")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=pin_simpleitk_threads)
-
-
-def pin_simpleitk_threads() -> None:
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpcnn.dataset.report import Finding, error, fix, warning
+from hpcnn.dataset.findings import Finding, error, fix, warning
 from hpcnn.errors import DataError
 
 if TYPE_CHECKING:

@@ -33,8 +33,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from hpcnn.dataset.check import Progress, available_cpus, check_dataset
+from hpcnn.dataset.check import check_dataset
 from hpcnn.dataset.layout import DatasetRef, parse_folder_name
+from hpcnn.dataset.workers import Progress, available_cpus
 from hpcnn.errors import DataError, HpcnnError
 from hpcnn.workspace import RAW, Workspace
 

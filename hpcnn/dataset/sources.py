@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcnn.dataset.report import Finding, error, fix, notice, shorten
+from hpcnn.dataset.findings import Finding, error, fix, notice, shorten
 from hpcnn.errors import DataError
 
 EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha")
