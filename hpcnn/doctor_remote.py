@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from hpcnn.cluster_facts import save_facts
 from hpcnn.doctor import MIN_FREE_GB, Check, CheckResult, DoctorContext, Outcome
 from hpcnn.errors import ConnectionFailed, HpcnnError, SchedulerUnavailable
 from hpcnn.remote.base import join_argv
@@ -82,6 +83,7 @@ def check_remote_dir(ctx: DoctorContext) -> CheckResult:
                            "(relative paths are under its home)")
     absolute, fields = lines[0], lines[-1].split()
     ctx.facts["remote_dir"] = absolute
+    save_facts(ctx.cfg.workspace, ctx.cfg.cluster.host or "", remote_dir=absolute)
     free_gb = int(fields[3]) * 1024 / 1e9 if len(fields) > 3 and fields[3].isdigit() else None
     detail = absolute + (f" ({free_gb:.1f} GB free)" if free_gb is not None else "")
     if free_gb is not None and free_gb < MIN_FREE_GB:
@@ -106,6 +108,8 @@ def check_scheduler(ctx: DoctorContext) -> CheckResult:
         found = None
     name = found.dialect if configured == "auto" and found else configured
     ctx.facts["dialect"] = name
+    if found:
+        save_facts(ctx.cfg.workspace, ctx.cfg.cluster.host or "", dialect=found.dialect)
     dialect = get_dialect(name)
     status = ctx.conn.run(dialect.status_command(probe_ids), check=False)
     try:

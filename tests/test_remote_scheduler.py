@@ -86,9 +86,15 @@ def test_doctor_probe_passes(cluster_config, hpcnn, scheduler: str, ssh: str) ->
 
 def test_doctor_auto_detects_slurm(cluster_config, hpcnn) -> None:
     cfg = cluster_config("auto", "openssh")
+    code, _, err = hpcnn("--config", cfg.source, "render", "--dataset", "7", "-f", "0")
+    assert code == 2 and "run `hpcnn doctor` once" in err
     code, out, err = hpcnn("--config", cfg.source, "doctor")
     assert code == 0, out + err
     assert "[ok  ] scheduler: slurm (sbatch and squeue found" in out
+    # Recorded: later commands render for the detected dialect without asking the cluster.
+    code, out, err = hpcnn("--config", cfg.source, "render", "--dataset", "7", "-f", "0")
+    assert code == 0, err
+    assert "#SBATCH --job-name=" in out
 
 
 @pytest.mark.parametrize("scheduler", DIALECTS)

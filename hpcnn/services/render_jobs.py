@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hpcnn.cluster_facts import load_facts
 from hpcnn.config import Config
 from hpcnn.errors import ConfigError
 from hpcnn.render import render_job
@@ -13,11 +14,14 @@ from hpcnn.schedulers import Dialect, get_dialect
 
 
 def dialect_for(cfg: Config, override: str | None = None) -> Dialect:
+    """The configured dialect; ``auto`` means the one ``hpcnn doctor`` detected on the host."""
     name = override or cfg.cluster.scheduler
     if name == "auto":
+        name = load_facts(cfg.workspace, cfg.cluster.host or "").get("dialect", "auto")
+    if name == "auto":
         raise ConfigError(
-            "cluster.scheduler is 'auto': the dialect is detected on the cluster",
-            hint="pass --scheduler torque|pbspro|slurm, or run `hpcnn doctor` to detect it",
+            "cluster.scheduler is 'auto' and the scheduler has not been detected yet",
+            hint="run `hpcnn doctor` once (it detects and records it), or pass --scheduler",
         )
     return get_dialect(name)
 
