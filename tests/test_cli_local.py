@@ -76,3 +76,39 @@ def test_render_to_folder(workspace: Path, hpcnn) -> None:
 def test_render_without_dataset_explains(workspace: Path, hpcnn) -> None:
     code, _, err = hpcnn("render")
     assert code == 2 and "training.dataset" in err
+
+
+def test_init_asks_on_a_terminal(workspace: Path) -> None:
+    """On a terminal, init asks for what no flag gave (answers typed into a pseudo-terminal)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "hpcnn.cli.main", "init", "--host",
+                             "login.example.org"], stdin=slave, stdout=slave, stderr=slave,
+                            cwd=workspace, close_fds=True)
+    os.close(slave)
+    answers = ["slurm", "me", "", "gpu", "2h", "1", "16gb", "module load nnunet"]
+    output = b""
+    deadline = time.time() + 30
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        output += chunk
+        if chunk.rstrip().endswith((b":", b"]:", b"):")) and answers:
+            os.write(master, (answers.pop(0) + "\n").encode())
+    proc.wait(timeout=10)
+    os.close(master)
+    assert proc.returncode == 0, output.decode(errors="replace")
+    cfg = load_config(workspace / "cluster.yaml")
+    assert (cfg.cluster.scheduler, cfg.cluster.host, cfg.cluster.user) == (
+        "slurm", "login.example.org", "me")
+    assert cfg.cluster.remote_dir == "hpcnn"  # the default, accepted with Enter
+    assert (cfg.resources.queue, cfg.resources.walltime, cfg.resources.gpus) == ("gpu", 7200, 1)
+    assert cfg.resources.mem == 16 * 1024
+    assert cfg.environment.setup == ["module load nnunet"]
