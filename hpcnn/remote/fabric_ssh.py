@@ -37,6 +37,7 @@ from hpcnn.remote.ssh_common import (
     Target,
     atomic_local_target,
     failure,
+    jump_failure,
     safe_relative,
     ssh_config_file,
     ssh_options,
@@ -115,7 +116,9 @@ class FabricConnection(SshConnection):
             connect_timeout=wait, connect_kwargs=kwargs,
         )
         _secure(self._conn)
-        self.target = Target(self._conn.host, int(self._conn.port), self._conn.user)
+        jump = (self._conn.ssh_config.get("proxyjump", "")
+                if isinstance(self._conn.gateway, fabric.Connection) else "")
+        self.target = Target(self._conn.host, int(self._conn.port), self._conn.user, jump)
         self.description = str(self.target)
         self.known_hosts_file = _known_hosts_files(self._conn.ssh_config)[0]
         self._sftp: paramiko.SFTPClient | None = None
@@ -136,35 +139,45 @@ class FabricConnection(SshConnection):
         except HpcnnError:
             raise
         except Exception as exc:
-            self._conn.close()
-            raise self._failure(exc, waited=time.monotonic() - start) from exc
+            err = self._failure(exc, waited=time.monotonic() - start)
+            self._close_all()
+            raise err from exc
         return self._conn.transport
 
     def _failure(self, exc: BaseException, waited: float = 0.0) -> HpcnnError:
+        """The failure of a connect or channel, blamed on the ProxyJump host when that is the
+        hop that did not open."""
+        kind, detail = self._cause(exc, waited)
+        timeout = self.cluster.connect_timeout
+        hop = _failed_hop(self._conn)
+        if hop is not None:
+            return jump_failure(kind, hop.original_host, Target(hop.host, int(hop.port), hop.user),
+                                self.target, detail, timeout=timeout)
+        return failure(kind, self.target, detail, timeout=timeout)
+
+    def _cause(self, exc: BaseException, waited: float) -> tuple[Failure, str]:
         """The cause of a failed connect or channel. A server that took the TCP connection and
         then said nothing until the timeout is "no answer": paramiko reports that as a banner
         error, or (its handshake wait ending first) as "No existing session"."""
-        timeout = self.cluster.connect_timeout
         if isinstance(exc, _UnknownHostKey):
-            return failure(Failure.HOSTKEY_UNKNOWN, self.target, exc.offered)
+            return Failure.HOSTKEY_UNKNOWN, exc.offered
         if isinstance(exc, paramiko.BadHostKeyException):
-            return failure(Failure.HOSTKEY_CHANGED, self.target,
-                           f"it now offers {fingerprint(exc.key)}")
+            return Failure.HOSTKEY_CHANGED, f"it now offers {fingerprint(exc.key)}"
         if isinstance(exc, paramiko.AuthenticationException):
-            return failure(Failure.AUTH, self.target, str(exc))
+            return Failure.AUTH, str(exc)
         if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
             codes = {getattr(e, "errno", None) for e in exc.errors.values()}
             if codes <= {errno.ECONNREFUSED}:
-                return failure(Failure.REFUSED, self.target)
-            return failure(Failure.UNREACHABLE, self.target, str(exc))
+                return Failure.REFUSED, ""
+            return Failure.UNREACHABLE, str(exc)
         timed_out = any(isinstance(e, TimeoutError | socket.timeout) for e in _chain(exc))
-        if timed_out or waited >= timeout * 0.9:
-            return failure(Failure.TIMEOUT, self.target, timeout=timeout)
+        if timed_out or waited >= self.cluster.connect_timeout * 0.9:
+            return Failure.TIMEOUT, ""
         if isinstance(exc, ConnectionRefusedError):
-            return failure(Failure.REFUSED, self.target)
+            return Failure.REFUSED, ""
         if isinstance(exc, socket.gaierror | OSError):
-            return failure(Failure.UNREACHABLE, self.target, str(exc))
-        return failure(Failure.CLOSED, self.target, str(exc))
+            return Failure.UNREACHABLE, str(exc)
+        return Failure.CLOSED, str(exc)
 
     def _run(self, line: str, *, stdin: str | None, timeout: float | None) -> Result:
         transport = self._transport()
@@ -258,7 +271,26 @@ class FabricConnection(SshConnection):
         if self._sftp is not None:
             self._sftp.close()
             self._sftp = None
-        self._conn.close()
+        self._close_all()
+
+    def _close_all(self) -> None:
+        """Close the connection and every ProxyJump hop (Fabric leaves the hops open)."""
+        hop: Any = self._conn
+        while isinstance(hop, fabric.Connection):
+            hop.close()
+            hop = hop.gateway
+
+
+def _failed_hop(conn: fabric.Connection) -> fabric.Connection | None:
+    """The ProxyJump hop nearest this machine that did not open (hops open from here
+    outwards), or None when every hop is open and the failure is the cluster's own."""
+    failed = None
+    hop: Any = conn.gateway
+    while isinstance(hop, fabric.Connection):
+        if not (hop.is_connected and hop.transport.is_authenticated()):
+            failed = hop
+        hop = hop.gateway
+    return failed
 
 
 def _chain(exc: BaseException | None) -> list[BaseException]:

@@ -58,7 +58,7 @@ class OpenSSHConnection(SshConnection):
         self._options = ssh_options(cluster, batch=not sys.stdin.isatty())
         settings = self._effective_config()
         self.target = Target(settings.get("hostname", self.host), int(settings.get("port", 22)),
-                             settings.get("user", ""))
+                             settings.get("user", ""), settings.get("proxyjump", ""))
         self.description = str(self.target)
         self.known_hosts_file = os.path.expanduser(
             settings.get("userknownhostsfile", "~/.ssh/known_hosts").split()[0])

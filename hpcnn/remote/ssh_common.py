@@ -56,6 +56,8 @@ class Target:
     host: str
     port: int
     user: str
+    jump: str = ""
+    """ProxyJump from the ssh config: the host(s) the connection goes through."""
 
     def __str__(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
@@ -81,7 +83,27 @@ def accept_hint(target: Target) -> str:
 
 def failure(kind: Failure, target: Target, detail: str = "", *,
             timeout: float | None = None) -> ConnectionFailed:
-    """The one message (and fix) for each way a connection fails, whatever the transport."""
+    """The one message (and fix) for each way a connection fails, whatever the transport; one
+    through a ProxyJump host names that host, which may be the one that failed."""
+    err = _failure(kind, target, detail, timeout=timeout)
+    if not target.jump:
+        return err
+    return ConnectionFailed(
+        f"{err.args[0]} (through the jump host {target.jump}: ProxyJump in your ssh config)",
+        hint=f"check that the jump host {target.jump} is reachable on its own; {err.hint}")
+
+
+def jump_failure(kind: Failure, jump: str, hop: Target, final: Target, detail: str = "", *,
+                 timeout: float | None = None) -> ConnectionFailed:
+    """A failure known to be the ProxyJump host's (``hop``), not the cluster's (``final``)."""
+    err = _failure(kind, hop, detail, timeout=timeout)
+    return ConnectionFailed(
+        f"the jump host {jump} (ProxyJump in your ssh config for {final}) failed: {err.args[0]}",
+        hint=f"check the jump host's entry in your ssh config; {err.hint}")
+
+
+def _failure(kind: Failure, target: Target, detail: str = "", *,
+             timeout: float | None = None) -> ConnectionFailed:
     detail = detail.strip()
     where = f"{target.host} port {target.port}"
     if kind == Failure.REFUSED:
