@@ -8,10 +8,10 @@ Detecting the scheduler costs a remote command; doctor does it once and records 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from hpcnn.fsutil import atomic_write_text
 from hpcnn.workspace import Workspace
 
 
@@ -32,12 +32,9 @@ def load_facts(workspace: Path, host: str) -> dict[str, Any]:
 def save_facts(workspace: Path, host: str, **facts: Any) -> None:
     """Merge ``facts`` into the host's entry (temp + rename: never half a file)."""
     path = _path(workspace)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         data = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         data = {}
     data.setdefault(host, {}).update(facts)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))

@@ -60,6 +60,35 @@ class ClusterSection(_Section):
     connect_timeout: float = Field(default=20.0, gt=0)
     transfer: Literal["auto", "rsync", "sftp"] = "auto"
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        # Passed to ssh as an argument: a leading '-' would be read as an option.
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.:@\[\]][A-Za-z0-9_.:@\[\]-]*", v):
+            raise ValueError("a host name or ~/.ssh/config alias (letters, digits, . _ - : @)")
+        return v
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*", v):
+            raise ValueError("a cluster user name (letters, digits, . _ -)")
+        return v
+
+    @field_validator("remote_dir")
+    @classmethod
+    def _remote_dir(cls, v: str | None) -> str | None:
+        """``~/x`` means ``x`` under the cluster home (relative paths are already that)."""
+        if v is None:
+            return v
+        if v in ("~", "~/"):
+            raise ValueError("give a folder under your home, e.g. ~/hpcnn or hpcnn")
+        if v.startswith("~/"):
+            return v[2:]
+        if v.startswith("~"):
+            raise ValueError("~user paths are not supported: use an absolute path or ~/folder")
+        return v
+
     @model_validator(mode="after")
     def _host_for_remote(self) -> ClusterSection:
         if self.scheduler != "local" and not self.host:
@@ -183,11 +212,10 @@ class Config(_Section):
     @property
     def remote_dir(self) -> str:
         """Where jobs run: the cluster's remote_dir, or the workspace itself for local jobs."""
-        if self.cluster.remote_dir:
-            return self.cluster.remote_dir
         if self.cluster.is_local:
-            return str(self.workspace)
-        return "hpcnn"
+            # Jobs run here: a relative remote_dir is relative to the workspace, not $HOME.
+            return str(self.workspace / (self.cluster.remote_dir or "."))
+        return self.cluster.remote_dir or "hpcnn"
 
 
 def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:

@@ -161,6 +161,9 @@ def run_probe(ctx: DoctorContext, timeout: float = 300.0,
         ctx.conn, dialect, job_id, job_dir, timeout=timeout, interval=1.0,
         on_change=(lambda v: on_state(f"probe job {job_id}: {v.state}")) if on_state else None,
     )
+    if not verdict.state.finished:
+        # Never leave a probe behind to take a GPU later on a busy cluster.
+        jobs.cancel(ctx.conn, dialect, [job_id])
     out = ctx.conn.read_text(f"{job_dir}/out.log") or ""
     err = ctx.conn.read_text(f"{job_dir}/err.log") or ""
     lines = [line for line in out.splitlines() if not line.startswith("hpcnn: job ")]
@@ -172,8 +175,8 @@ def run_probe(ctx: DoctorContext, timeout: float = 300.0,
                if "environment setup failed" in verdict.detail
                else "read the job's output above; the job folder holds job.sh, out.log, err.log")
         if not verdict.state.finished:
-            fix = (f"the job did not finish within {timeout:.0f} s; the queue may be busy: "
-                   "check it later with the scheduler's own status command")
+            fix = (f"the job did not finish within {timeout:.0f} s and was cancelled; the queue "
+                   "may be busy: try again later or with a longer --probe-timeout")
         return CheckResult("probe job", Outcome.FAIL, detail, fix)
     return CheckResult("probe job", Outcome.OK, detail)
 

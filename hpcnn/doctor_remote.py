@@ -17,6 +17,7 @@ from hpcnn.doctor import MIN_FREE_GB, Check, CheckResult, DoctorContext, Outcome
 from hpcnn.errors import ConnectionFailed, HpcnnError, SchedulerUnavailable
 from hpcnn.remote.base import join_argv
 from hpcnn.remote.ssh_common import SshConnection
+from hpcnn.render import render_setup
 from hpcnn.schedulers import get_dialect
 from hpcnn.schedulers.detect import DETECT_LINE, parse_detection
 
@@ -131,8 +132,7 @@ def check_scheduler(ctx: DoctorContext) -> CheckResult:
 
 def check_remote_python(ctx: DoctorContext) -> CheckResult:
     """Python and nnunetv2 after the user's environment.setup, as a job would see them."""
-    setup = ctx.cfg.environment.setup
-    line = " && ".join([*setup, f"python3 -c {shlex.quote(_PYTHON_PROBE)}"])
+    line = render_setup(ctx.cfg) + f"python3 -c {shlex.quote(_PYTHON_PROBE)}"
     res = ctx.conn.run_shell(line, check=False)
     words = res.stdout.split()
     if not res.ok or len(words) < 2:

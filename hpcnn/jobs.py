@@ -18,6 +18,7 @@ from hpcnn.remote.base import Connection, join_argv
 from hpcnn.schedulers.base import Dependency, Dialect, JobState, SchedulerJob
 
 SCRIPT_NAME = "job.sh"
+MARKERS = ("started", "exit_code")  # written by the job itself (templates/body.sh.j2)
 SETUP_FAILED_EXIT = 97  # the body template's exit code when environment.setup fails
 
 _SEP = "__HPCNN_{}__"
@@ -39,7 +40,10 @@ def submit(
     # Submitted from its own folder by a relative name: works for a relative remote_dir too
     # (login shells start in $HOME), and the scheduler's own output files land beside it.
     argv = dialect.submit_command(SCRIPT_NAME, workdir=job_dir, dependencies=dependencies)
-    res = conn.run(argv, cwd=job_dir, check=False)
+    # A folder reused by a resubmission must not show the previous job's markers.
+    stale = " ".join(f"{m} .{m}.tmp" for m in MARKERS)
+    res = conn.run_shell(f"cd {shlex.quote(job_dir)} && rm -f {stale} && {join_argv(argv)}",
+                         check=False)
     if not res.ok:
         message = (res.stderr.strip() or res.stdout.strip() or f"exit {res.returncode}")
         raise SchedulerError(f"{dialect.name} refused job {posixpath.basename(job_dir)}: {message}")
@@ -191,6 +195,10 @@ def decide(
             return Verdict(JobState.RUNNING, None, f"exiting (exit code {code})", None)
         if sched is not None and sched.state in (JobState.TIMEOUT, JobState.CANCELLED):
             return Verdict(sched.state, code, sched.reason or "", None)
+        if marks.exit_info.get("signal") == "TERM" and _ran_to_walltime(marks):
+            # Schedulers that hide how a job ended (Slurm's Torque wrapper shows C for
+            # everything) still leave the job's own clock: it was stopped at its limit.
+            return Verdict(JobState.TIMEOUT, code, "stopped at its walltime", None)
         if code == 0:
             return Verdict(JobState.COMPLETED, 0, "", None)
         if marks.exit_info.get("phase") == "setup":
@@ -198,10 +206,6 @@ def decide(
         else:
             detail = marks.err_tail.splitlines()[-1] if marks.err_tail else ""
         if marks.exit_info.get("signal") == "TERM":
-            if _ran_to_walltime(marks):
-                # Schedulers that hide how a job ended (Slurm's Torque wrapper shows C for
-                # everything) still leave the job's own clock: it was stopped at its limit.
-                return Verdict(JobState.TIMEOUT, code, "stopped at its walltime", None)
             detail = ("stopped by SIGTERM (walltime or cancel); " + detail).rstrip("; ")
         return Verdict(JobState.FAILED, code, detail, None)
     if not answered:

@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hpcnn.fsutil import atomic_write_text
+
 POLL_S = 0.3
 KILL_WAIT_S = 20.0
 ACTIVE = ("queued", "held", "running")
@@ -54,9 +56,7 @@ class Queue:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.jobs = root / "jobs"
-        self.slots = root / "slots"
-        for d in (self.jobs, self.slots):
-            d.mkdir(parents=True, exist_ok=True)
+        self.jobs.mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager
     def _lock(self, name: str) -> Iterator[None]:
@@ -71,7 +71,7 @@ class Queue:
         with self._lock("counter"):
             counter = self.root / "counter"
             value = int(counter.read_text()) + 1 if counter.exists() else 1
-            _atomic_write(counter, str(value))
+            atomic_write_text(counter, str(value))
         return str(value)
 
     def load(self, job_id: str) -> dict[str, Any] | None:
@@ -88,7 +88,7 @@ class Queue:
                 changes.pop("state")
                 changes.pop("exit_code", None)
             rec.update(changes)
-            _atomic_write(self.jobs / f"{job_id}.json", json.dumps(rec))
+            atomic_write_text(self.jobs / f"{job_id}.json", json.dumps(rec))
             return rec
 
     def active_ids(self) -> list[str]:
@@ -98,12 +98,6 @@ class Queue:
             if rec and rec.get("state") in ACTIVE:
                 ids.append(path.stem)
         return sorted(ids, key=int)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _alive(pid: int | None) -> bool:
@@ -233,30 +227,35 @@ def _deps_verdict(q: Queue, deps: list[list[str]]) -> str:
     return "go"
 
 
-def _take_slot(q: Queue, job_id: str, max_parallel: int) -> Any:
-    """A held flock on a free slot file, or None. The oldest runnable job goes first."""
-    for other in q.active_ids():
-        if int(other) >= int(job_id):
-            break
-        rec = q.load(other) or {}
-        if rec.get("state") == "queued" and _alive(rec.get("runner_pid")):
-            return None
-    for i in range(max_parallel):
-        fh = open(q.slots / f"slot-{i}", "a")  # noqa: SIM115 - held for the job's lifetime
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fh
-        except BlockingIOError:
-            fh.close()
-    return None
+def _occupies_slot(rec: dict[str, Any]) -> bool:
+    """A running job holds a slot while its runner or any of its processes lives."""
+    return rec.get("state") == "running" and (
+        _alive(rec.get("runner_pid")) or _group_alive(rec.get("pgid")))
+
+
+def _claim_slot(q: Queue, job_id: str, max_parallel: int) -> bool:
+    """Mark the job running if fewer than ``max_parallel`` jobs run and no older runnable job
+    waits; decided under the queue's dispatch lock, so two runners never take one slot."""
+    with q._lock("dispatch"):
+        running = 0
+        for other in q.active_ids():
+            rec = q.load(other) or {}
+            if _occupies_slot(rec):
+                running += 1
+            elif (int(other) < int(job_id) and rec.get("state") == "queued"
+                  and _alive(rec.get("runner_pid"))):
+                return False
+        if running >= max_parallel:
+            return False
+        return q.update(job_id, state="running", started=time.time())["state"] == "running"
 
 
 def run_job(q: Queue, job_id: str) -> None:
     rec = q.load(job_id)
     if rec is None:
         return
-    slot = None
-    while slot is None:
+    claimed = False
+    while not claimed:
         rec = q.load(job_id) or {}
         if rec.get("state") not in ("queued", "held"):
             return
@@ -270,8 +269,8 @@ def run_job(q: Queue, job_id: str) -> None:
         else:
             if rec.get("state") != "queued":
                 q.update(job_id, state="queued", reason="")
-            slot = _take_slot(q, job_id, int(rec.get("max_parallel") or 1))
-        if slot is None:
+            claimed = _claim_slot(q, job_id, int(rec.get("max_parallel") or 1))
+        if not claimed:
             time.sleep(POLL_S)
 
     workdir = rec.get("workdir") or "/"
@@ -307,7 +306,6 @@ def run_job(q: Queue, job_id: str) -> None:
     else:
         state, reason = ("completed", "") if code == 0 else ("failed", "")
     q.update(job_id, state=state, exit_code=code, reason=reason, ended=time.time())
-    slot.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,6 +74,11 @@ def template_environment(templates_dir: Path | None = None) -> jinja2.Environmen
     return env
 
 
+def render_setup(cfg: Config) -> str:
+    """environment.setup as the job body runs it (each line checked, exit 97 on failure)."""
+    return _render(cfg, "setup.sh.j2", {"setup": cfg.environment.setup})
+
+
 @dataclass(frozen=True)
 class JobRequest:
     """One job to render: which run, its name, where its files go and what it runs."""
@@ -89,9 +94,6 @@ class JobRequest:
 
 def render_job(cfg: Config, dialect: Dialect, request: JobRequest) -> str:
     """The complete job script text for ``request`` under ``dialect``."""
-    import jinja2
-
-    env = template_environment(cfg.templates_dir)
     variables = {**cfg.environment.variables, **request.env}
     context = {
         "header_template": dialect.header_template,
@@ -107,8 +109,15 @@ def render_job(cfg: Config, dialect: Dialect, request: JobRequest) -> str:
         "setup": cfg.environment.setup,
         "commands": [shlex.join([str(a) for a in argv]) for argv in request.commands],
     }
+    return _render(cfg, "job.sh.j2", context)
+
+
+def _render(cfg: Config, name: str, context: dict[str, object]) -> str:
+    import jinja2
+
+    env = template_environment(cfg.templates_dir)
     try:
-        return env.get_template("job.sh.j2").render(context)
+        return env.get_template(name).render(context)
     except jinja2.TemplateNotFound as exc:
         dirs = ", ".join(str(p) for p in env.loader.searchpath)  # type: ignore[union-attr]
         raise TemplateError(

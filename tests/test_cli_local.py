@@ -112,3 +112,32 @@ def test_init_asks_on_a_terminal(workspace: Path) -> None:
     assert (cfg.resources.queue, cfg.resources.walltime, cfg.resources.gpus) == ("gpu", 7200, 1)
     assert cfg.resources.mem == 16 * 1024
     assert cfg.environment.setup == ["module load nnunet"]
+
+
+def test_probe_that_times_out_is_cancelled(workspace: Path, queue: Path, hpcnn) -> None:
+    """A probe stuck behind a busy queue must not stay queued to run later."""
+    import json
+    import time
+
+    from hpcnn import jobs
+    from hpcnn.config import Config
+    from hpcnn.remote.local import LocalConnection
+    from hpcnn.render import JobRequest, render_job
+    from hpcnn.schedulers import get_dialect
+
+    dialect, flag = get_dialect("local"), workspace / "release"
+    blocker_dir = str(workspace / "blocker")
+    text = render_job(Config(workspace=workspace), dialect, JobRequest(
+        run="t", job="blocker", job_dir=blocker_dir,
+        commands=[["bash", "-c", f"while [ ! -e {flag} ]; do sleep 0.1; done"]]))
+    jobs.submit(LocalConnection(), dialect, text, blocker_dir)
+    try:
+        code, out, _ = hpcnn("doctor", "--probe", "--probe-timeout", "2")
+        assert code == 1 and "was cancelled" in out
+        states = {r["name"]: r["state"] for r in
+                  (json.loads(p.read_text()) for p in (queue / "jobs").glob("*.json"))}
+        probe = [s for n, s in states.items() if n.startswith("hpcnn-probe-")]
+        assert probe == ["cancelled"]
+    finally:
+        flag.touch()
+        time.sleep(0.5)

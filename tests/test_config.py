@@ -136,3 +136,20 @@ def test_cli_reports_config_error_with_exit_2(tmp_path: Path, hpcnn) -> None:
     code, out, err = hpcnn("--config", path, "render", "-s", "local")
     assert code == 2
     assert "did you mean 'resources.walltime'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("key", "value"), [("host", "-oProxyCommand=touch /tmp/x"),
+                                            ("host", "a b"), ("user", "-l root"),
+                                            ("remote_dir", "~other/x"), ("remote_dir", "~")])
+def test_cluster_values_that_ssh_would_misread_are_refused(tmp_path: Path, key: str,
+                                                           value: str) -> None:
+    path = write(tmp_path, f"cluster:\n  scheduler: slurm\n  host: h\n  {key}: '{value}'\n")
+    with pytest.raises(ConfigError, match=f"cluster.{key}"):
+        load_config(path)
+
+
+def test_remote_dir_under_home(tmp_path: Path) -> None:
+    path = write(tmp_path, "cluster:\n  scheduler: slurm\n  host: h\n  remote_dir: ~/work\n")
+    assert load_config(path).remote_dir == "work"
+    local = write(tmp_path, "workspace: ws\ncluster:\n  remote_dir: jobs\n")
+    assert load_config(local).remote_dir == str((tmp_path / "ws" / "jobs").resolve())

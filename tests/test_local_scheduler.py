@@ -254,3 +254,36 @@ def test_sigterm_before_the_walltime_is_not_a_timeout(tmp_path: Path, queue: Pat
     wait_until(lambda: state_of(job, jdir).state.finished, what="finish")
     v = state_of(job, jdir)
     assert v.state == JobState.FAILED and "stopped by SIGTERM" in v.detail
+
+
+def test_resubmission_into_the_same_folder_ignores_old_markers(tmp_path: Path,
+                                                                queue: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    job, jdir = submit(cfg, "again", [["bash", "-c", "exit 3"]])
+    wait_until(lambda: state_of(job, jdir).state == JobState.FAILED, what="first attempt")
+    flag = tmp_path / "release"
+    job2, jdir2 = submit(cfg, "again", wait_for_file(flag))
+    assert jdir2 == jdir
+    wait_until(lambda: Path(jdir, "started").exists(), what="second started")
+    v = state_of(job2, jdir)
+    assert (v.state, v.exit_code, v.detail) == (JobState.RUNNING, None, "")
+    flag.touch()
+    wait_until(lambda: state_of(job2, jdir).state == JobState.COMPLETED, what="second done")
+
+
+def test_max_parallel_counts_running_jobs_whatever_their_own_limit(tmp_path: Path,
+                                                                   queue: Path) -> None:
+    """Two jobs that allow 2 at once run; when the first ends, a job that allows only 1 at
+    once must still wait for the second."""
+    wide = make_cfg(tmp_path, local=LocalSection(max_parallel=2))
+    flag_a, flag_c = tmp_path / "a", tmp_path / "c"
+    a, adir = submit(wide, "a", wait_for_file(flag_a))
+    c, cdir = submit(wide, "c", wait_for_file(flag_c))
+    wait_until(lambda: state_of(c, cdir).state == JobState.RUNNING, what="both running")
+    flag_a.touch()
+    wait_until(lambda: state_of(a, adir).state == JobState.COMPLETED, what="a done")
+    b, bdir = submit(make_cfg(tmp_path), "b", [["true"]])
+    time.sleep(1.2)
+    assert state_of(b, bdir).state == JobState.QUEUED
+    flag_c.touch()
+    wait_until(lambda: state_of(b, bdir).state == JobState.COMPLETED, what="b done")

@@ -73,6 +73,17 @@ def test_user_template_unknown_variable(tmp_path: Path) -> None:
         render_job(cfg, LOCAL, JobRequest(run="r", job="j", job_dir="/x", commands=[]))
 
 
+def test_setup_lines_are_checked_one_by_one(tmp_path: Path) -> None:
+    from hpcnn.render import render_setup
+
+    cfg = Config(workspace=tmp_path, environment=EnvironmentSection(
+        setup=["source ~/env.sh  # my env", "module load cuda &"]))
+    lines = render_setup(cfg).splitlines()
+    first = lines.index("source ~/env.sh  # my env")
+    assert lines[first + 1].startswith('hpcnn_rc=$?; if [ "$hpcnn_rc" -ne 0 ]')
+    assert lines[first + 2] == "module load cuda &"
+
+
 def test_missing_templates_dir(tmp_path: Path) -> None:
     cfg = Config(workspace=tmp_path, templates_dir=tmp_path / "nope")
     with pytest.raises(TemplateError, match="does not exist"):
@@ -109,6 +120,8 @@ def test_hostile_names_reach_the_job_as_data(tmp_path: Path, monkeypatch: pytest
     assert out.read_text().splitlines() == [evil, evil]
     assert not canary.exists()
     # The same through the CLI's render of a dataset named with an injection attempt.
-    code, _, err = hpcnn("render", "-s", "local", "--dataset", evil)
+    code, out, err = hpcnn("render", "-s", "local", "--dataset", evil)
+    assert code == 0, err
+    assert "nnUNetv2_train 'it'\"'\"'s a" in out  # the dataset argument, single-quoted
     time.sleep(0.2)
     assert not canary.exists()

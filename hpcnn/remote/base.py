@@ -8,6 +8,7 @@ conda are often only on a login shell's PATH. One Connection serves a whole CLI 
 
 from __future__ import annotations
 
+import fnmatch
 import shlex
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -32,6 +33,14 @@ class Result:
 def join_argv(argv: Sequence[str]) -> str:
     """One shell line from an argv, every part quoted."""
     return shlex.join([str(a) for a in argv])
+
+
+def excluded(rel: str, patterns: Sequence[str]) -> bool:
+    """rsync-like exclusion: a pattern matches the relative path or any one path component.
+    Every transport (local copy, rsync, tar, SFTP) applies the same rule."""
+    parts = rel.split("/")
+    return any(fnmatch.fnmatch(rel, p) or any(fnmatch.fnmatch(c, p) for c in parts)
+               for p in patterns)
 
 
 def login_wrap(login_shell: str, command_line: str) -> str:

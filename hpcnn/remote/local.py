@@ -7,14 +7,13 @@ folder (a local workspace that is also the jobs' directory) they do nothing.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from hpcnn.remote.base import Connection, Result
+from hpcnn.remote.base import Connection, Result, excluded
 
 
 class LocalConnection(Connection):
@@ -62,7 +61,7 @@ def _copy_tree(src: Path, dst: Path, exclude: Sequence[str]) -> None:
         return
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src).as_posix()
-        if any(fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(path.name, pat) for pat in exclude):
+        if excluded(rel, exclude):
             continue
         target = dst / rel
         if path.is_dir():

@@ -9,7 +9,6 @@ section too. Nothing here imports paramiko: the CLI start-up path may import thi
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import posixpath
 import re
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpcnn.errors import ConfigError, ConnectionFailed, RemoteCommandError
-from hpcnn.remote.base import Connection
+from hpcnn.remote.base import Connection, excluded
 
 if TYPE_CHECKING:
     from hpcnn.config import ClusterSection
@@ -237,13 +236,6 @@ def local_rsync_ok() -> bool:
 
 # (size, whole-second mtime) of each file below a folder, by POSIX relative path.
 Listing = Mapping[str, tuple[int, int]]
-
-
-def excluded(rel: str, patterns: Sequence[str]) -> bool:
-    """rsync-like exclusion: a pattern matches the relative path or any one path component."""
-    parts = rel.split("/")
-    return any(fnmatch.fnmatch(rel, p) or any(fnmatch.fnmatch(c, p) for c in parts)
-               for p in patterns)
 
 
 def local_listing(root: Path) -> dict[str, tuple[int, int]]:

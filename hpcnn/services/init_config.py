@@ -10,6 +10,7 @@ import yaml
 
 from hpcnn.config import Config
 from hpcnn.errors import ConfigError
+from hpcnn.fsutil import atomic_write_text
 
 _HEADER = """\
 # hpcnn configuration written by `hpcnn init`.
@@ -55,8 +56,4 @@ def write_config(path: str | os.PathLike[str], text: str, *, force: bool) -> Pat
     if target.exists() and not force:
         raise ConfigError(f"{target} already exists; nothing was changed",
                           hint="pass --force to overwrite it, or --path to write elsewhere")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    return atomic_write_text(target, text)

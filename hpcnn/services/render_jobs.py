@@ -8,6 +8,7 @@ from pathlib import Path
 from hpcnn.cluster_facts import load_facts
 from hpcnn.config import Config
 from hpcnn.errors import ConfigError
+from hpcnn.fsutil import atomic_write_text
 from hpcnn.render import render_job
 from hpcnn.runs import current_run, fold_request
 from hpcnn.schedulers import Dialect, get_dialect
@@ -43,14 +44,5 @@ def render_fold_scripts(
         scripts[request.job] = render_job(cfg, dialect, request)
     if out_dir is None:
         return scripts
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in scripts.items():
-        path = out / f"{name}.sh"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.chmod(0o755)
-        os.replace(tmp, path)
-        written.append(path)
-    return written
+    return [atomic_write_text(Path(out_dir) / f"{name}.sh", text, mode=0o755)
+            for name, text in scripts.items()]
