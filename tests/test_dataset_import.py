@@ -217,3 +217,26 @@ def test_an_interrupted_import_leaves_the_previous_dataset_untouched(
         run_import(tmp_path / "ws", src, force=True)
     assert [p.name for p in (tmp_path / "ws" / "nnUNet_raw").iterdir()] == [before.path.name]
     assert {p: p.read_bytes() for p in before.path.rglob("*") if p.is_file()} == snapshot
+
+
+def test_default_workers_are_the_cpus_this_process_may_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sitk_available: None
+) -> None:
+    """os.cpu_count() counts the whole node; a batch job may use only its cgroup's cores."""
+    from hpcnn.dataset import importer
+
+    src = tmp_path / "src"
+    for key in ("a", "b", "c"):
+        synthetic.labelled_case(src, key)
+    used: list[int] = []
+    real_runner = importer.runner
+
+    def spy(workers: int, *args: object, **kwargs: object) -> object:
+        used.append(workers)
+        return real_runner(1, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setattr(importer, "available_cpus", lambda: 2, raising=False)
+    monkeypatch.setattr(importer, "runner", spy)
+    run_import(tmp_path / "ws", src, workers=None)
+    assert used == [2]

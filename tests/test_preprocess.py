@@ -7,15 +7,19 @@ and regenerate splits_final.json so the new case lands in exactly one validation
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from synthetic import Grid, ct_image, sphere, write_image, write_nnunet_dataset
 
-from hpcnn.dataset import preprocess
-from hpcnn.errors import DataError
+import hpcnn.dataset
+from hpcnn.config import Config
+from hpcnn.dataset import layout, preprocess
+from hpcnn.errors import ConfigError, DataError
 from hpcnn.workspace import Workspace
 
 NAME = "Dataset501_Liver"
@@ -85,7 +89,8 @@ def test_prepare_decides_clean_workers_and_command(workspace: Path,
     out.mkdir(parents=True)
     (out / "dataset_fingerprint.json").write_text("{}")
     assert prepare().clean, "a fingerprint of unknown cases is recomputed"
-    provenance = {"cases_sha256": preprocess.case_list_hash(job.cases)}
+    provenance = {"cases_sha256": preprocess.case_list_hash(job.cases),
+                  "raw_sha256": job.raw_sha256}
     (out / preprocess.PROVENANCE).write_text(json.dumps(provenance))
     assert not prepare().clean, "same cases: the fingerprint stays"
     provenance["cases_sha256"] = preprocess.case_list_hash(job.cases[:-1])
@@ -95,6 +100,87 @@ def test_prepare_decides_clean_workers_and_command(workspace: Path,
     (ws.results / "Dataset501_Other").mkdir(parents=True)
     with pytest.raises(DataError, match="also names"):
         prepare()
+
+
+def test_a_reimport_with_the_same_ids_passes_clean(workspace: Path,
+                                                    sitk_available: None) -> None:
+    """`dataset import --force` with fixed labels keeps the case ids: nnU-Net would reuse the
+    stale fingerprint without --clean."""
+    folder = make_raw(workspace, size=(16, 16, 8))
+    ws = Workspace(workspace)
+    out = ws.preprocessed / NAME
+
+    def prepare() -> preprocess.PreprocessJob:
+        return preprocess.prepare(ws, folder, configuration="3d_fullres", folds=range(5),
+                                  workers=1)
+
+    first = prepare()
+    out.mkdir(parents=True)
+    (out / "dataset_fingerprint.json").write_text("{}")
+    (out / preprocess.PROVENANCE).write_text(json.dumps(
+        {"cases_sha256": preprocess.case_list_hash(first.cases),
+         "raw_sha256": first.raw_sha256}))
+    assert not prepare().clean, "nothing changed"
+
+    label = folder / "labelsTr" / "case_002.nii.gz"
+    label.write_bytes((folder / "labelsTr" / "case_003.nii.gz").read_bytes())
+    os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))
+    job = prepare()
+    assert job.clean and "--clean" in job.command and "raw files changed" in job.clean_reason
+
+    (out / preprocess.PROVENANCE).write_text(json.dumps(
+        {"cases_sha256": preprocess.case_list_hash(job.cases), "raw_sha256": job.raw_sha256}))
+    assert not prepare().clean
+    meta = json.loads((folder / "dataset.json").read_text())
+    meta["labels"]["tumour"] = meta["labels"].pop("tumor")
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=2))
+    assert prepare().clean, "dataset.json changed"
+
+
+def test_an_existing_split_is_kept_only_when_it_is_nnunets_five_folds(tmp_path: Path) -> None:
+    cases = [f"c{i}" for i in range(10)]
+    path = tmp_path / "splits_final.json"
+
+    def covers(folds: list[list[str]], train: list[list[str]] | None = None) -> bool:
+        splits = [{"train": (train[i] if train else [c for c in cases if c not in val]),
+                   "val": val} for i, val in enumerate(folds)]
+        path.write_text(json.dumps(splits))
+        return preprocess._covers(path, set(cases))
+
+    five = [cases[i::5] for i in range(5)]
+    assert covers(five)
+    assert not covers([cases[i::3] for i in range(3)]), "3 folds: folds 3 and 4 would fail"
+    assert not covers([cases[i::6] for i in range(6)]), "6 folds"
+    assert not covers([five[0] + five[1][:1], five[1], *five[2:]]), "c1 validated twice"
+    assert not covers(five, train=[cases] * 5), "train overlaps val"
+    assert not covers(five, train=[[c for c in cases if c not in v][1:] for v in five]), \
+        "a case in neither train nor val"
+
+
+def test_fold_and_split_constants_are_defined_once() -> None:
+    names = {"NNUNET_FOLDS", "SPLITS", "MIN_TRAINING"}
+    package = Path(hpcnn.dataset.__file__).parent
+    defined: dict[str, list[str]] = {}
+    for module in sorted(package.glob("*.py")):
+        for node in ast.parse(module.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, ast.AnnAssign) else []
+            for t in targets:
+                for n in (t.elts if isinstance(t, ast.Tuple) else [t]):
+                    if isinstance(n, ast.Name) and n.id in names:
+                        defined.setdefault(n.id, []).append(module.name)
+    assert defined == {n: ["layout.py"] for n in names}
+
+
+def test_the_dataset_is_the_argument_else_training_dataset(workspace: Path, hpcnn) -> None:
+    assert layout.chosen_dataset("7", 501) == "7"
+    assert layout.chosen_dataset(None, 501) == "501"
+    with pytest.raises(ConfigError, match="training.dataset"):
+        layout.chosen_dataset(None, None)
+    with pytest.raises(ConfigError, match="training.dataset"):
+        preprocess.prepare_configured(Config(), None)
+    code, _, err = hpcnn("preprocess")
+    assert code == 2 and "training.dataset" in err
 
 
 def test_workers_fit_cores_cases_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:

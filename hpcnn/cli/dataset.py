@@ -135,26 +135,17 @@ def preprocess_command(app: AppContext, dataset: str | None, configuration: str 
     """Plan and preprocess a dataset with nnU-Net, once `dataset check` finds no errors.
 
     DATASET defaults to training.dataset. Runs nnUNetv2_plan_and_preprocess with integrity
-    checks (--clean when the cases changed), writes splits_final.json for the current cases
+    checks (--clean when the cases or files changed), writes splits_final.json for the current cases
     and hpcnn_provenance.json (versions, case list) into nnUNet_preprocessed/DatasetNNN_Name.
     """
     import sys
 
     from hpcnn.dataset import preprocess
-    from hpcnn.dataset.layout import resolve_dataset
-    from hpcnn.workspace import Workspace
 
-    cfg = app.config
-    spec = dataset or cfg.training.dataset
-    if not spec:
-        raise click.UsageError("name the dataset, or set training.dataset in cluster.yaml")
-    workspace = Workspace(cfg.workspace)
-    folder = resolve_dataset(spec, workspace.raw)
     with _progress() as on_progress:
-        job = preprocess.prepare(workspace, folder,
-                                 configuration=configuration or cfg.training.configuration,
-                                 folds=cfg.training.folds, workers=workers,
-                                 on_progress=on_progress, interactive=sys.stdout.isatty())
+        job = preprocess.prepare_configured(app.config, dataset, configuration=configuration,
+                                            workers=workers, on_progress=on_progress,
+                                            interactive=sys.stdout.isatty())
     for text in job.warnings:
         click.secho(f"warning: {text}", fg="yellow")
     click.echo(f"{job.dataset.folder_name}: {len(job.cases)} cases, {job.configuration}, "

@@ -32,7 +32,7 @@ import numpy as np
 
 from hpcnn.dataset.findings import DATASET_JSON, CheckReport, Finding, error, warning
 from hpcnn.dataset.geometry import Geometry
-from hpcnn.dataset.layout import read_dataset_json
+from hpcnn.dataset.layout import NNUNET_FOLDS, SPLITS, read_dataset_json
 from hpcnn.dataset.workers import Progress, available_cpus, runner
 from hpcnn.errors import DataError
 
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     import SimpleITK as sitk
 
 IMAGES_TR, LABELS_TR, IMAGES_TS = "imagesTr", "labelsTr", "imagesTs"
-SPLITS = "splits_final.json"
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 V1_KEYS = {
     "training": "nnU-Net v2 ignores it and takes the training cases from the file names in "
@@ -53,7 +52,6 @@ V1_KEYS = {
 RENAME_MODALITY = 'rename "modality" to "channel_names" (same content, e.g. {"0": "CT"})'
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl",
                  ".gipl.gz", ".tif", ".tiff", ".png", ".bmp", ".dcm")
-NNUNET_FOLDS = 5  # nnU-Net's default split is a 5-fold KFold: fewer cases and it fails
 SPACING_OUTLIER = 2.0  # a case this many times finer/coarser than the median along an axis
 _CHANNEL = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")

@@ -18,7 +18,6 @@ import csv
 import io
 import json
 import math
-import os
 import random
 import re
 import shutil
@@ -42,6 +41,7 @@ from hpcnn.dataset.labels import (
     plan_labels,
 )
 from hpcnn.dataset.layout import (
+    MIN_TRAINING,
     DatasetRef,
     existing_datasets,
     next_free_id,
@@ -49,12 +49,11 @@ from hpcnn.dataset.layout import (
     validate_name,
 )
 from hpcnn.dataset.slicer import SegmentTableError, class_map, read_segments
-from hpcnn.dataset.workers import Progress, runner
+from hpcnn.dataset.workers import Progress, available_cpus, runner
 from hpcnn.errors import DataError
 from hpcnn.workspace import Workspace
 
 FORMATS = {"nrrd": ".nrrd", "nii.gz": ".nii.gz"}
-MIN_TRAINING = 5  # nnU-Net's 5-fold cross-validation
 
 
 @dataclass(frozen=True)
@@ -137,10 +136,10 @@ def import_dataset(
     n_train = sum(s == "train" for s in splits)
     if n_train < MIN_TRAINING:
         findings.append(warning("", f"only {n_train} training case(s): nnU-Net's 5-fold "
-                                "cross-validation needs at least 5",
+                                f"cross-validation needs at least {MIN_TRAINING}",
                                 hint="add cases, or lower --test-fraction"))
 
-    workers = max(1, min(options.workers or os.cpu_count() or 1, len(found.cases)))
+    workers = max(1, min(options.workers or available_cpus(), len(found.cases)))
     with runner(workers, on_progress) as run:
         scans = run("reading", _scan, [_scan_task(c) for c in found.cases])
         findings += [f for s in scans for f in s.findings]

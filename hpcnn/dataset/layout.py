@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcnn.errors import DataError
+from hpcnn.errors import ConfigError, DataError
 
+SPLITS = "splits_final.json"  # nnU-Net's cross-validation split, in raw and preprocessed folders
+NNUNET_FOLDS = 5  # nnU-Net's default split is a 5-fold KFold (nnUNetTrainer.do_split)
+MIN_TRAINING = NNUNET_FOLDS  # fewer training cases and the 5-fold split fails
 _FOLDER_RE = re.compile(r"Dataset(\d{3})_(.+)")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -74,6 +77,18 @@ def next_free_id(*roots: Path, start: int = 501) -> int:
         if candidate not in taken:
             return candidate
     raise DataError("all dataset ids 1-999 are taken in this workspace")
+
+
+def chosen_dataset(given: str | int | None, configured: str | int | None, *,
+                   how: str = "name the dataset") -> str:
+    """The dataset a command works on: the one given on the command line, else cluster.yaml's
+    ``training.dataset``; ConfigError (exit 2) when neither names one."""
+    spec = given if given not in (None, "") else configured
+    if spec in (None, ""):
+        raise ConfigError(f"no dataset: {how}, or set training.dataset in cluster.yaml",
+                          hint="e.g. `training: {dataset: 501}` (an id, a name or "
+                               "DatasetNNN_Name)")
+    return str(spec)
 
 
 def resolve_dataset(spec: str | int, raw_root: Path) -> Path:

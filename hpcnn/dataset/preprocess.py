@@ -7,13 +7,14 @@ others race on it (nnU-Net issue 3064); and it records no versions. So this comm
 
 1. checks the dataset (``hpcnn dataset check``) and refuses one with errors, before anything
    under ``nnUNet_preprocessed`` is touched;
-2. compares the case list with the one the last run recorded and passes ``--clean`` when it
-   changed (or when a fingerprint of unknown origin is there);
+2. compares the case list, and a hash of dataset.json and of each raw file's name, size and
+   mtime, with those the last run recorded and passes ``--clean`` when either changed (a
+   ``--force`` re-import with the same ids), or when a fingerprint of unknown origin is there;
 3. runs ``nnUNetv2_plan_and_preprocess --verify_dataset_integrity`` from this Python, with
    ``-np``/``-npfp`` sized to the cores and memory, and streams its output;
 4. writes ``splits_final.json`` with nnU-Net's own ``generate_crossval_split`` unless the one
-   there covers exactly the current cases, so all fold jobs can start at once;
-5. writes ``hpcnn_provenance.json`` (versions, time, configuration, case list and its hash), last
+   there is a 5-fold split of exactly the current cases, so all fold jobs can start at once;
+5. writes ``hpcnn_provenance.json`` (versions, time, configuration, case list and the hashes), last
    and atomically: its presence means a completed run on exactly those cases. Training and
    prediction read it back with ``read_provenance``.
 """
@@ -31,18 +32,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from hpcnn.dataset.check import check_dataset
-from hpcnn.dataset.layout import DatasetRef, parse_folder_name
+from hpcnn.dataset.layout import (
+    NNUNET_FOLDS,
+    SPLITS,
+    DatasetRef,
+    chosen_dataset,
+    parse_folder_name,
+    resolve_dataset,
+)
 from hpcnn.dataset.workers import Progress, available_cpus
 from hpcnn.errors import DataError, HpcnnError
 from hpcnn.workspace import RAW, Workspace
 
+if TYPE_CHECKING:
+    from hpcnn.config import Config
+
 PROVENANCE = "hpcnn_provenance.json"
-SPLITS = "splits_final.json"
 FINGERPRINT = "dataset_fingerprint.json"
-NNUNET_SPLIT_SEED, NNUNET_FOLDS = 12345, 5  # what nnUNetTrainer.do_split uses
+NNUNET_SPLIT_SEED = 12345  # what nnUNetTrainer.do_split uses
+RAW_FILES = ("imagesTr", "labelsTr")  # what nnU-Net fingerprints and preprocesses
 PLANS = "nnUNetPlans"  # what plan_and_preprocess writes with its default planner
 ENTRY_MODULE = "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints"
 WORKER_BASE_BYTES = 512 * 2**20  # a spawned nnU-Net worker (torch imported) before any data
@@ -70,6 +81,7 @@ class PreprocessJob:
     clean_reason: str
     command: list[str]
     env: dict[str, str]
+    raw_sha256: str = ""
     warnings: list[str] = field(default_factory=list)
 
 
@@ -85,6 +97,25 @@ def case_list_hash(cases: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(cases)).encode("utf-8")).hexdigest()
 
 
+def raw_files_hash(raw_folder: Path) -> str:
+    """sha256 of dataset.json's bytes and of each file's relative path, size and mtime under
+    imagesTr and labelsTr: changes when a dataset is re-imported or edited, without reading
+    voxels."""
+    digest = hashlib.sha256()
+    try:
+        digest.update((raw_folder / "dataset.json").read_bytes())
+    except OSError:
+        digest.update(b"\0no dataset.json")
+    for sub in RAW_FILES:
+        folder = raw_folder / sub
+        files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+        for path in files:
+            st = path.stat()
+            digest.update(f"\n{path.relative_to(raw_folder).as_posix()}\t{st.st_size}\t"
+                          f"{st.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
 def read_provenance(preprocessed_folder: Path) -> dict[str, Any] | None:
     """The provenance of ``nnUNet_preprocessed/DatasetNNN_Name`` (None: never completed by
     hpcnn, or written by nnU-Net alone)."""
@@ -93,6 +124,24 @@ def read_provenance(preprocessed_folder: Path) -> dict[str, Any] | None:
     except (FileNotFoundError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def prepare_configured(
+    cfg: Config,
+    dataset: str | None = None,
+    *,
+    configuration: str | None = None,
+    workers: int | None = None,
+    on_progress: Progress | None = None,
+    interactive: bool = False,
+) -> PreprocessJob:
+    """``prepare`` for ``hpcnn preprocess``: the dataset given, else training.dataset, in the
+    configured workspace; the configuration given, else training.configuration."""
+    workspace = Workspace(cfg.workspace)
+    folder = resolve_dataset(chosen_dataset(dataset, cfg.training.dataset), workspace.raw)
+    return prepare(workspace, folder, configuration=configuration or cfg.training.configuration,
+                   folds=cfg.training.folds, workers=workers, on_progress=on_progress,
+                   interactive=interactive)
 
 
 def prepare(
@@ -120,11 +169,16 @@ def prepare(
                              "the warnings too")
     output = workspace.preprocessed / ref.folder_name
     previous = read_provenance(output)
+    raw_sha256 = raw_files_hash(raw_folder)
     if previous is not None:
-        changed = previous.get("cases_sha256") != case_list_hash(report.cases)
-        clean = changed
-        clean_reason = ("the case list changed since the last preprocessing" if changed
-                        else "same cases as the last preprocessing")
+        clean = True
+        if previous.get("cases_sha256") != case_list_hash(report.cases):
+            clean_reason = "the case list changed since the last preprocessing"
+        elif previous.get("raw_sha256") != raw_sha256:
+            clean_reason = ("dataset.json or the raw files changed since the last preprocessing "
+                            "(re-imported or edited)")
+        else:
+            clean, clean_reason = False, "same cases and files as the last preprocessing"
     else:
         clean = (output / FINGERPRINT).exists()
         clean_reason = ("a fingerprint of unknown cases is there (no hpcnn provenance)" if clean
@@ -142,7 +196,7 @@ def prepare(
     env = {**os.environ, **workspace.nnunet_env(), RAW: str(raw_folder.parent),
            "PYTHONUNBUFFERED": "1"}
     job = PreprocessJob(ref, raw_folder, output, configuration, report.cases, sized,
-                        workers_reason, clean, clean_reason, command, env)
+                        workers_reason, clean, clean_reason, command, env, raw_sha256)
     job.warnings = [f"{p.file}: {p.message}" for p in report.warnings]
     return job
 
@@ -238,7 +292,8 @@ def _failure_hint(tail: str, workers: int) -> str:
 
 
 def _ensure_splits(output: Path, cases: list[str]) -> str:
-    """Keep a split file that covers exactly ``cases``; otherwise write nnU-Net's default one."""
+    """Keep a split file that is a valid 5-fold split of exactly ``cases``; otherwise write
+    nnU-Net's default one."""
     from nnunetv2.utilities.crossval_split import generate_crossval_split
 
     path = output / SPLITS
@@ -254,13 +309,20 @@ def _ensure_splits(output: Path, cases: list[str]) -> str:
 
 
 def _covers(path: Path, cases: set[str]) -> bool:
+    """nnU-Net's NNUNET_FOLDS folds, each case validated in exactly one of them, and in each
+    fold train is all the other cases (disjoint from val)."""
     try:
         splits = json.loads(path.read_text(encoding="utf-8"))
-        folds = [(set(s["train"]), set(s["val"])) for s in splits]
+        folds = [(list(s["train"]), list(s["val"])) for s in splits]
     except (ValueError, TypeError, KeyError):
         return False
-    return bool(folds) and all(t | v == cases for t, v in folds) and \
-        set().union(*(v for _, v in folds)) == cases
+    if len(folds) != NNUNET_FOLDS:
+        return False
+    validated = [c for _, val in folds for c in val]
+    if len(validated) != len(cases) or set(validated) != cases:
+        return False
+    return all(len(train) == len(set(train)) and set(train) == cases - set(val)
+               for train, val in folds)
 
 
 def _write_provenance(job: PreprocessJob, splits: str) -> Path:
@@ -280,6 +342,7 @@ def _write_provenance(job: PreprocessJob, splits: str) -> Path:
         "num_cases": len(job.cases),
         "cases": sorted(job.cases),
         "cases_sha256": case_list_hash(job.cases),
+        "raw_sha256": job.raw_sha256,
         "clean": job.clean,
         "splits": splits,
         "workers": job.workers,
