@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from hpcnn.config import Config
-from hpcnn.errors import HpcnnError
+from hpcnn.errors import EXIT_UNREACHABLE, HpcnnError
 from hpcnn.remote.base import Connection
 
 MIN_FREE_GB = 5.0
@@ -182,6 +182,18 @@ def run_probe(ctx: DoctorContext, timeout: float = 300.0,
 
 
 LOCAL_CHECKS: list[Check] = [check_python, check_local_nnunet, check_workspace, check_local_queue]
+
+
+UNREACHABLE_CHECKS = ("ssh", "scheduler")
+"""Links whose failure means the cluster cannot be reached: exit 3, as for every command."""
+
+
+def exit_code(results: list[CheckResult]) -> int:
+    """0 when nothing failed; 3 when the cluster or its scheduler is unreachable; else 1."""
+    failed = [r for r in results if r.outcome == Outcome.FAIL]
+    if not failed:
+        return 0
+    return EXIT_UNREACHABLE if failed[0].name.startswith(UNREACHABLE_CHECKS) else 1
 
 
 def run_checks(

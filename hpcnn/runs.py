@@ -11,8 +11,7 @@ import re
 from dataclasses import dataclass
 
 from hpcnn.config import Config
-from hpcnn.dataset.layout import existing_datasets, parse_folder_name
-from hpcnn.errors import ConfigError
+from hpcnn.dataset.layout import chosen_dataset, existing_datasets, parse_folder_name
 from hpcnn.render import JobRequest
 from hpcnn.workspace import RemoteLayout, Workspace
 
@@ -41,14 +40,9 @@ class Run:
 
 def current_run(cfg: Config, dataset: str | None = None) -> Run:
     """The run described by cluster.yaml's training section (dataset overridable)."""
-    spec = dataset or cfg.training.dataset
-    if not spec:
-        raise ConfigError(
-            "no dataset to train: set training.dataset in cluster.yaml or pass --dataset",
-            hint="e.g. `training: {dataset: 501}` (an id, a name or DatasetNNN_Name)",
-        )
+    spec = chosen_dataset(dataset, cfg.training.dataset, how="pass --dataset")
     return Run(
-        dataset=resolve_dataset_name(cfg, str(spec)),
+        dataset=resolve_dataset_name(cfg, spec),
         trainer=cfg.training.trainer,
         plans=cfg.training.plans,
         configuration=cfg.training.configuration,

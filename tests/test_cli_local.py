@@ -141,3 +141,12 @@ def test_probe_that_times_out_is_cancelled(workspace: Path, queue: Path, hpcnn) 
     finally:
         flag.touch()
         time.sleep(0.5)
+
+
+def test_doctor_unreachable_cluster_exits_3(workspace: Path, hpcnn) -> None:
+    """A closed port on this machine: refused at once, the first broken link is ssh."""
+    (workspace / "cluster.yaml").write_text(
+        "cluster:\n  scheduler: slurm\n  host: 127.0.0.1\n  port: 1\n  connect_timeout: 5\n")
+    code, out, err = hpcnn("doctor")
+    assert code == 3, out + err
+    assert "[FAIL] ssh reachable" in out and "first broken link: ssh" in err

@@ -175,4 +175,4 @@ def test_scheduler_missing_from_path(cluster_config, hpcnn, testbed, scheduler: 
                           first_missing_at=None, grace=30)
     assert verdict.state == JobState.UNKNOWN
     code, out, _ = hpcnn("--config", cfg.source, "doctor")
-    assert code != 0 and "[FAIL] scheduler" in out and "PATH" in out
+    assert code == 3 and "[FAIL] scheduler" in out and "PATH" in out

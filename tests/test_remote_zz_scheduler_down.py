@@ -63,4 +63,4 @@ def test_scheduler_down_means_unknown(cluster_config, hpcnn, slurmctld_stopped,
                           first_missing_at=None, grace=0)
     assert verdict.state == JobState.UNKNOWN
     code, out, _ = hpcnn("--config", cfg.source, "doctor")
-    assert code != 0 and "[FAIL] scheduler" in out and "did not answer" in out
+    assert code == 3 and "[FAIL] scheduler" in out and "did not answer" in out

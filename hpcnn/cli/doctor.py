@@ -22,9 +22,10 @@ def doctor_cmd(app: AppContext, probe: bool, probe_timeout: float,
                accept_host_key: bool) -> None:
     """Check Python, nnU-Net, the workspace, the connection and the scheduler.
 
-    Exits non-zero at the first broken link and says how to fix it.
+    Exits non-zero at the first broken link and says how to fix it: 3 when the cluster or
+    its scheduler cannot be reached, 1 for any other broken link.
     """
-    from hpcnn.doctor import CheckResult, Outcome, run_checks
+    from hpcnn.doctor import CheckResult, Outcome, exit_code, run_checks
     from hpcnn.remote import connect
 
     cfg = app.config
@@ -48,10 +49,11 @@ def doctor_cmd(app: AppContext, probe: bool, probe_timeout: float,
     results = run_checks(cfg, lambda: connect(cfg), probe=probe, report=report,
                          probe_timeout=probe_timeout,
                          on_state=lambda text: click.echo(f"       ... {text}"))
-    failed = [r for r in results if r.outcome == Outcome.FAIL]
-    if failed:
-        click.secho(f"first broken link: {failed[0].name}", fg="red", err=True)
-        raise click.exceptions.Exit(1)
+    code = exit_code(results)
+    if code:
+        first = next(r for r in results if r.outcome == Outcome.FAIL)
+        click.secho(f"first broken link: {first.name}", fg="red", err=True)
+        raise click.exceptions.Exit(code)
     click.secho("all checks passed", fg="green")
 
 

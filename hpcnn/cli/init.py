@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-SCHEDULERS = ["torque", "pbspro", "slurm", "local", "auto"]
+from hpcnn.schedulers import DIALECTS
+
+SCHEDULERS = [*DIALECTS, "auto"]
 
 
 @click.command("init")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import click
 
 from hpcnn.cli.common import AppContext, pass_app
+from hpcnn.schedulers import DIALECTS
 
 
 @click.command("render")
-@click.option("--scheduler", "-s", type=click.Choice(["torque", "pbspro", "slurm", "local"]),
+@click.option("--scheduler", "-s", type=click.Choice(list(DIALECTS)),
               help="Dialect to render for (default: cluster.scheduler from cluster.yaml).")
 @click.option("--dataset", "-d", help="Dataset id or name (default: training.dataset).")
 @click.option("--fold", "-f", "folds", type=int, multiple=True,
