@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -21,13 +20,13 @@ def dataset_group() -> None:
 
 
 @dataset_group.command("import")
-@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("source", type=click.Path(exists=True))
 @click.option("--name", required=True, help="Dataset name: the folder is DatasetNNN_NAME.")
 @click.option("--id", "dataset_id", type=int,
               help="Dataset id 1-999 [default: the id of the dataset with this name, else the "
                    "next free one from 501].")
 @click.option("--labels", "labels_file",
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              type=click.Path(exists=True, dir_okay=False),
               help="labels.yaml: class names in order, their synonyms and source values.")
 @click.option("--remap", multiple=True, metavar="OLD:NEW[,...]",
               help="Plain label maps: map input values, e.g. 255:1 (repeatable).")
@@ -52,8 +51,8 @@ def dataset_group() -> None:
 @click.option("--workers", "-j", type=click.IntRange(min=1),
               help="Parallel processes [default: all cores].")
 @pass_app
-def import_command(app: AppContext, source: Path, name: str, dataset_id: int | None,
-                   labels_file: Path | None, remap: tuple[str, ...], overlap: str | None,
+def import_command(app: AppContext, source: str, name: str, dataset_id: int | None,
+                   labels_file: str | None, remap: tuple[str, ...], overlap: str | None,
                    modality: str | None, channels: str | None, pattern: str | None,
                    file_format: str | None, test_fraction: float, seed: int, strict: bool,
                    force: bool, workers: int | None) -> None:
@@ -65,11 +64,14 @@ def import_command(app: AppContext, source: Path, name: str, dataset_id: int | N
     whatever label value each file stored; segmentations are put onto their image's grid. Images
     without a segmentation go to imagesTs. Nothing is written unless every case imports.
     """
+    from pathlib import Path  # off the start-up path, like everything below
+
     from hpcnn.dataset.importer import ImportOptions, import_dataset
     from hpcnn.workspace import Workspace
 
     options = ImportOptions(
-        source=source, name=name, dataset_id=dataset_id, labels_file=labels_file, remap=remap,
+        source=Path(source), name=name, dataset_id=dataset_id,
+        labels_file=Path(labels_file) if labels_file else None, remap=remap,
         overlap=_names(overlap), modality=_names(modality), channels=_names(channels),
         pattern=pattern, file_format=file_format, test_fraction=test_fraction, seed=seed,
         strict=strict, force=force, workers=workers,
