@@ -7,7 +7,6 @@ typo such as ``walltme`` would submit a job with the wrong limit.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from pathlib import Path
@@ -298,6 +297,8 @@ def _clean(msg: str) -> str:
 
 
 def _suggest(loc: list[str]) -> str | None:
+    import difflib  # only on the error path
+
     model: type[BaseModel] = Config
     for part in loc[:-1]:
         field = model.model_fields.get(part)
