@@ -181,7 +181,8 @@ def run_probe(ctx: DoctorContext, timeout: float = 300.0,
     return CheckResult("probe job", Outcome.OK, detail)
 
 
-LOCAL_CHECKS: list[Check] = [check_python, check_local_nnunet, check_workspace, check_local_queue]
+COMMON_CHECKS: list[Check] = [check_python, check_local_nnunet, check_workspace]
+"""This machine's links, checked first whatever the scheduler."""
 
 
 UNREACHABLE_CHECKS = ("ssh", "scheduler")
@@ -207,7 +208,7 @@ def run_checks(
 ) -> list[CheckResult]:
     """Run the checks in order; after the first failure the rest are skipped."""
     ctx = DoctorContext(cfg, connect)
-    checks: list[Check] = [check_python, check_local_nnunet, check_workspace]
+    checks: list[Check] = list(COMMON_CHECKS)
     if cfg.cluster.is_local:
         checks.append(check_local_queue)
     else:  # SSH, login shell, remote dir, scheduler, remote versions

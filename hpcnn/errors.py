@@ -72,12 +72,6 @@ class SchedulerUnavailable(HpcnnError):
     exit_code = EXIT_UNREACHABLE
 
 
-class Locked(HpcnnError):
-    """Another hpcnn process holds the workspace lock."""
-
-    exit_code = EXIT_LOCKED
-
-
 class DataError(HpcnnError):
     """Input images or a dataset are unusable."""
 

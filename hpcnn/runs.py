@@ -32,11 +32,6 @@ class Run:
             parts.append(self.plans)
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts))
 
-    @property
-    def results_subdir(self) -> str:
-        """nnU-Net's own result folder name below the dataset."""
-        return f"{self.trainer}__{self.plans}__{self.configuration}"
-
 
 def current_run(cfg: Config, dataset: str | None = None) -> Run:
     """The run described by cluster.yaml's training section (dataset overridable)."""

@@ -54,11 +54,6 @@ class RemoteLayout:
     def runs(self) -> str:
         return self.path(HPCNN_DIR, "runs")
 
-    @property
-    def lib(self) -> str:
-        """hpcnn's job-side helpers (the training launcher, the tiny trainer) live here."""
-        return self.path(HPCNN_DIR, "lib")
-
     def job_dir(self, run: str, job: str) -> str:
         """``<remote_dir>/.hpcnn/runs/<run>/<job>``: the job's logs and markers."""
         return posixpath.join(self.runs, run, job)
