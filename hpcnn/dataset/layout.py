@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,22 @@ def chosen_dataset(given: str | int | None, configured: str | int | None, *,
     return str(spec)
 
 
+def match_dataset(spec: str, folder_names: Iterable[str]) -> str | None:
+    """The ``DatasetNNN_Name`` among ``folder_names`` that ``spec`` names (an id such as ``501``
+    or ``5``, a name, or the folder name, case-insensitive); None when none does. The one rule
+    every command resolves dataset names by, locally and on the cluster."""
+    text = str(spec).strip()
+    for folder in folder_names:
+        ref = parse_folder_name(folder)
+        if ref is None:
+            continue
+        if text.isdigit() and int(text) == ref.id:
+            return folder
+        if not text.isdigit() and text.lower() in (folder.lower(), ref.name.lower()):
+            return folder
+    return None
+
+
 def resolve_dataset(spec: str | int, raw_root: Path) -> Path:
     """The raw dataset folder for an id, name, ``DatasetNNN_Name`` or path."""
     text = str(spec).strip()
@@ -99,16 +116,11 @@ def resolve_dataset(spec: str | int, raw_root: Path) -> Path:
         if not path.is_dir():
             raise DataError(f"{path}: no such dataset folder")
         return path.resolve()
-    datasets = existing_datasets(raw_root)
-    if text.isdigit():
-        if int(text) in datasets:
-            return datasets[int(text)]
-    else:
-        for folder in datasets.values():
-            ref = parse_folder_name(folder.name)
-            if ref and text.lower() in (folder.name.lower(), ref.name.lower()):
-                return folder
-    known = ", ".join(p.name for p in datasets.values()) or "none"
+    datasets = {p.name: p for p in existing_datasets(raw_root).values()}
+    found = match_dataset(text, datasets)
+    if found:
+        return datasets[found]
+    known = ", ".join(datasets) or "none"
     raise DataError(
         f"no dataset {text!r} in {raw_root} (datasets there: {known})",
         hint="import one with `hpcnn dataset import SRC --name NAME`, or pass its folder path",
