@@ -1,0 +1,57 @@
+"""Small nnU-Net trainers that hpcnn ships: one for plumbing tests, one for the demo.
+
+This file is copied next to the job files on a cluster and imported there by nnU-Net through the
+``nnUNet_extTrainer`` directory, where hpcnn is not installed: it may import nnunetv2 and the
+standard library only. nnU-Net imports every top-level module of that directory, so this folder
+holds trainer modules and nothing else.
+
+``HPCNN_TINY_EPOCHS`` overrides ``num_epochs`` of both trainers, so that walltime tests can ask for
+a few more epochs without another class. Set it the same way for every attempt of a fold: a resumed
+fold trains up to the ``num_epochs`` of the attempt that runs.
+"""
+
+import os
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+EPOCHS_VARIABLE = "HPCNN_TINY_EPOCHS"
+DEFAULT_DEVICE = torch.device("cuda")  # nnUNetTrainer's own default
+
+
+def _epochs(default: int) -> int:
+    """The number of epochs: the environment's override when set, else ``default``."""
+    value = os.environ.get(EPOCHS_VARIABLE, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{EPOCHS_VARIABLE}={value!r}: needs a whole number of epochs, at least 1")
+    return int(value)
+
+
+# The class names break PEP 8 on purpose: nnU-Net finds a trainer by its exact name, and its own
+# trainers start with a lower-case "nnUNet".
+class hpcnnTinyTrainer(nnUNetTrainer):
+    """Trains in seconds on a CPU: enough to exercise every file a fold writes, not to learn."""
+
+    # nnU-Net records __init__'s named arguments for checkpoints: the signature must be its own.
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = DEFAULT_DEVICE):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = _epochs(2)
+        self.num_iterations_per_epoch = 3
+        self.num_val_iterations_per_epoch = 1
+        self.save_every = 1
+
+
+class hpcnnDemoTrainer(nnUNetTrainer):
+    """Learns the demo's synthetic shapes (validation Dice above 0.9) in about a minute per fold
+    on two CPU cores, so that ``hpcnn demo`` ends with predictions worth looking at."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = DEFAULT_DEVICE):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = _epochs(8)
+        self.num_iterations_per_epoch = 8
+        self.num_val_iterations_per_epoch = 2
+        self.save_every = 1
