@@ -8,7 +8,7 @@ import sys
 import click
 
 from hpcnn import __version__
-from hpcnn.cli import dataset, doctor, init, render
+from hpcnn.cli import dataset, doctor, init, predict, render
 from hpcnn.cli.common import AppContext
 
 
@@ -38,7 +38,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     ctx.obj = AppContext(config_path)
 
 
-for module in (init, doctor, render, dataset):
+for module in (init, doctor, render, dataset, predict):
     for command in module.COMMANDS:
         cli.add_command(command)
 

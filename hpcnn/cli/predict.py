@@ -1,0 +1,145 @@
+"""``hpcnn predict``, ``hpcnn evaluate``, ``hpcnn export`` and ``hpcnn import-model``: using a
+trained model on this machine and moving it between machines."""
+
+from __future__ import annotations
+
+import click
+
+from hpcnn.cli.common import AppContext, pass_app
+
+_MODEL_HELP = ("Trained model folder: nnUNet_results/DatasetNNN_Name/Trainer__Plans__config.")
+
+
+def _echo(line: str) -> None:
+    """Service messages: warnings and errors in colour on stderr, the rest on stdout."""
+    for level, colour in (("warning:", "yellow"), ("error:", "red")):
+        if line.startswith(level):
+            click.secho(line, fg=colour, err=True)
+            return
+    click.echo(line)
+
+
+def _need_model(model: str | None) -> str:
+    if model is None:
+        raise click.UsageError("which model? pass --model nnUNet_results/DatasetNNN_Name/"
+                               "Trainer__Plans__config")
+    return model
+
+
+@click.command("predict")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.argument("output", metavar="OUTPUT")
+@click.option("--model", "model", type=click.Path(file_okay=False), help=_MODEL_HELP)
+@click.option("--folds", "-f", multiple=True, metavar="K[,K...]",
+              help="Folds to use (repeatable or comma-separated) [default: every fold with "
+                   "checkpoint_final.pth].")
+@click.option("--device", type=click.Choice(["auto", "cuda", "mps", "cpu"]), default="auto",
+              show_default=True, help="auto: CUDA, else Apple MPS, else the CPU.")
+@click.option("--fast", is_flag=True,
+              help="No test-time augmentation (mirroring): up to 8x faster, slightly less "
+                   "accurate.")
+@click.option("--format", "fmt", type=click.Choice(["nii.gz", "nrrd", "seg.nrrd"]),
+              help="Result format [default: each input's own]; seg.nrrd: a 3D Slicer "
+                   "segmentation with the model's class names.")
+def predict_command(inputs: tuple[str, ...], output: str, model: str | None,
+                    folds: tuple[str, ...], device: str, fast: bool, fmt: str | None) -> None:
+    """Segment images with a trained model; results keep the images' names.
+
+    INPUT is folders (searched recursively), files or quoted globs, in any format `dataset
+    import` reads (.nrrd, .nii.gz, .nii, .mha), named as you like: no _0000 suffix and no
+    dataset.json needed. A model with several channels takes CASE_<channel>.ext files, channel
+    names from its dataset.json. Segmentations among the inputs are skipped. The ensemble uses
+    every fold that finished (the missing ones are named).
+    """
+    from pathlib import Path
+
+    from hpcnn.nnunet.predict import predict
+
+    wanted = [f.strip() for text in folds for f in text.split(",") if f.strip()]
+    result = predict(Path(_need_model(model)), list(inputs), Path(output), wanted or None,
+                     device, fast, fmt, _echo)
+    click.secho(f"{len(result.outputs)} result(s) in {output} ({len(result.folds)} fold(s), "
+                f"{result.device}, {result.seconds:.1f} s)", fg="green")
+
+
+@click.command("evaluate")
+@click.argument("pred", type=click.Path(exists=True, file_okay=False))
+@click.argument("ref", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def evaluate_command(pred: str, ref: str, as_json: bool) -> None:
+    """Dice per class of predictions against reference segmentations (nnU-Net's evaluation).
+
+    PRED and REF are folders; files pair by name (case7.nrrd with case7.nrrd, case7.seg.nrrd or
+    case7_label.nii.gz). Class names come from hpcnn_predict.json, which `hpcnn predict` writes
+    into its output folder; Slicer references are read by segment name.
+    """
+    import json
+    from pathlib import Path
+
+    from hpcnn.nnunet.evaluate import evaluate
+
+    result = evaluate(Path(pred), Path(ref), echo=_echo)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("prediction", "reference", *[f"Dice {n}" for n in result.labels])
+    for case in result.cases:
+        table.add_row(case.prediction, case.reference, *[_dice(case.dice[n])
+                                                          for n in result.labels])
+    table.add_section()
+    table.add_row("mean", "", *[_dice(result.mean[n]) for n in result.labels], style="bold")
+    Console().print(table)
+    click.echo(f"mean foreground Dice {_dice(result.foreground_dice)} over "
+               f"{len(result.cases)} case(s)")
+
+
+def _dice(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+@click.command("export")
+@click.argument("zip_file", metavar="FILE.zip", type=click.Path(dir_okay=False))
+@click.option("--model", "model", type=click.Path(file_okay=False), help=_MODEL_HELP)
+@click.option("--force", is_flag=True, help="Replace FILE.zip if it exists.")
+def export_command(zip_file: str, model: str | None, force: bool) -> None:
+    """Write a model zip that `hpcnn import-model` and nnU-Net's
+    nnUNetv2_install_pretrained_model_from_zip read, with every finished fold."""
+    from pathlib import Path
+
+    from hpcnn.nnunet.model_zip import export_model
+
+    done = export_model(Path(_need_model(model)), Path(zip_file), force=force)
+    click.secho(f"{zip_file}: {done.identifier}, fold(s) {', '.join(done.folds)}, "
+                f"{done.size / 2**20:.1f} MiB", fg="green")
+    if done.skipped:
+        click.echo(f"not exported: {done.skipped}")
+
+
+@click.command("import-model")
+@click.argument("zip_file", metavar="FILE.zip", type=click.Path(exists=True, dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace a model of the same name.")
+@pass_app
+def import_model_command(app: AppContext, zip_file: str, force: bool) -> None:
+    """Check a model zip, then install it into this workspace's nnUNet_results.
+
+    Refused before anything is written: a damaged or foreign zip, paths that leave the folder,
+    links, checkpoints that do not load, a size out of bounds, or a model that is already
+    there (unless --force).
+    """
+    from pathlib import Path
+
+    from hpcnn.nnunet.model_zip import import_model
+    from hpcnn.workspace import Workspace
+
+    done = import_model(Path(zip_file), Workspace(app.config.workspace).results, force=force)
+    for path in done.installed:
+        click.secho(f"installed {path} (fold(s) {', '.join(done.folds[path])})", fg="green")
+    for line in done.notes:
+        _echo(line)
+    click.echo(f"predict with: hpcnn predict --model {done.installed[0]} INPUT OUTPUT")
+
+
+COMMANDS = [predict_command, evaluate_command, export_command, import_model_command]

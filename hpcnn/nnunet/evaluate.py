@@ -1,0 +1,199 @@
+"""``hpcnn evaluate``: Dice per class of predictions against references, computed by nnU-Net's
+own ``compute_metrics_on_folder`` (the code behind ``nnUNetv2_evaluate_folder`` and each fold's
+``validation/summary.json``).
+
+nnU-Net wants both folders in one format with identical file names. Here the files keep the
+user's names and pair by case as the dataset import pairs them (``case7.nrrd`` with
+``case7.nrrd``, ``case7.seg.nrrd`` or ``case7_label.nii.gz``). Each pair is linked into a work
+folder under one name when nnU-Net can read it as it is; a reference in another format, on
+another grid (Slicer crops its segmentations) or a Slicer segmentation (classes by segment name,
+whatever value Slicer stored) is converted onto the prediction's grid first. Class names come
+from ``hpcnn_predict.json`` (written by ``hpcnn predict``); without it, every value found in the
+references is a class.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcnn.dataset import sources
+from hpcnn.dataset.findings import shorten
+from hpcnn.dataset.importer import _attached
+from hpcnn.errors import DataError
+from hpcnn.nnunet.predict import RECORD
+
+Echo = Callable[[str], None]
+_ENDING = ".nrrd"  # the work folder's format: every input is linked or written as NRRD
+
+
+@dataclass
+class CaseScore:
+    prediction: str
+    reference: str
+    dice: dict[str, float | None]
+    metrics: dict[str, dict[str, float | None]]
+
+
+@dataclass
+class Evaluation:
+    labels: dict[str, int]
+    cases: list[CaseScore]
+    mean: dict[str, float | None]
+    foreground_dice: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"labels": self.labels, "mean_dice": self.mean,
+                "foreground_mean_dice": self.foreground_dice,
+                "cases": [{"prediction": c.prediction, "reference": c.reference,
+                           "dice": c.dice, "metrics": c.metrics} for c in self.cases]}
+
+
+def evaluate(pred: Path, ref: Path, *, echo: Echo = print) -> Evaluation:
+    """Pair, convert where needed, and run nnU-Net's evaluation."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from hpcnn.dataset.workers import available_cpus
+
+    preds, refs = _by_case(pred), _by_case(ref)
+    pairs = [(preds[k], refs[k]) for k in sorted(preds) if k in refs]
+    unmatched = sorted(preds[k].display for k in preds if k not in refs)
+    if unmatched:
+        echo(f"warning: no reference for {len(unmatched)} prediction(s): {shorten(unmatched)}")
+    if not pairs:
+        raise DataError(f"no prediction in {pred} has a reference in {ref}",
+                        hint="references pair by name: case7.nrrd with case7.nrrd, "
+                             "case7.seg.nrrd or case7_label.nii.gz")
+    labels = _labels(pred)
+    with tempfile.TemporaryDirectory(prefix="hpcnn-evaluate-") as tmp:
+        work = Path(tmp)
+        (work / "pred").mkdir()
+        (work / "ref").mkdir()
+        for index, (p, r) in enumerate(pairs):
+            name = f"case_{index:04d}{_ENDING}"
+            grid = _stage(p, work / "pred" / name, labels, None)
+            _stage(r, work / "ref" / name, labels, grid)
+        if labels is None:
+            labels = _values_found(work / "ref")
+        if not labels:
+            raise DataError(f"{ref}: the references hold no labelled voxel and no class names "
+                            "are known", hint="evaluate the output folder of `hpcnn predict`")
+        result = compute_metrics_on_folder(
+            str(work / "ref"), str(work / "pred"), None, SimpleITKIO(), _ENDING,
+            list(labels.values()), None, max(1, min(available_cpus(), len(pairs))))
+    by_value = {v: n for n, v in labels.items()}
+    cases = []
+    for (p, r), case in zip(pairs, result["metric_per_case"], strict=True):
+        metrics = {by_value[int(k)]: {m: _number(x) for m, x in v.items()}
+                   for k, v in case["metrics"].items()}
+        cases.append(CaseScore(p.display, r.display,
+                               {n: metrics[n]["Dice"] for n in labels}, metrics))
+    mean = {by_value[int(k)]: _number(v["Dice"]) for k, v in result["mean"].items()}
+    return Evaluation(labels, cases, {n: mean[n] for n in labels},
+                      _number(result["foreground_mean"]["Dice"]))
+
+
+def _number(value: Any) -> float | None:
+    """nnU-Net gives NaN for a class absent from both files: None (JSON null) here."""
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+def _by_case(folder: Path) -> dict[str, sources.SourceFile]:
+    """Label files by case (the import's naming rules, compared case-insensitively). A folder
+    with images next to segmentations gives the segmentations."""
+    found: dict[str, sources.SourceFile] = {}
+    seg: dict[str, bool] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder)
+        stem, ext = sources.split_extension(path.name)
+        if ext is None or any(part.startswith(".") for part in rel.parts):
+            continue
+        entry = sources._by_name(sources.SourceFile(path, rel.as_posix()), stem, ext, ())
+        key = entry.key.casefold()
+        if key in found and seg[key] == entry.is_seg:
+            raise DataError(f"{folder}: {found[key].display} and {rel.as_posix()} are both case "
+                            f"{entry.key!r}", hint="keep one of them in the folder")
+        if key not in found or entry.is_seg:
+            found[key], seg[key] = entry.file, entry.is_seg
+    return found
+
+
+def _labels(pred: Path) -> dict[str, int] | None:
+    """Class name → value from ``hpcnn predict``'s record, background left out."""
+    try:
+        record = json.loads((pred / RECORD).read_text(encoding="utf-8"))
+        labels = {str(k): int(v) for k, v in record["labels"].items() if int(v) != 0}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return labels or None
+
+
+def _stage(file: sources.SourceFile, target: Path, labels: dict[str, int] | None,
+           grid: Any) -> Any:
+    """Link or write ``file`` as a plain label map at ``target``, on ``grid`` when given;
+    returns its grid (a Geometry)."""
+    import SimpleITK as sitk
+
+    from hpcnn.dataset.geometry import Geometry, onto_image
+    from hpcnn.dataset.slicer import SegmentTableError, class_map, read_segments
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(file.path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise DataError(f"{file.display}: cannot be read as an image",
+                        hint="export it again, or move it out of the folder") from None
+    metadata = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
+    try:
+        segments = read_segments(metadata, reader.GetNumberOfComponents())
+    except SegmentTableError as exc:
+        raise DataError(f"{file.display}: Slicer segment table: {exc}",
+                        hint="save the segmentation again from Slicer") from None
+    geometry = Geometry.of(reader)
+    wanted = {n.casefold(): v for n, v in (labels or {}).items()}
+    by_name = bool(segments) and (labels is None or any(
+        s.layer != 0 or wanted.get(s.name.casefold()) != s.value for s in segments))
+    plain = (file.extension in (".nrrd", ".seg.nrrd") and _attached(file.path) and not by_name
+             and reader.GetNumberOfComponents() == 1
+             and (grid is None or geometry.allclose(grid)))
+    if plain:
+        target.symlink_to(file.path.resolve())
+        return geometry
+    if segments and labels is None:
+        raise DataError(f"{file.display}: a Slicer segmentation, and no class names are known "
+                        "to map its segments to",
+                        hint="evaluate the output folder of `hpcnn predict` (its "
+                             "hpcnn_predict.json names the classes)")
+    image = sitk.ReadImage(str(file.path))
+    data = sitk.GetArrayFromImage(image)
+    if by_name:
+        table = [(s.layer, s.value, wanted.get(s.name.casefold(), 0)) for s in segments]
+        data, _, _ = class_map(data, table, (), data.dtype)
+    if grid is not None:
+        data, _, _, _ = onto_image(data, geometry, grid)
+        geometry = grid
+    out = sitk.GetImageFromArray(data)
+    out.SetSpacing(geometry.spacing)
+    out.SetOrigin(geometry.origin)
+    out.SetDirection(geometry.direction)
+    sitk.WriteImage(out, str(target), False)
+    return geometry
+
+
+def _values_found(folder: Path) -> dict[str, int]:
+    import numpy as np
+    import SimpleITK as sitk
+
+    values: set[int] = set()
+    for path in sorted(folder.iterdir()):
+        values |= {int(v) for v in np.unique(sitk.GetArrayViewFromImage(
+            sitk.ReadImage(str(path)))) if v != 0}
+    return {f"label {v}": v for v in sorted(values)}

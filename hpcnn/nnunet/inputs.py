@@ -1,0 +1,274 @@
+"""Images to predict, as the user has them, and the same images in nnU-Net's naming.
+
+nnU-Net's predictor wants ``CASE_0000<file_ending>`` files in one folder and crashes or skips
+silently on anything else (nnunet-facts.md). Here INPUT is any mix of folders (searched
+recursively, hidden files skipped), globs and files, in any format the dataset import reads,
+named as the user likes:
+
+- a one-channel model takes every image as its own case, named after its file;
+- a model with channels ``T1, T2`` (dataset.json's ``channel_names``) takes ``case7_T1.nrrd``
+  and ``case7_T2.nrrd`` as the two channels of case ``case7``, by the import's naming rules
+  (sources.py);
+- files already in nnU-Net's naming (every image ends in ``_0000``, ``_0001`` ...) are cases by
+  their nnU-Net case name, channels by number, for either kind of model;
+- segmentations lying next to the images (``case7.seg.nrrd``, ``case7_label.nrrd``) are skipped.
+
+Every problem of every file (unreadable, not 3-D, several values per voxel, a missing or unnamed
+channel, channels of different sizes, two inputs that would write one output) is collected and
+raised at once, before anything is written. ``stage`` then links (same format) or converts each
+image into a work folder as ``case_NNNN_CCCC<file_ending>``, numbered so no user name can clash.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcnn.dataset import sources
+from hpcnn.dataset.findings import Finding, error, notice, shorten, summary_lines
+from hpcnn.dataset.importer import _attached
+from hpcnn.errors import DataError
+
+_NNUNET_CHANNEL = re.compile(r".+_(\d{4})")
+
+
+@dataclass(frozen=True)
+class PredictCase:
+    """One case to predict: its images in channel order and the name its result gets."""
+
+    name: str  # relative output path without extension: the image's own name, or the case's
+    images: tuple[sources.SourceFile, ...]
+
+    @property
+    def extension(self) -> str:
+        """The input's format, which the result keeps unless ``--format`` says otherwise."""
+        return self.images[0].extension
+
+    def output(self, extension: str | None) -> str:
+        ext = extension or self.extension
+        return f"{self.name}{ext}"
+
+
+def collect(items: Sequence[str], channel_names: Sequence[str], *,
+            exclude: Path | None = None) -> tuple[list[PredictCase], list[Finding]]:
+    """The cases in INPUT items for a model with these channels, and notices; DataError (every
+    problem at once) when a file cannot be used. Files under ``exclude`` (the output folder,
+    when it lies inside an input folder) are not inputs."""
+    files, findings = _files(items, exclude.resolve() if exclude else None)
+    images = [f for f in files if not _is_segmentation(f)]
+    nnunet_named = bool(images) and all(
+        _NNUNET_CHANNEL.fullmatch(sources.split_extension(f.path.name)[0]) for f in images)
+    n = len(channel_names)
+    if nnunet_named:
+        tokens = tuple(f"{c:04d}" for c in range(n))
+    elif n > 1:
+        tokens = tuple(channel_names)
+        if len({t.casefold() for t in tokens}) < n:
+            raise DataError(f"the model's channels {', '.join(tokens)} cannot be told apart by "
+                            "file name",
+                            hint="name the files in nnU-Net's way: CASE_0000, CASE_0001, ... in "
+                                 "channel order")
+    else:
+        tokens = ()
+    wanted = f"{n} channel(s) ({', '.join(channel_names)})"
+    entries = []
+    skipped = []
+    for file in files:
+        stem, ext = sources.split_extension(file.path.name)
+        entry = sources._by_name(file, stem, ext or "", tokens)
+        if entry.is_seg:
+            skipped.append(file.display)
+        elif tokens and entry.channel is None:
+            said = (f"is channel {int(stem[-4:])} by its name" if nnunet_named
+                    else "does not say which channel it is")
+            findings.append(error(file.display, f"the model takes {wanted}; this file {said}",
+                                  hint=f"give each case one file per channel, named "
+                                       f"CASE_{tokens[0]}{ext}"
+                                       + (f", CASE_{tokens[1]}{ext} ..." if n > 1 else "")))
+        else:
+            entries.append(entry)
+    if skipped:
+        findings.append(notice("", f"skipped {len(skipped)} segmentation(s) among the inputs: "
+                                   f"{shorten(skipped)}"))
+    if tokens:
+        pairs, pairing = sources._pair(entries, tokens)
+        findings += pairing
+        cases = [PredictCase(_case_name(c), c.images) for c in pairs]
+    else:
+        cases = [PredictCase(sources.split_extension(e.file.display)[0], (e.file,))
+                 for e in entries]
+    if not cases and not any(f.level == "error" for f in findings):
+        raise DataError(f"no images found in {', '.join(items)}",
+                        hint="images end in .nrrd, .nii, .nii.gz or .mha")
+    refuse(findings)
+    return cases, findings
+
+
+def _is_segmentation(file: sources.SourceFile) -> bool:
+    """The dataset import's rule (``.seg.nrrd``, ``_label``, ``_mask`` ...)."""
+    stem, ext = sources.split_extension(file.path.name)
+    return sources._by_name(file, stem, ext or "", ()).is_seg
+
+
+def _case_name(case: sources.SourceCase) -> str:
+    """The case key in its first image's folder: ``sub/case7`` for ``sub/case7_T1.nrrd``."""
+    folder = case.images[0].display.rpartition("/")[0]
+    return f"{folder}/{case.key}" if folder else case.key
+
+
+def refuse(findings: Sequence[Finding]) -> None:
+    """DataError naming every file with an error and its fix, when there is one."""
+    errors = [f for f in findings if f.level == "error"]
+    if not errors:
+        return
+    if len(errors) == 1:
+        raise DataError(errors[0].line(), hint=errors[0].hint or None)
+    lines = [f"{len(errors)} problems in the input; nothing was predicted:"]
+    lines += ["  " + text.replace("\n", "\n  ") for _, text in summary_lines(errors)]
+    raise DataError("\n".join(lines))
+
+
+def _files(items: Sequence[str],
+           exclude: Path | None) -> tuple[list[sources.SourceFile], list[Finding]]:
+    """Every image file the items name: folders recursively (display relative to the folder),
+    files and glob matches by name."""
+    found: list[sources.SourceFile] = []
+    ignored: list[str] = []
+    problems: list[Finding] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                rel = child.relative_to(path)
+                if any(part.startswith(".") for part in rel.parts) or (
+                        exclude is not None and child.resolve().is_relative_to(exclude)):
+                    continue
+                if sources.split_extension(child.name)[1] is None:
+                    ignored.append(rel.as_posix())
+                else:
+                    found.append(sources.SourceFile(child, rel.as_posix()))
+            continue
+        matches = [Path(m) for m in sorted(glob.glob(os.path.expanduser(item)))]
+        if not matches and not glob.has_magic(item):
+            problems.append(error(item, "no such file or folder",
+                                  hint="check the path (quote a glob so hpcnn expands it)"))
+        elif not matches:
+            problems.append(error(item, "the pattern matches no file", hint="check the pattern"))
+        for match in matches:
+            if match.is_dir():
+                problems.append(error(str(match), "a folder matched by a pattern",
+                                      hint="pass folders by name, or make the pattern match "
+                                           "files"))
+            elif sources.split_extension(match.name)[1] is None:
+                problems.append(error(str(match), "not an image file hpcnn reads",
+                                      hint="pass .nrrd, .nii, .nii.gz or .mha files"))
+            else:
+                found.append(sources.SourceFile(match, match.name))
+    if ignored:
+        problems.append(notice("", f"ignored {len(ignored)} file(s) that are not images: "
+                                   f"{shorten(ignored)}"))
+    return found, problems
+
+
+def check_images(cases: Sequence[PredictCase], channel_names: Sequence[str]) -> None:
+    """Read every header; DataError naming each file that the model cannot take."""
+    import SimpleITK as sitk
+
+    findings: list[Finding] = []
+    n = len(channel_names)
+    for case in cases:
+        first: tuple[str, tuple[int, ...]] | None = None
+        for file in case.images:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(file.path))
+            try:
+                reader.ReadImageInformation()
+            except RuntimeError:
+                findings.append(error(file.display, "cannot be read as an image",
+                                      hint="it is truncated, empty or not an image: export it "
+                                           "again, or leave it out of the input"))
+                continue
+            size = tuple(reader.GetSize())
+            if reader.GetDimension() != 3:
+                findings.append(error(file.display, f"is a {reader.GetDimension()}-D image "
+                                      f"(size {'x'.join(map(str, size))}); the model segments "
+                                      "3-D volumes",
+                                      hint="pass the 3-D volume, not a slice or a series"))
+            elif reader.GetNumberOfComponents() != 1:
+                findings.append(error(file.display, f"has {reader.GetNumberOfComponents()} "
+                                      f"values per voxel; the model takes {n} channel(s) "
+                                      f"({', '.join(channel_names)}), one file each",
+                                      hint="save each channel as its own single-value image"
+                                           + (" named CASE_<channel>" if n > 1 else "")))
+            elif first is None:
+                first = (file.display, size)
+            elif size != first[1]:
+                findings.append(error(file.display, f"size {'x'.join(map(str, size))} differs "
+                                      f"from {first[0]} ({'x'.join(map(str, first[1]))}), "
+                                      "another channel of the case",
+                                      hint="resample a case's channels onto one grid"))
+    refuse(findings)
+
+
+def check_output_folder(output: Path, items: Sequence[str]) -> None:
+    """DataError when the output folder is an input folder."""
+    resolved = output.expanduser().resolve()
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_dir() and path.resolve() == resolved:
+            raise DataError(f"{output}: the output folder is the input folder; results would "
+                            "mix with (and could replace) the images",
+                            hint="write the results to another folder")
+    if output.exists() and not output.is_dir():
+        raise DataError(f"{output}: exists and is not a folder",
+                        hint="name a folder for the results (it is created when missing)")
+
+
+def check_outputs(cases: Sequence[PredictCase], extension: str | None,
+                  output: Path) -> list[Path]:
+    """The result path of every case; DataError when two cases would write one file, or when a
+    result would replace an input."""
+    inputs = {f.path.resolve(): f.display for c in cases for f in c.images}
+    by_name: dict[str, list[PredictCase]] = {}
+    for case in cases:
+        by_name.setdefault(case.output(extension).casefold(), []).append(case)
+    findings = []
+    for clash in by_name.values():
+        if len(clash) > 1:
+            names = ", ".join(f.display for c in clash for f in c.images)
+            findings.append(error(clash[0].images[0].display, f"{names} would all be written to "
+                                  f"{clash[0].output(extension)}",
+                                  hint="rename one of them, or predict them into separate "
+                                       "folders"))
+    paths = [output / c.output(extension) for c in cases]
+    for case, path in zip(cases, paths, strict=True):
+        if path.resolve() in inputs:
+            findings.append(error(case.images[0].display, f"its result {path} would replace the "
+                                  f"input {inputs[path.resolve()]}",
+                                  hint="write the results to another folder"))
+    refuse(findings)
+    return paths
+
+
+def stage(cases: Sequence[PredictCase], folder: Path, file_ending: str) -> list[list[str]]:
+    """Put each case's images into ``folder`` in nnU-Net's naming: a symbolic link when the
+    format already is the model's, else a converted copy. Returns nnU-Net's list of lists."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lists = []
+    for index, case in enumerate(cases):
+        files = []
+        for channel, image in enumerate(case.images):
+            target = folder / f"case_{index:04d}_{channel:04d}{file_ending}"
+            if image.extension == file_ending and _attached(image.path):
+                target.symlink_to(image.path.resolve())
+            else:
+                sitk.WriteImage(sitk.ReadImage(str(image.path)), str(target), False)
+            files.append(str(target))
+        lists.append(files)
+    return lists

@@ -1,0 +1,311 @@
+"""``hpcnn predict``: nnU-Net's own predictor on images as the user has them, results under the
+images' own names.
+
+The steps, each before the next writes anything:
+
+1. the model folder: its finished folds (``checkpoint_final.pth``; the others are named), and a
+   warning when the nnunetv2 that trained a fold (its ``hpcnn_provenance.json``) is not this one;
+2. the inputs (inputs.py): cases, channels in the model's order, every file's header checked, and
+   every result name known and free of clashes with other results and with the inputs;
+3. the device (``auto``: CUDA, else Apple's MPS, else the CPU, where the cost in network passes is
+   said and ``--fast`` offered);
+4. a work folder inside OUTPUT holding the images in nnU-Net's naming (links where the format is
+   the model's) and nnU-Net's results; ``nnUNetPredictor`` runs on it with ``nnUNet_extTrainer``
+   pointing at hpcnn's trainers (the checkpoint names its trainer class, which nnU-Net looks up);
+5. each result is renamed (same format) or converted (another format, or a Slicer ``.seg.nrrd``
+   with the model's class names and colours) into OUTPUT under its final name, through a
+   temporary name, so a reader never sees half a file; the work folder goes in every case.
+
+``hpcnn_predict.json`` in OUTPUT records the model, folds, labels and which result came from which
+images (``hpcnn evaluate`` reads the labels from it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcnn.dataset import sources
+from hpcnn.errors import DataError
+from hpcnn.fsutil import atomic_write_text
+from hpcnn.nnunet.inputs import (
+    PredictCase,
+    check_images,
+    check_output_folder,
+    check_outputs,
+    collect,
+    stage,
+)
+from hpcnn.nnunet.model_folder import (
+    CHECKPOINT,
+    ModelFolder,
+    choose_folds,
+    local_nnunetv2_version,
+    open_model,
+)
+
+FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "seg.nrrd": ".seg.nrrd"}
+RECORD = "hpcnn_predict.json"
+DEVICES = ("auto", "cuda", "mps", "cpu")
+EXT_TRAINER = "nnUNet_extTrainer"
+_WORK_PREFIX = ".hpcnn-predict-"
+# Distinct, readable on dark and light backgrounds; Slicer picks its own when a file has none.
+PALETTE = ((0.5, 0.68, 0.5), (0.94, 0.84, 0.57), (0.69, 0.48, 0.4), (0.85, 0.4, 0.35),
+           (0.44, 0.5, 0.87), (0.56, 0.8, 0.9), (0.9, 0.6, 0.85), (0.7, 0.7, 0.7))
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class Prediction:
+    """What ``predict`` did: one result per case, in input order."""
+
+    outputs: list[Path]
+    folds: list[str]
+    device: str
+    seconds: float
+
+
+def predict(
+    model_dir: Path,
+    inputs: Sequence[str],
+    output: Path,
+    folds: Sequence[str] | None = None,
+    device: str = "auto",
+    fast: bool = False,
+    fmt: str | None = None,
+    echo: Echo = print,
+) -> Prediction:
+    """Predict every case in ``inputs`` into ``output`` with the model's finished folds (or
+    ``folds``); ``fmt`` is a key of FORMATS (default: each input's own format); ``echo`` gets
+    the lines a user should read (warnings start with ``warning:``)."""
+    start = time.perf_counter()
+    model = open_model(model_dir)
+    chosen = choose_folds(model, folds)
+    missing = model.describe_missing()
+    echo(f"model {model.identifier}: fold(s) {', '.join(chosen)}"
+         + (f" ({missing})" if missing else ""))
+    for line in version_warnings(model, chosen):
+        echo(f"warning: {line}")
+    extension = _extension(fmt)
+    check_output_folder(output, inputs)
+    cases, findings = collect(inputs, model.channel_names, exclude=output)
+    for finding in findings:
+        echo(f"{finding.level}: {finding.line()}")
+    check_images(cases, model.channel_names)
+    results = check_outputs(cases, extension, output)
+    torch_device = resolve_device(device)
+    if torch_device == "cpu":
+        echo(cpu_cost(model, cases, len(chosen), fast))
+
+    created = not output.exists()
+    work = output / f"{_WORK_PREFIX}{uuid.uuid4().hex[:8]}"
+    try:
+        work.mkdir(parents=True)
+        lists = stage(cases, work / "input", model.file_ending)
+        produced = [work / "output" / f"case_{i:04d}" for i in range(len(cases))]
+        _run_predictor(model, chosen, torch_device, fast, lists, produced)
+        for case, made, final in zip(cases, produced, results, strict=True):
+            _place(Path(f"{made}{model.file_ending}"), final, model, fmt == "seg.nrrd")
+            echo(f"{case.images[0].display} -> {final}")
+        _write_record(output, model, chosen, fast, cases, results)
+    except BaseException:
+        if created:
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Prediction(results, chosen, torch_device, time.perf_counter() - start)
+
+
+def version_warnings(model: ModelFolder, folds: Sequence[str]) -> list[str]:
+    """One line per nnunetv2 version that trained some of ``folds`` and is not the local one."""
+    local = local_nnunetv2_version()
+    by_version: dict[str, list[str]] = {}
+    for fold, version in model.trained_with(folds).items():
+        if version != local:
+            by_version.setdefault(version, []).append(fold)
+    return [f"fold(s) {', '.join(fs)} were trained with nnunetv2 {v}, this machine has "
+            f"{local or 'none'}: predictions may differ or fail to load; install nnunetv2=={v} "
+            "here to be sure" for v, fs in sorted(by_version.items())]
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: CUDA, else MPS, else CPU; a device asked for but missing is a usage error."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if device == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if (device == "cuda" and not cuda) or (device == "mps" and not mps):
+        raise DataError(f"--device {device}: this PyTorch sees no {device.upper()} device",
+                        hint="use --device auto (picks what is there) or --device cpu")
+    if device not in DEVICES:
+        raise DataError(f"--device {device}: use one of {', '.join(DEVICES)}")
+    return device
+
+
+def cpu_cost(model: ModelFolder, cases: Sequence[PredictCase], n_folds: int,
+             fast: bool) -> str:
+    """What predicting on the CPU will take, in network passes (the part that dominates):
+    sliding-window tiles of the model's patch over each image at the model's spacing, times
+    folds, times 2^axes mirrorings with test-time augmentation."""
+    import SimpleITK as sitk
+
+    config = _configuration(model)
+    patch = config.get("patch_size") or []
+    spacing = config.get("spacing") or []
+    tiles = 0
+    for case in cases:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(case.images[0].path))
+        reader.ReadImageInformation()
+        # nnU-Net transposes axes per plans; the tile count is what matters, so sort both.
+        extent = sorted(n * s for n, s in zip(reader.GetSize(), reader.GetSpacing(),
+                                               strict=True))
+        tiles += _tiles(extent, sorted(spacing), sorted(patch))
+    mirror = 1 if fast else 2 ** len(patch or (0, 0, 0))
+    passes = tiles * n_folds * mirror
+    text = (f"predicting on the CPU: {passes} network passes ({tiles} tile(s) in "
+            f"{len(cases)} case(s) x {n_folds} fold(s)"
+            + (")" if fast else f" x {mirror} mirrorings for test-time augmentation)"))
+    if not fast:
+        text += f"; --fast skips the mirrorings ({mirror}x fewer passes, slightly less accurate)"
+    return text
+
+
+def _tiles(extent: Sequence[float], spacing: Sequence[float], patch: Sequence[int]) -> int:
+    if not (len(extent) == len(spacing) == len(patch)) or not patch:
+        return 1
+    count = 1
+    for mm, sp, p in zip(extent, spacing, patch, strict=True):
+        voxels = max(1, round(mm / sp))
+        count *= 1 if voxels <= p else math.ceil((voxels - p) / (p * 0.5)) + 1
+    return count
+
+
+def _configuration(model: ModelFolder) -> dict[str, Any]:
+    """The trained configuration's plans (its name is the model folder's last part)."""
+    try:
+        plans = json.loads((model.path / "plans.json").read_text(encoding="utf-8"))
+        name = model.path.name.rsplit("__", 1)[1]
+        config = plans["configurations"][name]
+    except (OSError, ValueError, KeyError, IndexError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _extension(fmt: str | None) -> str | None:
+    if fmt is None:
+        return None
+    if fmt not in FORMATS:
+        raise DataError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    return FORMATS[fmt]
+
+
+@contextmanager
+def trainers_visible() -> Iterator[None]:
+    """``nnUNet_extTrainer`` with hpcnn's trainer directory first (a user's own directories
+    stay after it), for as long as nnU-Net looks trainer classes up."""
+    from hpcnn.nnunet import trainer_dir
+
+    before = os.environ.get(EXT_TRAINER)
+    os.environ[EXT_TRAINER] = os.pathsep.join(p for p in (str(trainer_dir()), before) if p)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(EXT_TRAINER, None)
+        else:
+            os.environ[EXT_TRAINER] = before
+
+
+def _run_predictor(model: ModelFolder, folds: Sequence[str], device: str, fast: bool,
+                   lists: list[list[str]], produced: list[Path]) -> None:
+    import sys
+
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from hpcnn.dataset.workers import available_cpus
+
+    if device == "cpu":
+        torch.set_num_threads(available_cpus())  # as nnUNetv2_predict does on the CPU
+    predictor = nnUNetPredictor(use_mirroring=not fast, device=torch.device(device),
+                                verbose=False, allow_tqdm=sys.stderr.isatty())
+    with trainers_visible():
+        try:
+            predictor.initialize_from_trained_model_folder(
+                str(model.path), use_folds=tuple(int(f) if f.isdigit() else f for f in folds),
+                checkpoint_name=CHECKPOINT)
+        except RuntimeError as exc:
+            if "Could not find requested nnunet trainer" not in str(exc):
+                raise
+            raise DataError(f"{model.path}: trained with a trainer class this machine does not "
+                            f"have ({exc})",
+                            hint="put the trainer's module in a folder and add it to "
+                                 f"{EXT_TRAINER}") from exc
+    processes = max(1, min(3, available_cpus(), len(lists)))  # nnUNetv2_predict's -npp/-nps
+    predictor.predict_from_files(lists, [str(p) for p in produced], save_probabilities=False,
+                                 overwrite=True, num_processes_preprocessing=processes,
+                                 num_processes_segmentation_export=processes)
+
+
+def _place(result: Path, final: Path, model: ModelFolder, slicer: bool) -> None:
+    """Rename or convert nnU-Net's result to ``final`` through a temporary name beside it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if not result.is_file():
+        raise DataError(f"nnU-Net wrote no result for {final.name}",
+                        hint="see nnU-Net's output above")
+    same_format = not slicer and final.name.lower().endswith(model.file_ending.lower())
+    if same_format:
+        os.replace(result, final)
+        return
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(result))
+    if slicer:
+        from hpcnn.dataset.slicer import segment_header
+
+        labels = sorted(model.labels.items(), key=lambda kv: kv[1])
+        image = sitk.Cast(image, sitk.sitkUInt8 if max(v for _, v in labels) < 256
+                          else sitk.sitkUInt16)
+        segments = [(name, value, PALETTE[i % len(PALETTE)])
+                    for i, (name, value) in enumerate(labels)]
+        for key, value in segment_header(segments, image.GetSize()).items():
+            image.SetMetaData(key, value)
+    suffix = sources.split_extension(final.name)[1] or final.suffix
+    tmp = final.with_name(f".{uuid.uuid4().hex[:8]}.tmp{suffix}")
+    try:
+        sitk.WriteImage(image, str(tmp), True)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_record(output: Path, model: ModelFolder, folds: Sequence[str], fast: bool,
+                  cases: Sequence[PredictCase], results: Sequence[Path]) -> None:
+    from hpcnn import __version__
+
+    record = {
+        "model": str(model.path),
+        "folds": list(folds),
+        "fast": fast,
+        "labels": {"background": 0, **model.labels},
+        "nnunetv2_version": local_nnunetv2_version(),
+        "hpcnn_version": __version__,
+        "cases": [{"output": str(r.relative_to(output)),
+                   "images": [str(f.path) for f in c.images]}
+                  for c, r in zip(cases, results, strict=True)],
+    }
+    atomic_write_text(output / RECORD, json.dumps(record, indent=2) + "\n")

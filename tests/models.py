@@ -1,0 +1,84 @@
+"""A real trained nnU-Net model, tiny, for every test that needs one (predict, evaluate, model
+zips, monitoring, sync) and for bench/predict_overhead.py.
+
+``build_tiny_model(root)`` writes a workspace under ``root``: a raw dataset of 6 nested-sphere
+cases of 32^3 (synthetic.write_nnunet_dataset, ``.nrrd``), preprocessed through hpcnn's own
+``preprocess`` (as ``hpcnn preprocess`` runs it), then folds 0 and 1 trained with the stock
+``nnUNetv2_train ... -tr hpcnnTinyTrainer -device cpu`` (2 epochs of 3 iterations; about 35 s per
+fold on 2 cores), ``nnUNet_extTrainer`` pointing at hpcnn's packaged trainers. It returns the
+model folder ``nnUNet_results/Dataset501_Tiny/hpcnnTinyTrainer__nnUNetPlans__3d_fullres``.
+
+The ``tiny_model`` fixture builds it once per test session; tests that change a model copy it
+first (``copy_model``). Import the fixture into a test module (``from models import
+tiny_model``) or list ``models`` in ``pytest_plugins``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from conftest import need
+from synthetic import write_nnunet_dataset
+
+DATASET = "Dataset501_Tiny"
+CONFIGURATION = "3d_fullres"
+MODEL = f"hpcnnTinyTrainer__nnUNetPlans__{CONFIGURATION}"
+FOLDS = (0, 1)
+
+
+def nnunet_env(workspace: Path) -> dict[str, str]:
+    """The environment nnU-Net commands need for this workspace and hpcnn's trainers."""
+    from hpcnn.nnunet import trainer_dir
+    from hpcnn.workspace import Workspace
+
+    return {**os.environ, **Workspace(workspace).nnunet_env(),
+            "nnUNet_extTrainer": str(trainer_dir()), "nnUNet_compile": "f",
+            "PYTHONUNBUFFERED": "1"}
+
+
+def build_tiny_model(root: Path, folds: Sequence[int] = FOLDS, *, n_cases: int = 6,
+                     size: tuple[int, int, int] = (32, 32, 32)) -> Path:
+    """Dataset, preprocessing and trained folds under ``root``; returns the model folder."""
+    from hpcnn.dataset import preprocess
+    from hpcnn.workspace import Workspace
+
+    workspace = Workspace(root)
+    raw = workspace.raw / DATASET
+    write_nnunet_dataset(raw, n_cases=n_cases, size=size, file_ending=".nrrd")
+    job = preprocess.prepare(workspace, raw, configuration=CONFIGURATION, folds=range(5),
+                             workers=2)
+    with open(root / "preprocess.log", "w", encoding="utf-8") as log:
+        preprocess.run(job, out=log)
+    train = Path(sys.executable).with_name("nnUNetv2_train")
+    for fold in folds:
+        with open(root / f"train_fold_{fold}.log", "w", encoding="utf-8") as log:
+            done = subprocess.run([str(train), "501", CONFIGURATION, str(fold), "-tr",
+                                   "hpcnnTinyTrainer", "-device", "cpu"],
+                                  env=nnunet_env(root), stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, check=False)
+        if done.returncode != 0:
+            tail = (root / f"train_fold_{fold}.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"training fold {fold} failed ({done.returncode}):\n{tail}")
+    return workspace.results / DATASET / MODEL
+
+
+def copy_model(model: Path, destination: Path) -> Path:
+    """A copy of a model folder under ``destination/DatasetNNN_Name/``, to change freely."""
+    target = destination / model.parent.name / model.name
+    shutil.copytree(model, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny two-fold model, trained once per session (about 90 s on 2 cores)."""
+    import importlib.util
+
+    need(importlib.util.find_spec("nnunetv2") is not None, "nnunetv2 is not installed")
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
