@@ -4,10 +4,10 @@ own ``compute_metrics_on_folder`` (the code behind ``nnUNetv2_evaluate_folder`` 
 
 nnU-Net wants both folders in one format with identical file names. Here the files keep the
 user's names and pair by case as the dataset import pairs them (``case7.nrrd`` with
-``case7.nrrd``, ``case7.seg.nrrd`` or ``case7_label.nii.gz``). Each pair is linked into a work
-folder under one name when nnU-Net can read it as it is; a reference in another format, on
-another grid (Slicer crops its segmentations) or a Slicer segmentation (classes by segment name,
-whatever value Slicer stored) is converted onto the prediction's grid first. Class names come
+``case7.nrrd``, ``case7.seg.nrrd`` or ``case7_label.nii.gz``). Each pair is written into a work
+folder under one name and format; a reference on another grid (Slicer crops its segmentations)
+is put onto the prediction's grid, and a Slicer segmentation whose segments are not stored as
+the class values is mapped by segment name, whatever value Slicer stored. Class names come
 from ``hpcnn_predict.json`` (written by ``hpcnn predict``); without it, every value found in the
 references is a class.
 """
@@ -24,7 +24,6 @@ from typing import Any
 
 from hpcnn.dataset import sources
 from hpcnn.dataset.findings import shorten
-from hpcnn.dataset.importer import _attached
 from hpcnn.errors import DataError
 from hpcnn.nnunet.predict import RECORD
 
@@ -161,13 +160,7 @@ def _stage(file: sources.SourceFile, target: Path, labels: dict[str, int] | None
     wanted = {n.casefold(): v for n, v in (labels or {}).items()}
     by_name = bool(segments) and (labels is None or any(
         s.layer != 0 or wanted.get(s.name.casefold()) != s.value for s in segments))
-    plain = (file.extension in (".nrrd", ".seg.nrrd") and _attached(file.path) and not by_name
-             and reader.GetNumberOfComponents() == 1
-             and (grid is None or geometry.allclose(grid)))
-    if plain:
-        target.symlink_to(file.path.resolve())
-        return geometry
-    if segments and labels is None:
+    if by_name and labels is None:
         raise DataError(f"{file.display}: a Slicer segmentation, and no class names are known "
                         "to map its segments to",
                         hint="evaluate the output folder of `hpcnn predict` (its "

@@ -15,8 +15,9 @@ named as the user likes:
 
 Every problem of every file (unreadable, not 3-D, several values per voxel, a missing or unnamed
 channel, channels of different sizes, two inputs that would write one output) is collected and
-raised at once, before anything is written. ``stage`` then links (same format) or converts each
-image into a work folder as ``case_NNNN_CCCC<file_ending>``, numbered so no user name can clash.
+raised at once, before anything is written. ``stage`` then gives nnU-Net its list of files per
+case: the images themselves where they already are in the model's format, converted copies named
+``case_NNNN_CCCC<file_ending>`` (numbered, so no user name can clash) for the others.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from pathlib import Path
 
 from hpcnn.dataset import sources
 from hpcnn.dataset.findings import Finding, error, notice, shorten, summary_lines
-from hpcnn.dataset.importer import _attached
 from hpcnn.errors import DataError
 
 _NNUNET_CHANNEL = re.compile(r".+_(\d{4})")
@@ -255,20 +255,21 @@ def check_outputs(cases: Sequence[PredictCase], extension: str | None,
 
 
 def stage(cases: Sequence[PredictCase], folder: Path, file_ending: str) -> list[list[str]]:
-    """Put each case's images into ``folder`` in nnU-Net's naming: a symbolic link when the
-    format already is the model's, else a converted copy. Returns nnU-Net's list of lists."""
+    """nnU-Net's list of lists of files, channel by channel. An image already in the model's
+    format is read where it is (nnU-Net takes file lists, and a detached header still finds its
+    data); any other is converted into ``folder`` as ``case_NNNN_CCCC<file_ending>``."""
     import SimpleITK as sitk
 
-    folder.mkdir(parents=True, exist_ok=True)
     lists = []
     for index, case in enumerate(cases):
         files = []
         for channel, image in enumerate(case.images):
+            if image.path.name.lower().endswith(file_ending.lower()):
+                files.append(str(image.path))
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
             target = folder / f"case_{index:04d}_{channel:04d}{file_ending}"
-            if image.extension == file_ending and _attached(image.path):
-                target.symlink_to(image.path.resolve())
-            else:
-                sitk.WriteImage(sitk.ReadImage(str(image.path)), str(target), False)
+            sitk.WriteImage(sitk.ReadImage(str(image.path)), str(target), False)
             files.append(str(target))
         lists.append(files)
     return lists

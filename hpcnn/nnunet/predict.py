@@ -9,9 +9,10 @@ The steps, each before the next writes anything:
    every result name known and free of clashes with other results and with the inputs;
 3. the device (``auto``: CUDA, else Apple's MPS, else the CPU, where the cost in network passes is
    said and ``--fast`` offered);
-4. a work folder inside OUTPUT holding the images in nnU-Net's naming (links where the format is
-   the model's) and nnU-Net's results; ``nnUNetPredictor`` runs on it with ``nnUNet_extTrainer``
-   pointing at hpcnn's trainers (the checkpoint names its trainer class, which nnU-Net looks up);
+4. a work folder inside OUTPUT holding converted images (those not in the model's format; the
+   others are read where they are) and nnU-Net's results; ``nnUNetPredictor`` runs on the file
+   lists with ``nnUNet_extTrainer`` pointing at hpcnn's trainers (the checkpoint names its
+   trainer class, which nnU-Net looks up);
 5. each result is renamed (same format) or converted (another format, or a Slicer ``.seg.nrrd``
    with the model's class names and colours) into OUTPUT under its final name, through a
    temporary name, so a reader never sees half a file; the work folder goes in every case.
@@ -298,14 +299,14 @@ def _write_record(output: Path, model: ModelFolder, folds: Sequence[str], fast: 
     from hpcnn import __version__
 
     record = {
-        "model": str(model.path),
+        "model": str(model.path.resolve()),
         "folds": list(folds),
         "fast": fast,
         "labels": {"background": 0, **model.labels},
         "nnunetv2_version": local_nnunetv2_version(),
         "hpcnn_version": __version__,
         "cases": [{"output": str(r.relative_to(output)),
-                   "images": [str(f.path) for f in c.images]}
+                   "images": [str(f.path.resolve()) for f in c.images]}
                   for c, r in zip(cases, results, strict=True)],
     }
-    atomic_write_text(output / RECORD, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(output / RECORD, json.dumps(record, indent=2) + "\n", mode=0o644)
