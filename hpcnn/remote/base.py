@@ -43,9 +43,17 @@ def excluded(rel: str, patterns: Sequence[str]) -> bool:
                for p in patterns)
 
 
+PRIVATE_UMASK = "umask 077"
+"""Every remote command starts with this: the cluster is shared with other accounts, and what
+hpcnn writes there (patient images, job scripts with their variables, logs) is this
+account's alone, whatever the cluster's default umask."""
+
+
 def login_wrap(login_shell: str, command_line: str) -> str:
-    """``bash -lc 'LINE'``: the command line as one quoted argument of the login shell."""
-    return f"{login_shell} {shlex.quote(command_line)}" if login_shell else command_line
+    """``bash -lc 'umask 077; LINE'``: the command line as one quoted argument of the login
+    shell (the one place a remote command line is built, so every command gets the umask)."""
+    line = f"{PRIVATE_UMASK}; {command_line}"
+    return f"{login_shell} {shlex.quote(line)}" if login_shell else line
 
 
 class Connection(ABC):
@@ -122,8 +130,9 @@ class Connection(ABC):
     def pull_tree(self, remote: str, local: Path, *, exclude: Sequence[str] = ()) -> None:
         """Make ``local`` hold every file of the remote folder (incremental, never deletes)."""
 
-    def write_text(self, remote: str, text: str, *, mode: int = 0o644) -> None:
-        """Write a small remote file atomically (temp + rename), creating its folder."""
+    def write_text(self, remote: str, text: str, *, mode: int = 0o600) -> None:
+        """Write a small remote file atomically (temp + rename), creating its folder; by default
+        readable by the account only."""
         parent = str(Path(remote).parent)
         tmp = f"{remote}.tmp-hpcnn"
         line = (

@@ -4,20 +4,20 @@ The ssh config (``$HPCNN_SSH_CONFIG`` or ~/.ssh/config) is loaded explicitly, so
 HostName, User, Port, IdentityFile and ProxyJump work as with ``ssh``; keys come from there,
 cluster.yaml, the agent and ~/.ssh. Fabric itself accepts unknown host keys silently
 (AutoAddPolicy) and reads no known_hosts: here known_hosts files are loaded (ssh's defaults or
-the config's UserKnownHostsFile) and an unknown key is refused with its fingerprint. Commands
-run on channels of ONE paramiko transport, and files move over SFTP on that same transport;
-only rsync, when used, opens its own ssh connection.
+the config's UserKnownHostsFile) and an unknown key is refused with its fingerprint, on the
+cluster and on every ProxyJump hop. The agent is never forwarded, whatever ForwardAgent says.
+Commands run on channels of ONE paramiko transport, and files move over SFTP on that same
+transport; only rsync, when used, opens its own ssh connection.
 """
 
 from __future__ import annotations
 
-import base64
 import errno
 import getpass
-import hashlib
 import logging
 import os
 import socket
+import stat
 import sys
 import threading
 import time
@@ -30,6 +30,7 @@ import paramiko
 
 from hpcnn.errors import HpcnnError, RemoteCommandError
 from hpcnn.remote.base import Result, login_wrap
+from hpcnn.remote.host_keys import KeyState, OfferedKey, changed_warning, fingerprint
 from hpcnn.remote.ssh_common import (
     TIMED_OUT,
     Failure,
@@ -38,6 +39,7 @@ from hpcnn.remote.ssh_common import (
     atomic_local_target,
     failure,
     jump_failure,
+    refuse_shared_control_path,
     safe_relative,
     ssh_config_file,
     ssh_options,
@@ -53,17 +55,15 @@ _DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2", "/etc/ssh/s
 _READ_SIZE = 65536
 
 
-def fingerprint(key: paramiko.PKey) -> str:
-    """``ED25519 SHA256:...``, as ``ssh-keygen -l`` shows it."""
-    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
-    kind = key.get_name().removeprefix("ssh-").split("-")[0].upper()
-    return f"{kind} SHA256:{digest}"
+def _fingerprint(key: paramiko.PKey) -> str:
+    return fingerprint(key.get_name(), key.get_base64())
 
 
 class _UnknownHostKey(Exception):
-    def __init__(self, offered: str) -> None:
-        super().__init__(offered)
-        self.offered = offered
+    def __init__(self, key: paramiko.PKey) -> None:
+        super().__init__(_fingerprint(key))
+        self.key = key
+        self.offered = _fingerprint(key)
 
 
 class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
@@ -71,7 +71,7 @@ class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
                          key: paramiko.PKey) -> None:
-        raise _UnknownHostKey(fingerprint(key))
+        raise _UnknownHostKey(key)
 
 
 def _prompt(title: str, instructions: str, prompts: Sequence[tuple[str, bool]]) -> list[str]:
@@ -90,9 +90,12 @@ def _known_hosts_files(ssh_config: dict[str, Any]) -> list[str]:
 
 
 def _secure(conn: fabric.Connection) -> None:
-    """Known hosts and the refusing policy for the connection and every ProxyJump hop."""
+    """Known hosts, the refusing policy and no agent forwarding for the connection and every
+    ProxyJump hop (Fabric would forward the agent on its own sessions under ForwardAgent yes;
+    hpcnn opens its channels itself, and says so here too)."""
     hop: Any = conn
     while isinstance(hop, fabric.Connection):
+        hop.forward_agent = False
         hop.client.set_missing_host_key_policy(_RefuseUnknown())
         for path in _known_hosts_files(hop.ssh_config):
             if os.path.isfile(path):
@@ -113,15 +116,22 @@ class FabricConnection(SshConnection):
             kwargs["key_filename"] = [os.path.expanduser(cluster.identity_file)]
         self._conn = fabric.Connection(
             cluster.host or "", user=cluster.user, port=cluster.port, config=config,
-            connect_timeout=wait, connect_kwargs=kwargs,
+            connect_timeout=wait, connect_kwargs=kwargs, forward_agent=False,
         )
         _secure(self._conn)
+        # rsync's ssh reads the same ssh config, master included.
+        if str(self._conn.ssh_config.get("controlmaster", "no")).lower() not in ("no", "false"):
+            refuse_shared_control_path(self._conn.ssh_config.get("controlpath", "none"))
         jump = (self._conn.ssh_config.get("proxyjump", "")
                 if isinstance(self._conn.gateway, fabric.Connection) else "")
         self.target = Target(self._conn.host, int(self._conn.port), self._conn.user, jump)
         self.description = str(self.target)
         self.known_hosts_file = _known_hosts_files(self._conn.ssh_config)[0]
+        self.hash_known_hosts = (
+            str(self._conn.ssh_config.get("hashknownhosts", "no")).lower() == "yes")
         self._sftp: paramiko.SFTPClient | None = None
+        self._hop_failed = False
+        """Whether the last failure was a ProxyJump hop's (known only before the hops close)."""
 
     def _transport(self) -> paramiko.Transport:
         """The one transport, opened on first use; failures become ConnectionFailed."""
@@ -150,6 +160,7 @@ class FabricConnection(SshConnection):
         kind, detail = self._cause(exc, waited)
         timeout = self.cluster.connect_timeout
         hop = _failed_hop(self._conn)
+        self._hop_failed = hop is not None
         if hop is not None:
             return jump_failure(kind, hop.original_host, Target(hop.host, int(hop.port), hop.user),
                                 self.target, detail, timeout=timeout)
@@ -162,7 +173,7 @@ class FabricConnection(SshConnection):
         if isinstance(exc, _UnknownHostKey):
             return Failure.HOSTKEY_UNKNOWN, exc.offered
         if isinstance(exc, paramiko.BadHostKeyException):
-            return Failure.HOSTKEY_CHANGED, f"it now offers {fingerprint(exc.key)}"
+            return Failure.HOSTKEY_CHANGED, f"it now offers {_fingerprint(exc.key)}"
         if isinstance(exc, paramiko.AuthenticationException):
             return Failure.AUTH, str(exc)
         if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
@@ -178,6 +189,29 @@ class FabricConnection(SshConnection):
         if isinstance(exc, socket.gaierror | OSError):
             return Failure.UNREACHABLE, str(exc)
         return Failure.CLOSED, str(exc)
+
+    def offered_host_key(self) -> OfferedKey:
+        """Open the connection as every command does (hops checked as usual): paramiko
+        compares the cluster's key with the known_hosts files; an unknown one stops the
+        connect before authentication, a known one logs in."""
+        name = self.target.known_hosts_name
+        try:
+            self._transport()
+        except HpcnnError as exc:
+            cause = exc.__cause__
+            if self._hop_failed:
+                raise
+            if isinstance(cause, _UnknownHostKey):
+                return OfferedKey(KeyState.UNKNOWN, name, cause.key.get_name(),
+                                  cause.key.get_base64())
+            if isinstance(cause, paramiko.BadHostKeyException):
+                key = cause.key
+                return OfferedKey(KeyState.CHANGED, name, key.get_name(), key.get_base64(),
+                                  changed_warning(key.get_name(), key.get_base64(),
+                                                  " or ".join(_known_hosts_files(
+                                                      self._conn.ssh_config))))
+            raise
+        return OfferedKey(KeyState.KNOWN, name)
 
     def _run(self, line: str, *, stdin: str | None, timeout: float | None) -> Result:
         transport = self._transport()
@@ -213,13 +247,17 @@ class FabricConnection(SshConnection):
         return self._sftp
 
     def _upload(self, local: Path, remote: str) -> None:
-        """SFTP to a temporary name, then an atomic rename over the target."""
+        """SFTP to a temporary name, then an atomic rename over the target. The SFTP server
+        creates files with sshd's umask, not the ``umask 077`` of hpcnn's commands, so the
+        file is made the account's alone (the owner's bits of the local file) before it is
+        renamed into place."""
         tmp = f"{remote}.tmp-hpcnn"
         sftp = self.sftp()
         try:
             sftp.put(str(local), tmp)
-            mtime = os.stat(local).st_mtime
-            sftp.utime(tmp, (mtime, mtime))
+            st = os.stat(local)
+            sftp.chmod(tmp, stat.S_IMODE(st.st_mode) & 0o700)
+            sftp.utime(tmp, (st.st_mtime, st.st_mtime))
             sftp.posix_rename(tmp, remote)
         except OSError as exc:
             raise self._sftp_error("write", remote, exc) from exc
@@ -253,7 +291,8 @@ class FabricConnection(SshConnection):
         self._download(remote, Path(local))
 
     def rsync_ssh_command(self) -> list[str]:
-        return ["ssh", *ssh_options(self.cluster, batch=not sys.stdin.isatty())]
+        return ["ssh", *ssh_options(self.cluster, batch=not sys.stdin.isatty(),
+                                    jump=self.target.jump)]
 
     def rsync_destination(self) -> str:
         return self.cluster.host or self.target.host

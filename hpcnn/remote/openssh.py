@@ -1,9 +1,10 @@
 """The cluster through the system ``ssh``: all of ~/.ssh/config, one master connection.
 
 Every command of one hpcnn invocation rides ONE ssh ControlMaster connection (socket in a
-private 0700 temp folder, closed in close()), so a 2FA login is typed once, and rsync rides it
-too. When the user's ssh config already sets ControlMaster, that is honoured instead (their
-master may outlive hpcnn, which is how cron jobs reuse a morning's 2FA login). Output goes
+private 0700 temp folder, closed in close() and on SIGTERM), so a 2FA login is typed once, and
+rsync rides it too. When the user's ssh config already sets ControlMaster, that is honoured
+instead (their master may outlive hpcnn, which is how cron jobs reuse a morning's 2FA login),
+unless its ControlPath is in a folder other users can write. Output goes
 to temporary files, not pipes: a master that backgrounds itself can hold inherited pipes open,
 and reading them would wait for it to exit.
 """
@@ -13,16 +14,20 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import IO, TYPE_CHECKING
 
-from hpcnn.errors import ConnectionFailed, RemoteCommandError
+from hpcnn.errors import ConnectionFailed, HpcnnError, RemoteCommandError
 from hpcnn.remote.base import Result, login_wrap
+from hpcnn.remote.host_keys import KeyState, OfferedKey
 from hpcnn.remote.ssh_common import (
     TIMED_OUT,
     Failure,
@@ -31,7 +36,7 @@ from hpcnn.remote.ssh_common import (
     atomic_local_target,
     classify_ssh_stderr,
     failure,
-    offered_fingerprints,
+    refuse_shared_control_path,
     safe_relative,
     ssh_options,
 )
@@ -41,6 +46,38 @@ if TYPE_CHECKING:
 
 CONTROL_PERSIST_S = 60
 """How long an idle master of ours outlives a crashed hpcnn (close() ends it at once)."""
+
+
+class _SigtermExit:
+    """While a master of ours is open, SIGTERM (a cron timeout, ``kill``) ends hpcnn as an
+    exception does, so close() still ends the master and removes its folder instead of
+    leaving both for ControlPersist. Installed only from the main thread and only over the
+    default action (a caller's own handler stays), removed when the last master closes."""
+
+    def __init__(self) -> None:
+        self.holders = 0
+
+    def hold(self) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        if self.holders == 0:
+            if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+                return False
+            signal.signal(signal.SIGTERM, _terminate)
+        self.holders += 1
+        return True
+
+    def release(self) -> None:
+        self.holders -= 1
+        if self.holders == 0 and signal.getsignal(signal.SIGTERM) is _terminate:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+_SIGTERM = _SigtermExit()
 
 
 def _read(handle: IO[bytes]) -> str:
@@ -55,22 +92,33 @@ class OpenSSHConnection(SshConnection):
                                    hint="install OpenSSH, or set cluster.ssh: fabric")
         self.cluster = cluster
         self.host = cluster.host or ""
-        self._options = ssh_options(cluster, batch=not sys.stdin.isatty())
+        batch = not sys.stdin.isatty()
+        self._options = ssh_options(cluster, batch=batch)
         settings = self._effective_config()
+        jump = settings.get("proxyjump", "")
         self.target = Target(settings.get("hostname", self.host), int(settings.get("port", 22)),
-                             settings.get("user", ""), settings.get("proxyjump", ""))
+                             settings.get("user", ""), jump)
+        if jump:
+            self._options = ssh_options(cluster, batch=batch, jump=jump)
         self.description = str(self.target)
-        self.known_hosts_file = os.path.expanduser(
-            settings.get("userknownhostsfile", "~/.ssh/known_hosts").split()[0])
+        user_files = [os.path.expanduser(p) for p in settings.get(
+            "userknownhostsfile", "~/.ssh/known_hosts").split()]
+        self.known_hosts_file = user_files[0]
+        self._known_files = user_files + settings.get("globalknownhostsfile", "").split()
+        self.hash_known_hosts = settings.get("hashknownhosts") == "yes"
         self._control_dir: str | None = None
         self._mux: list[str] = []
-        if settings.get("controlmaster", "false") in ("false", "no"):
+        self._holds_sigterm = False
+        if settings.get("controlmaster", "false") not in ("false", "no"):
+            refuse_shared_control_path(settings.get("controlpath", "none"))
+        else:
             # /tmp, not $TMPDIR: macOS's long TMPDIR can exceed the socket path limit (104).
             self._control_dir = tempfile.mkdtemp(prefix="hpcnn-ssh-",
                                                  dir="/tmp" if os.path.isdir("/tmp") else None)
             self._mux = ["-o", "ControlMaster=auto",
                          "-o", f"ControlPath={self._control_dir}/master",
                          "-o", f"ControlPersist={CONTROL_PERSIST_S}"]
+            self._holds_sigterm = _SIGTERM.hold()
 
     def _effective_config(self) -> dict[str, str]:
         """``ssh -G``: what ssh will use for this host after all config files (no network)."""
@@ -105,9 +153,52 @@ class OpenSSHConnection(SshConnection):
         if found:
             kind, line = found
             if kind == Failure.HOSTKEY_UNKNOWN:
-                line = offered_fingerprints(self.target, self.cluster.connect_timeout)
+                line = self._offered_fingerprint()
             raise failure(kind, self.target, line, timeout=self.cluster.connect_timeout)
         return code, stderr
+
+    def _offered_fingerprint(self) -> str:
+        """The unknown key's fingerprint for the error message; empty when it cannot be had."""
+        try:
+            offered = self.offered_host_key()
+        except HpcnnError:
+            return ""
+        return offered.fingerprint if offered.state is KeyState.UNKNOWN else ""
+
+    def offered_host_key(self) -> OfferedKey:
+        """ssh itself, with hpcnn's options and hops, but with the known_hosts files the
+        connection reads given as global ones (ssh compares the key with them and warns of a
+        change), a scratch file as the user one (where accept-new records an unknown key), no
+        master and no authentication (the login stops at "Permission denied" after the key
+        exchange: no 2FA prompt, no session)."""
+        name = self.target.known_hosts_name
+        with tempfile.TemporaryDirectory() as scratch:
+            found = Path(scratch, "offered")
+            argv = ["ssh", "-o", f"UserKnownHostsFile={found}",
+                    "-o", f"GlobalKnownHostsFile={' '.join(self._known_files) or '/dev/null'}",
+                    "-o", "StrictHostKeyChecking=accept-new", "-o", "HashKnownHosts=no",
+                    "-o", "UpdateHostKeys=no", "-o", "ControlMaster=no", "-o", "ControlPath=none",
+                    "-o", "PreferredAuthentications=none", "-o", "BatchMode=yes",
+                    *self._options, "-T", self.host, "true"]
+            try:
+                proc = subprocess.run(argv, capture_output=True, text=True,
+                                      stdin=subprocess.DEVNULL, check=False,
+                                      timeout=self.cluster.connect_timeout * 3 + 10)
+            except subprocess.TimeoutExpired as exc:
+                raise failure(Failure.TIMEOUT, self.target,
+                              timeout=self.cluster.connect_timeout) from exc
+            entry = found.read_text().split() if found.exists() else []
+        if len(entry) >= 3:
+            return OfferedKey(KeyState.UNKNOWN, entry[0], entry[1], entry[2])
+        found_failure = classify_ssh_stderr(proc.stderr) if proc.returncode == 255 else None
+        if found_failure and found_failure[0] == Failure.HOSTKEY_CHANGED:
+            warning = "\n".join(line for line in proc.stderr.splitlines()
+                                if str(found) not in line and "Pseudo-terminal" not in line)
+            return OfferedKey(KeyState.CHANGED, name, warning=warning.strip())
+        if proc.returncode == 0 or (found_failure and found_failure[0] == Failure.AUTH):
+            return OfferedKey(KeyState.KNOWN, name)
+        kind, line = found_failure or (Failure.CLOSED, proc.stderr.strip())
+        raise failure(kind, self.target, line, timeout=self.cluster.connect_timeout)
 
     def _run(self, line: str, *, stdin: str | None, timeout: float | None) -> Result:
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as given:
@@ -191,9 +282,13 @@ class OpenSSHConnection(SshConnection):
         """End our master now (not after ControlPersist) and remove its private folder."""
         if self._control_dir is None:
             return
+        if self._holds_sigterm:
+            _SIGTERM.release()
+            self._holds_sigterm = False
         if os.path.exists(f"{self._control_dir}/master"):
             subprocess.run(["ssh", *self._options, *self._mux, "-O", "exit", self.host],
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=30, check=False)
         shutil.rmtree(self._control_dir, ignore_errors=True)
         self._control_dir = None
+

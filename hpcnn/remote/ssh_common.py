@@ -28,6 +28,7 @@ from hpcnn.remote.base import Connection, excluded
 
 if TYPE_CHECKING:
     from hpcnn.config import ClusterSection
+    from hpcnn.remote.host_keys import OfferedKey
 
 SSH_CONFIG_ENV = "HPCNN_SSH_CONFIG"
 """An ssh config file used instead of ~/.ssh/config (both transports): a project's own hosts,
@@ -169,54 +170,98 @@ def classify_ssh_stderr(stderr: str) -> tuple[Failure, str] | None:
     return None
 
 
-def offered_fingerprints(target: Target, timeout: float) -> str:
-    """The host key fingerprints the server offers (ssh-keyscan), for the unknown-key message;
-    empty when ssh-keyscan is missing or gets nothing."""
-    if not (shutil.which("ssh-keyscan") and shutil.which("ssh-keygen")):
-        return ""
-    try:
-        scan = subprocess.run(
-            ["ssh-keyscan", "-T", str(max(1, int(timeout))), "-p", str(target.port), target.host],
-            capture_output=True, text=True, timeout=timeout + 5, check=False)
-        keys = subprocess.run(["ssh-keygen", "-lf", "-"], input=scan.stdout,
-                              capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    prints = [f"{p[-1].strip('()')} {p[1]}" for p in (ln.split() for ln in keys.stdout.splitlines())
-              if len(p) >= 4]
-    return ", ".join(prints)
-
-
-def ssh_options(cluster: ClusterSection, *, batch: bool) -> list[str]:
+def ssh_options(cluster: ClusterSection, *, batch: bool, jump: str = "") -> list[str]:
     """Options every ``ssh`` hpcnn starts gets (its commands under openssh, rsync's under both).
 
-    Unknown host keys are refused (StrictHostKeyChecking=yes) whatever the ssh config says;
-    BatchMode when there is no terminal, so cron never hangs on a password prompt.
+    Unknown host keys are refused (StrictHostKeyChecking=yes) whatever the ssh config says, and
+    nothing is forwarded: a forwarded agent would let anyone with root on a login or compute
+    node use this machine's keys, and a forwarded port or X display opens this machine to the
+    cluster. BatchMode when there is no terminal, so cron never hangs on a password prompt.
+    ``jump`` (ProxyJump from the ssh config) is rebuilt as a ProxyCommand so that each hop gets
+    the same options: ssh passes a ProxyJump hop none of its command line.
     """
-    opts = []
-    config = ssh_config_file()
-    if config:
-        opts += ["-F", config]
+    hop = _hop_options(cluster, batch=batch)
+    opts = list(hop)
     if cluster.port:
         opts += ["-p", str(cluster.port)]
     if cluster.user:
         opts += ["-l", cluster.user]
     if cluster.identity_file:
         opts += ["-i", os.path.expanduser(cluster.identity_file)]
+    if jump and jump.lower() != "none":
+        opts += ["-o", f"ProxyCommand={jump_command(jump, hop)}"]
+    return opts
+
+
+def _hop_options(cluster: ClusterSection, *, batch: bool) -> list[str]:
+    """What the target and every ProxyJump hop share (not the target's port, user or key)."""
+    config = ssh_config_file()
+    opts = ["-F", config] if config else []
     opts += ["-o", f"ConnectTimeout={max(1, round(cluster.connect_timeout))}",
-             "-o", "StrictHostKeyChecking=yes"]
+             "-o", "StrictHostKeyChecking=yes", "-o", "ForwardAgent=no", "-o", "ForwardX11=no",
+             "-o", "ClearAllForwardings=yes"]
     if batch:
         opts += ["-o", "BatchMode=yes"]
     return opts
 
 
+def jump_command(jump: str, options: Sequence[str]) -> str:
+    """ProxyJump ``hop1,hop2`` as the equivalent ProxyCommand, every hop's ssh given
+    ``options``. ssh expands ``%h``/``%p`` in a ProxyCommand, so each nested command (and every
+    literal ``%``) is escaped once more per level."""
+    command = ""
+    for hop in jump.split(","):
+        user, host, port = _parse_hop(hop.strip())
+        argv = ["ssh", *(o.replace("%", "%%") for o in options)]
+        if command:
+            argv += ["-o", "ProxyCommand=" + command.replace("%", "%%")]
+        argv += (["-l", user.replace("%", "%%")] if user else []) + (["-p", port] if port else [])
+        command = shlex.join([*argv, "-W", "[%h]:%p", host.replace("%", "%%")])
+    return command
+
+
+def _parse_hop(hop: str) -> tuple[str, str, str]:
+    """``[ssh://][user@]host[:port]`` (host may be ``[v6addr]``) -> (user, host, port)."""
+    hop = hop.removeprefix("ssh://")
+    user, _, rest = hop.rpartition("@")
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        return user, host, tail.removeprefix(":")
+    host, _, port = rest.partition(":") if rest.count(":") == 1 else (rest, "", "")
+    return user, host, port
+
+
+def refuse_shared_control_path(control_path: str) -> None:
+    """The user's own ControlPath must be in a folder only they (or root) can write: anyone
+    who can create the socket there first gets every command hpcnn sends and answers it."""
+    if control_path == "none":
+        return
+    folder = os.path.dirname(control_path) or "."
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return  # ssh itself reports a missing folder
+    if st.st_mode & 0o022 or st.st_uid not in (os.getuid(), 0):
+        raise ConfigError(
+            f"your ssh config's ControlPath {control_path} is in {folder}, which other users "
+            "can write: one of them could create that socket first and see or change "
+            "everything hpcnn sends to the cluster",
+            hint="point ControlPath at a folder only you can write, e.g. "
+                 "`ControlPath ~/.ssh/cm-%C` (ssh creates the socket; ~/.ssh is 0700)")
+
+
 def rsync_argv(ssh_command: Sequence[str], src: str, dst: str,
-               exclude: Sequence[str] = ()) -> list[str]:
+               exclude: Sequence[str] = (), *, to_cluster: bool = False) -> list[str]:
     """rsync that copies new and changed files and never deletes; interrupted files wait in
     ``.rsync-partial`` until the next run, so a reader never sees half a file. ``-s`` keeps
-    remote paths with spaces, quotes or ``$(...)`` from being parsed by the remote shell."""
-    argv = ["rsync", "-a", "-s", "--partial", f"--partial-dir={PARTIAL_DIR}",
+    remote paths with spaces, quotes or ``$(...)`` from being parsed by the remote shell.
+    ``--safe-links`` drops symlinks that leave the tree, so a link made on one side never
+    becomes a path to a file outside it on the other; what goes to the cluster is readable by
+    the account only (``--chmod``: rsync otherwise copies the laptop's modes)."""
+    argv = ["rsync", "-a", "-s", "--safe-links", "--partial", f"--partial-dir={PARTIAL_DIR}",
             "--exclude", PARTIAL_DIR, "-e", shlex.join(ssh_command)]
+    if to_cluster:
+        argv.append("--chmod=go-rwx")
     for pattern in exclude:
         argv += ["--exclude", pattern]
     return [*argv, src, dst]
@@ -239,11 +284,18 @@ Listing = Mapping[str, tuple[int, int]]
 
 
 def local_listing(root: Path) -> dict[str, tuple[int, int]]:
+    """Files below ``root``; a symlink only when it stays inside ``root`` (a link leaving the
+    tree, e.g. to /etc/passwd or a key, is never read and sent)."""
     files = {}
-    for path in root.rglob("*"):
-        if path.is_file():
-            st = path.stat()
-            files[path.relative_to(root).as_posix()] = (st.st_size, int(st.st_mtime))
+    top = root.resolve()
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder, name)
+            if path.is_symlink() and not path.resolve().is_relative_to(top):
+                continue
+            if path.is_file():
+                st = path.stat()
+                files[path.relative_to(root).as_posix()] = (st.st_size, int(st.st_mtime))
     return files
 
 
@@ -296,7 +348,15 @@ class SshConnection(Connection):
     target: Target
     known_hosts_file: str
     """Where this transport reads (and ``doctor --accept-host-key`` records) host keys."""
+    hash_known_hosts: bool
+    """HashKnownHosts from the ssh config: record host names hashed."""
     _remote_rsync: bool | None = None
+
+    @abstractmethod
+    def offered_host_key(self) -> OfferedKey:
+        """The cluster's host key, fetched the way this connection goes (ProxyJump hops
+        checked as usual), and whether the known_hosts files it reads know it or a
+        different one."""
 
     @abstractmethod
     def rsync_ssh_command(self) -> list[str]:
@@ -332,7 +392,8 @@ class SshConnection(Connection):
             raise FileNotFoundError(f"{local}: no such folder")
         if self.use_rsync():
             self.run(["mkdir", "-p", remote])
-            self._rsync(f"{local}/", f"{self.rsync_destination()}:{remote}/", exclude)
+            self._rsync(f"{local}/", f"{self.rsync_destination()}:{remote}/", exclude,
+                        to_cluster=True)
             return
         remote_files = parse_listing(self.run_shell(remote_listing_line(remote)).stdout)
         files = to_copy(local_listing(local), remote_files, exclude)
@@ -350,8 +411,9 @@ class SshConnection(Connection):
         if files:
             self.fetch_files(remote, local, files)
 
-    def _rsync(self, src: str, dst: str, exclude: Sequence[str]) -> None:
-        argv = rsync_argv(self.rsync_ssh_command(), src, dst, exclude)
+    def _rsync(self, src: str, dst: str, exclude: Sequence[str], *,
+               to_cluster: bool = False) -> None:
+        argv = rsync_argv(self.rsync_ssh_command(), src, dst, exclude, to_cluster=to_cluster)
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               check=False)
         if proc.returncode == 0:
