@@ -14,6 +14,7 @@ from test_dataset_import import read, run_import
 
 from hpcnn.dataset.findings import ImportFailed
 from hpcnn.dataset.importer import ImportResult
+from hpcnn.dataset.layout import too_few_training
 
 pytestmark = pytest.mark.usefixtures("sitk_available")
 
@@ -219,8 +220,8 @@ def test_segment_missing_from_some_cases_is_reported_per_file(workspace: Path) -
     partial = synthetic.labelled_case(src, "partial", names=("liver",))
     result = run_import(workspace, src)
     assert fixes(result, "warning") == [
-        "only 2 training case(s): nnU-Net's 5-fold cross-validation needs at least 5",
-        "partial.seg.nrrd: no segment 'tumor': it is background in this case"]
+        "partial.seg.nrrd: no segment 'tumor': it is background in this case",
+        too_few_training(2)]
     assert np.array_equal(read(result.path / "labelsTr" / "partial.nrrd"),
                           partial.expected(result.labels))
 
@@ -230,8 +231,8 @@ def test_unknown_segment_with_labels_yaml(workspace: Path) -> None:
     case = synthetic.labelled_case(src, "k", names=("liver", "needle"))
     (workspace / "labels.yaml").write_text("liver: 1\n")
     result = run_import(workspace, src, labels_file=workspace / "labels.yaml")
-    assert fixes(result, "warning")[-1:] == ["k.seg.nrrd: unknown segment 'needle' (not in "
-                                        "labels.yaml): left as background"]
+    assert fixes(result, "warning") == ["k.seg.nrrd: unknown segment 'needle' (not in "
+                                        "labels.yaml): left as background", too_few_training(1)]
     assert np.array_equal(read(result.path / "labelsTr" / "k.nrrd"),
                           case.masks["liver"].astype(np.uint8))
 

@@ -12,6 +12,7 @@ from hpcnn.cli.common import AppContext, pass_app
 
 if TYPE_CHECKING:
     from hpcnn.dataset.findings import Finding
+    from hpcnn.workspace import Workspace
 
 
 @click.group("dataset")
@@ -20,14 +21,15 @@ def dataset_group() -> None:
 
 
 @dataset_group.command("import")
-@click.argument("source", type=click.Path(exists=True))
+@click.argument("source", type=click.Path())
 @click.option("--name", required=True, help="Dataset name: the folder is DatasetNNN_NAME.")
 @click.option("--id", "dataset_id", type=int,
               help="Dataset id 1-999 [default: the id of the dataset with this name, else the "
                    "next free one from 501].")
 @click.option("--labels", "labels_file",
               type=click.Path(exists=True, dir_okay=False),
-              help="labels.yaml: class names in order, their synonyms and source values.")
+              help="labels.yaml: class names in order, their synonyms and source values "
+                   "(format below).")
 @click.option("--remap", multiple=True, metavar="OLD:NEW[,...]",
               help="Plain label maps: map input values, e.g. 255:1 (repeatable).")
 @click.option("--overlap", metavar="NAME,...",
@@ -50,34 +52,59 @@ def dataset_group() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing dataset with this id.")
 @click.option("--workers", "-j", type=click.IntRange(min=1),
               help="Parallel processes [default: all cores].")
+@click.option("--max-gib", type=click.FloatRange(min=0, min_open=True),
+              help="Largest image to read, in GiB of memory [default: the memory available "
+                   "shared by the workers, a quarter each].")
+@click.option("--allow-outside-source", is_flag=True,
+              help="Read files that symbolic links or detached headers (.nhdr data file, .mhd "
+                   "ElementDataFile) place outside SOURCE [default: refused].")
+@click.option("--anonymize", is_flag=True,
+              help="Opaque case ids (case_001...) in a seeded order and no header keys but the "
+                   "geometry; only cases.csv, which stays on this machine, maps them back.")
 @pass_app
 def import_command(app: AppContext, source: str, name: str, dataset_id: int | None,
                    labels_file: str | None, remap: tuple[str, ...], overlap: str | None,
                    modality: str | None, channels: str | None, pattern: str | None,
                    file_format: str | None, test_fraction: float, seed: int, strict: bool,
-                   force: bool, workers: int | None) -> None:
+                   force: bool, workers: int | None, max_gib: float | None,
+                   allow_outside_source: bool, anonymize: bool) -> None:
     """Import Slicer/NRRD/NIfTI exports into nnUNet_raw/DatasetNNN_NAME.
 
     SOURCE is a folder (searched recursively) or a CSV with image and segmentation columns.
     Images pair with segmentations by name: case7.nrrd with case7.seg.nrrd, case7_label.nii.gz,
     case7-label.nrrd or "case7 Segmentation.seg.nrrd". Slicer segments become classes by name,
     whatever label value each file stored; segmentations are put onto their image's grid. Images
-    without a segmentation go to imagesTs. Nothing is written unless every case imports.
+    without a segmentation go to imagesTs. Nothing is written unless every case imports. Detached
+    headers (.nhdr, .mhd) are read with their data files; every file's data are checked whole
+    (gzip CRC, declared size) before it is read.
+
+    \b
+    labels.yaml lists the classes in order (class 1, 2, ...); every key but the name is
+    optional:
+      liver:                      # class 1
+        synonyms: [Leber, Segment_1]
+        source_values: [1, 255]   # plain label maps: these values are liver
+      tumor: [lesion, tumour]     # short form: synonyms only
+      vessel: 3                   # short form: the class value
+      background: [unlabelled]    # names that mean background
     """
     from pathlib import Path  # off the start-up path, like everything below
 
     from hpcnn.dataset.importer import ImportOptions, import_dataset
-    from hpcnn.workspace import Workspace
+    from hpcnn.dataset.interrupt import signals_raise
+    from hpcnn.workspace import RAW, Workspace
 
     options = ImportOptions(
         source=Path(source), name=name, dataset_id=dataset_id,
         labels_file=Path(labels_file) if labels_file else None, remap=remap,
         overlap=_names(overlap), modality=_names(modality), channels=_names(channels),
         pattern=pattern, file_format=file_format, test_fraction=test_fraction, seed=seed,
-        strict=strict, force=force, workers=workers,
+        strict=strict, force=force, workers=workers, allow_outside_source=allow_outside_source,
+        max_gib=max_gib, anonymize=anonymize,
     )
     workspace = Workspace(app.config.workspace)
-    with _progress() as on_progress:
+    click.echo(f"reads {Path(source)}; writes {_where(workspace, RAW)}")
+    with signals_raise(), _progress() as on_progress:
         result = import_dataset(workspace, options, on_progress)
     _print_findings(result.findings)
     labels = ", ".join(f"{k} {v}" for k, v in result.labels.items())
@@ -105,13 +132,19 @@ def check_command(app: AppContext, dataset: str, as_json: bool, workers: int | N
     import json
 
     from hpcnn.dataset.check import check_dataset
+    from hpcnn.dataset.interrupt import signals_raise
     from hpcnn.dataset.layout import resolve_dataset
+    from hpcnn.dataset.leftovers import sweep
     from hpcnn.errors import EXIT_USAGE
-    from hpcnn.workspace import Workspace
+    from hpcnn.workspace import RAW, Workspace
 
     cfg = app.config
-    folder = resolve_dataset(dataset, Workspace(cfg.workspace).raw)
-    with _progress() as on_progress:
+    workspace = Workspace(cfg.workspace)
+    folder = resolve_dataset(dataset, workspace.raw)
+    if not as_json:
+        click.echo(f"reads {folder} (in {_where(workspace, RAW)}); writes nothing")
+        _print_findings(sweep(folder.parent))
+    with signals_raise(), _progress() as on_progress:
         report = check_dataset(folder, folds=cfg.training.folds, workers=workers,
                                on_progress=on_progress)
     if as_json:
@@ -143,8 +176,14 @@ def preprocess_command(app: AppContext, dataset: str | None, configuration: str 
     import sys
 
     from hpcnn.dataset import preprocess
+    from hpcnn.dataset.interrupt import Interrupted, signals_raise
+    from hpcnn.dataset.leftovers import sweep
+    from hpcnn.workspace import PREPROCESSED, RAW, Workspace
 
-    with _progress() as on_progress:
+    workspace = Workspace(app.config.workspace)
+    click.echo(f"reads {_where(workspace, RAW)}; writes {_where(workspace, PREPROCESSED)}")
+    _print_findings(sweep(workspace.raw))
+    with signals_raise(), _progress() as on_progress:
         job = preprocess.prepare_configured(app.config, dataset, configuration=configuration,
                                             workers=workers, on_progress=on_progress,
                                             interactive=sys.stdout.isatty())
@@ -153,9 +192,20 @@ def preprocess_command(app: AppContext, dataset: str | None, configuration: str 
     click.echo(f"{job.dataset.folder_name}: {len(job.cases)} cases, {job.configuration}, "
                f"{job.workers} worker(s) ({job.workers_reason}); "
                f"{'--clean: ' if job.clean else ''}{job.clean_reason}")
-    result = preprocess.run(job)
+    try:
+        with signals_raise():
+            result = preprocess.run(job)
+    except Interrupted as exc:
+        raise Interrupted(exc.signum, f"{job.output} is incomplete (no provenance, so training "
+                                      "will not use it)",
+                          hint="run `hpcnn preprocess` again") from None
     click.secho(f"preprocessed into {result.output}; splits_final.json {result.splits}; "
                 f"provenance {result.provenance.name}", fg="green")
+
+
+def _where(workspace: Workspace, name: str) -> str:
+    """``nnUNet_raw /path ($nnUNet_raw)``: which folder, and which setting chose it."""
+    return f"{name} {workspace.folder(name)} ({workspace.origin(name)})"
 
 
 def _names(text: str | None) -> tuple[str, ...]:

@@ -32,7 +32,8 @@ import numpy as np
 
 from hpcnn.dataset.findings import DATASET_JSON, CheckReport, Finding, error, warning
 from hpcnn.dataset.geometry import Geometry
-from hpcnn.dataset.layout import NNUNET_FOLDS, SPLITS, read_dataset_json
+from hpcnn.dataset.layout import NNUNET_FOLDS, SPLITS, read_dataset_json, too_few_training
+from hpcnn.dataset.payload import layout, refusals, verify
 from hpcnn.dataset.workers import Progress, available_cpus, runner
 from hpcnn.errors import DataError
 
@@ -510,6 +511,16 @@ def _read(root: Path, rel: str, result: CaseResult) -> sitk.Image | None:
     import SimpleITK as sitk
 
     path = root / rel
+    found = layout(path)
+    if found is not None:
+        problems = refusals(found, root=root, allow_outside=True, max_bytes=None)
+        damaged = None if problems else verify(found)
+        for message, fix in problems:
+            result.problems.append(error(rel, message, fix, code="unreadable"))
+        if damaged:
+            result.problems.append(error(rel, damaged[0], damaged[1], code="corrupt-data"))
+        if problems or damaged:
+            return None
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -677,13 +688,16 @@ def _few(values: Sequence[int], n: int = 8) -> str:
 def _compare_cases(results: list[CaseResult], meta: Meta, folds: Sequence[int],
                    report: CheckReport) -> None:
     problems: list[Finding] = []
-    needed = max(NNUNET_FOLDS, len(folds))
-    if len(results) < needed:
+    if len(results) < NNUNET_FOLDS:
+        problems.append(warning(IMAGES_TR, too_few_training(len(results)),
+                                "add labelled cases (each fold validates on a fifth of them; 20 "
+                                "or more give useful figures)", code="too-few-cases"))
+    elif len(results) < len(folds):
         problems.append(error(IMAGES_TR,
-                              f"{len(results)} training case(s): nnU-Net's 5-fold cross-"
-                              f"validation (folds {', '.join(map(str, folds))} configured) needs "
-                              f"at least {needed}", "add labelled cases (each fold validates on "
-                              "a fifth of them; 20 or more give useful figures)",
+                              f"{len(results)} training case(s) for the {len(folds)} folds "
+                              f"configured ({', '.join(map(str, folds))}): a fold beyond the "
+                              "cases has no validation case of its own",
+                              "add labelled cases, or configure fewer training.folds",
                               code="too-few-cases"))
     read = [r for r in results if r.geometry is not None]
     dims = Counter(r.dimension for r in read)
@@ -714,10 +728,12 @@ def _compare_cases(results: list[CaseResult], meta: Meta, folds: Sequence[int],
         for value, name in sorted(meta.foreground.items()):
             if value not in seen:
                 problems.append(warning(DATASET_JSON,
-                                        f'label "{name}" ({value}) occurs in no label file: '
-                                        "nnU-Net trains a class it never sees",
-                                        "remove it from labels (and renumber), or check the "
-                                        "export", code="label-never-present"))
+                                        f'label "{name}" ({value}) occurs in no training label '
+                                        f"({LABELS_TR}): nnU-Net trains a class it never sees",
+                                        f"move a case that shows it from {IMAGES_TS}/labelsTs "
+                                        "into training (`hpcnn dataset import` splits so), or "
+                                        "remove it from labels (and renumber)",
+                                        code="label-never-present"))
     report.add(problems)
 
 

@@ -46,10 +46,15 @@ class Geometry:
         n = len(self.size)
         return np.asarray(self.direction, dtype=float).reshape(n, n)
 
-    def describe(self) -> str:
-        return (f"size {'x'.join(map(str, self.size))}, spacing "
+    def describe(self, other: Geometry | None = None) -> str:
+        """Size, spacing and origin; the direction too when it differs from ``other``'s (a
+        rotated or flipped grid otherwise reads like the same one)."""
+        text = (f"size {'x'.join(map(str, self.size))}, spacing "
                 f"{'x'.join(f'{s:g}' for s in self.spacing)}, origin "
                 f"({', '.join(f'{o:.4g}' for o in self.origin)})")
+        if other is not None and not np.allclose(self.direction, other.direction):
+            text += f", direction ({', '.join(f'{d:.3g}' for d in self.direction)})"
+        return text
 
     def allclose(self, other: Geometry) -> bool:
         """nnU-Net's test in verify_dataset_integrity (default np.allclose tolerances)."""
@@ -90,6 +95,16 @@ def relation(seg: Geometry, image: Geometry) -> tuple[Placement, np.ndarray]:
     if not offset.any() and seg.size == image.size:
         return ("same" if seg.allclose(image) else "copied"), offset
     return "shifted", offset
+
+
+def within(seg: Geometry, image: Geometry) -> bool:
+    """Whether ``seg``'s grid is a crop of ``image``'s (same axes, every voxel inside): how
+    Slicer saves a segmentation, as opposed to one that is larger than or beside its image."""
+    kind, offset = relation(seg, image)
+    if kind != "shifted":
+        return kind in ("same", "copied")
+    return bool((-offset >= 0).all()
+                and all(-o + s <= n for o, s, n in zip(offset, seg.size, image.size, strict=True)))
 
 
 def paste(labels: np.ndarray, offset: np.ndarray, image: Geometry) -> np.ndarray:

@@ -20,8 +20,9 @@ import json
 import math
 import random
 import re
+import shlex
 import shutil
-import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from hpcnn.dataset import sources
+from hpcnn.dataset import leftovers, payload, sources
 from hpcnn.dataset.findings import Finding, error, fix, notice, raise_if_errors, warning
-from hpcnn.dataset.geometry import Geometry, onto_image, relation
+from hpcnn.dataset.geometry import Geometry, onto_image, relation, within
+from hpcnn.dataset.interrupt import Interrupted, deferred
 from hpcnn.dataset.labels import (
     LabelPlan,
     SegInfo,
@@ -41,19 +43,24 @@ from hpcnn.dataset.labels import (
     plan_labels,
 )
 from hpcnn.dataset.layout import (
+    CASES_CSV,
     MIN_TRAINING,
     DatasetRef,
     existing_datasets,
     next_free_id,
+    too_few_training,
     validate_id,
     validate_name,
 )
 from hpcnn.dataset.slicer import SegmentTableError, class_map, read_segments
-from hpcnn.dataset.workers import Progress, available_cpus, runner
+from hpcnn.dataset.workers import Progress, available_cpus, available_memory, runner
 from hpcnn.errors import DataError
+from hpcnn.fsutil import ensure_dir, restrict_tree
 from hpcnn.workspace import Workspace
 
 FORMATS = {"nrrd": ".nrrd", "nii.gz": ".nii.gz"}
+NRRD_KINDS = (".nrrd", ".seg.nrrd", ".nhdr", ".seg.nhdr")  # the same format, attached or not
+IMPORT_COPIES = 4  # a worker holds the image, the segmentation, the class map and a resampled copy
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,9 @@ class ImportOptions:
     strict: bool = False
     force: bool = False
     workers: int | None = None
+    allow_outside_source: bool = False
+    max_gib: float | None = None
+    anonymize: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,79 +115,132 @@ def import_dataset(
     workspace: Workspace, options: ImportOptions, on_progress: Progress | None = None
 ) -> ImportResult:
     """Import ``options.source`` into the workspace; raises ImportFailed (a DataError) naming
-    every file with a problem, and leaves nothing behind when it does."""
+    every file with a problem, and leaves nothing behind when it does. A signal (inside
+    ``interrupt.signals_raise``) raises Interrupted saying which dataset is in place."""
     _need_simpleitk()
     name = validate_name(options.name)
     spec = load_labels_file(options.labels_file) if options.labels_file else None
     remap = parse_remap(options.remap)
     strict = options.strict
+    findings = leftovers.sweep(workspace.raw)
     found = sources.discover(options.source, channels=options.channels, pattern=options.pattern)
-    findings = list(found.findings)
+    findings += found.findings
     for case in found.cases:
         if case.segmentation is None:
             findings.append(warning(case.images[0].display, "image without a segmentation: "
                                     "goes to imagesTs (for prediction), not to training",
-                                    hint="add its segmentation (or pass --strict to refuse)"))
+                                    hint="add its segmentation"
+                                         + ("" if strict else " (or pass --strict to refuse)")))
     if found.cases and not any(c.segmentation for c in found.cases):
         findings.append(error(str(options.source), "no segmentations found",
                               hint="segmentations end in .seg.nrrd or _label/-label/_seg/_mask; "
                                    "see --pattern for other names"))
     elif not found.cases and not any(f.level == "error" for f in findings):
         raise DataError(f"{options.source}: no images found",
-                        hint="images end in .nrrd, .nii, .nii.gz or .mha")
+                        hint="images end in .nrrd, .nhdr, .nii, .nii.gz, .mha or .mhd")
     raise_if_errors(findings, strict=strict)
 
     ref, replaces = _target(workspace, name, options)
+    destination = workspace.raw / ref.folder_name
     ending = _file_ending(found.cases, options.file_format, findings)
     channel_names = _channel_names(options, findings)
-    ids, id_findings = sources.case_ids([c.key for c in found.cases])
-    findings += id_findings
-    splits = _split(found.cases, ids, options.test_fraction, options.seed)
-    n_train = sum(s == "train" for s in splits)
-    if n_train < MIN_TRAINING:
-        findings.append(warning("", f"only {n_train} training case(s): nnU-Net's 5-fold "
-                                f"cross-validation needs at least {MIN_TRAINING}",
-                                hint="add cases, or lower --test-fraction"))
-
+    if options.anonymize:
+        ids = sources.opaque_ids(len(found.cases), options.seed)
+        findings.append(notice("", f"--anonymize: cases numbered {ids[0]}...{ids[-1]} in a "
+                                   "seeded order, header keys other than the geometry removed; "
+                                   "only cases.csv (keep it local) maps them back"))
+    else:
+        ids, id_findings = sources.case_ids([c.key for c in found.cases])
+        findings += id_findings
     workers = max(1, min(options.workers or available_cpus(), len(found.cases)))
-    with runner(workers, on_progress) as run:
-        scans = run("reading", _scan, [_scan_task(c) for c in found.cases])
-        findings += [f for s in scans for f in s.findings]
-        raise_if_errors(findings, strict=strict)
-        infos = [s.seg for s in scans if s.seg is not None]
-        plan, label_findings = plan_labels(infos, spec, remap)
-        findings += label_findings
-        if not plan.classes:
-            findings.append(error(str(options.source), "no segments or label values found in "
-                                  "any segmentation"))
-        priority = tuple(plan.resolve(options.overlap, "--overlap"))
-        raise_if_errors(findings, strict=strict)
-
-        tmp = workspace.raw / f".{ref.folder_name}.importing-{uuid.uuid4().hex[:8]}"
-        try:
-            tasks = _write_tasks(found.cases, ids, splits, scans, plan, priority, ending, tmp)
-            results = run("writing", _write, tasks)
-            findings += [f for r in results for f in r]
+    max_bytes = _max_bytes(options.max_gib, workers)
+    moved, replaced = False, None
+    try:
+        with runner(workers, on_progress) as run:
+            scans = run("reading", _scan, [_scan_task(c, options, max_bytes)
+                                           for c in found.cases])
+            findings += [f for s in scans for f in s.findings]
             raise_if_errors(findings, strict=strict)
-            cases = [CaseRecord(i, s, tuple(f.display for f in c.images),
-                                c.segmentation.display if c.segmentation else None)
-                     for c, i, s in zip(found.cases, ids, splits, strict=True)]
-            labels = {"background": 0, **plan.classes}
-            _write_json(tmp / "dataset.json", {
-                "channel_names": channel_names,
-                "labels": labels,
-                "numTraining": n_train,
-                "file_ending": ending,
-                **({"overwrite_image_reader_writer": "SimpleITKIO"} if ending == ".nrrd" else {}),
-                "name": name,
-            })
-            (tmp / "cases.csv").write_text(_cases_csv(cases, found.cases, ending),
-                                           encoding="utf-8")
-            destination = _move_into_place(tmp, workspace.raw / ref.folder_name, replaces)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            infos = [s.seg for s in scans if s.seg is not None]
+            plan, label_findings = plan_labels(infos, spec, remap)
+            findings += label_findings
+            if not plan.classes:
+                findings.append(error(str(options.source), "no segments or label values found "
+                                      "in any segmentation"))
+            priority = tuple(plan.resolve(options.overlap, "--overlap"))
+            splits = _split(ids, [_classes(s.seg, plan) for s in scans], plan,
+                            options.test_fraction, options.seed, findings)
+            n_train = sum(s == "train" for s in splits)
+            if n_train < MIN_TRAINING:
+                findings.append(warning("", too_few_training(n_train),
+                                        hint="add cases, or lower --test-fraction"))
+            raise_if_errors(findings, strict=strict)
+
+            ensure_dir(workspace.raw)
+            tmp = leftovers.work_folder(destination, leftovers.IMPORTING)
+            try:
+                tasks = _write_tasks(found.cases, ids, splits, scans, plan, priority, ending, tmp,
+                                     options.anonymize)
+                results = run("writing", _write, tasks)
+                findings += [f for r in results for f in r]
+                raise_if_errors(findings, strict=strict)
+                cases = [CaseRecord(i, s, tuple(f.display for f in c.images),
+                                    c.segmentation.display if c.segmentation else None)
+                         for c, i, s in zip(found.cases, ids, splits, strict=True)]
+                labels = {"background": 0, **plan.classes}
+                _write_json(tmp / "dataset.json", {
+                    "channel_names": channel_names,
+                    "labels": labels,
+                    "numTraining": n_train,
+                    "file_ending": ending,
+                    **({"overwrite_image_reader_writer": "SimpleITKIO"} if ending == ".nrrd"
+                       else {}),
+                    "name": name,
+                })
+                (tmp / CASES_CSV).write_text(_cases_csv(cases, found.cases, ending),
+                                             encoding="utf-8")
+                restrict_tree(tmp)
+                replaced = _describe(replaces) if replaces is not None else None
+                with deferred():  # both renames, or neither
+                    _move_into_place(tmp, destination, replaces)
+                    moved = True
+            except BaseException:
+                with deferred():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    except Interrupted as exc:
+        raise Interrupted(exc.signum, _in_place(destination, replaces, moved, ids)) from None
+    if replaced is not None:
+        findings.append(notice("", f"replaced {replaced} with the new import"))
     return ImportResult(ref, destination, labels, channel_names, ending, cases, findings)
+
+
+def _in_place(destination: Path, replaces: Path | None, moved: bool, ids: Sequence[str]) -> str:
+    """What an interrupted import leaves, truthfully."""
+    if moved:
+        return (f"the new {destination.name} ({len(ids)} cases) was already in place and is "
+                "kept" + (f"; it replaced {replaces.name}" if replaces is not None else ""))
+    if replaces is not None:
+        return f"nothing was imported; {replaces.name} is unchanged"
+    return f"nothing was imported; there is no {destination.name}"
+
+
+def _describe(folder: Path) -> str:
+    """``Dataset501_Liver (12 training, 3 test cases)``, for the notice that it was replaced."""
+    counts = []
+    for sub, what in (("imagesTr", "training"), ("imagesTs", "test")):
+        files = [p.name for p in (folder / sub).iterdir()] if (folder / sub).is_dir() else []
+        counts.append(f"{sum('_0000.' in n for n in files)} {what}")
+    return f"{folder.name} ({', '.join(counts)} cases)"
+
+
+def _max_bytes(max_gib: float | None, workers: int) -> int | None:
+    """The most voxel data one file may declare: ``--max-gib``, else what each worker may hold
+    of the memory available (None: unknown, no bound)."""
+    if max_gib is not None:
+        return int(max_gib * 2**30)
+    memory = available_memory()
+    return memory // (workers * IMPORT_COPIES) if memory else None
 
 
 def _need_simpleitk() -> None:
@@ -231,7 +294,7 @@ def _file_ending(cases: Sequence[sources.SourceCase], chosen: str | None,
                  findings: list[Finding]) -> str:
     """``--format``, else .nrrd when every input is NRRD, else .nii.gz (with a notice)."""
     files = [f for c in cases for f in (*c.images, c.segmentation) if f is not None]
-    kinds = sorted({".nrrd" if f.extension == ".seg.nrrd" else f.extension for f in files})
+    kinds = sorted({".nrrd" if f.extension in NRRD_KINDS else f.extension for f in files})
     ending = FORMATS[chosen] if chosen else ".nrrd" if kinds == [".nrrd"] else ".nii.gz"
     converted = sum(f.extension != ending for c in cases for f in c.images)
     if converted:
@@ -256,15 +319,49 @@ def _channel_names(options: ImportOptions, findings: list[Finding]) -> dict[str,
     return {str(i): name for i, name in enumerate(names)}
 
 
-def _split(cases: Sequence[sources.SourceCase], ids: Sequence[str], fraction: float,
-           seed: int) -> list[str]:
-    """train/test for labelled cases (a seeded sample of ``fraction``, rounded down, of the
-    sorted ids), "unlabelled" for images without segmentation."""
-    labelled = sorted(i for c, i in zip(cases, ids, strict=True) if c.segmentation)
+def _split(ids: Sequence[str], classes: Sequence[frozenset[int] | None], plan: LabelPlan,
+           fraction: float, seed: int, findings: list[Finding]) -> list[str]:
+    """train/test for labelled cases (``classes`` not None): a seeded sample of ``fraction``,
+    rounded down, of the sorted ids, then changed where a class would have no training case
+    (nnU-Net would train a class it never sees); "unlabelled" for images without segmentation.
+    """
+    holds = {i: c for i, c in zip(ids, classes, strict=True) if c is not None}
+    labelled = sorted(holds)
     n_test = math.floor(len(labelled) * fraction + 1e-9)
-    test = set(random.Random(seed).sample(labelled, n_test))
-    return ["unlabelled" if c.segmentation is None else "test" if i in test else "train"
-            for c, i in zip(cases, ids, strict=True)]
+    rng = random.Random(seed)
+    test = set(rng.sample(labelled, n_test))
+    training = Counter(c for i in labelled if i not in test for c in holds[i])
+    names = {v: k for k, v in plan.classes.items()}
+    for cls in sorted(names):
+        if training[cls] or not any(cls in holds[i] for i in test):
+            continue
+        donor = min(i for i in test if cls in holds[i])
+        spare = [i for i in labelled if i not in test and all(training[c] > 1 for c in holds[i])]
+        test.discard(donor)
+        training.update(holds[donor])
+        swapped = ""
+        if spare:
+            back = rng.choice(spare)
+            test.add(back)
+            training.subtract(holds[back])
+            swapped = f" and {back} to the test split in its place"
+        findings.append(notice(donor, f"moved to training{swapped}: the test split held every "
+                                      f"case of class {names[cls]!r}"))
+    for cls in sorted(c for c in names if not any(c in held for held in holds.values())):
+        findings.append(warning("", f"class {names[cls]!r} is in no segmentation: nnU-Net would "
+                                    "train a class it never sees",
+                                hint="add cases that show it, or remove it from labels.yaml"))
+    return ["unlabelled" if c is None else "test" if i in test else "train"
+            for i, c in zip(ids, classes, strict=True)]
+
+
+def _classes(seg: SegInfo | None, plan: LabelPlan) -> frozenset[int] | None:
+    """The classes a case's segmentation holds (from its segment table or label values)."""
+    if seg is None:
+        return None
+    if seg.segments is not None:
+        return frozenset(c for _, _, c in plan.segment_table(seg.segments) if c)
+    return frozenset(c for c in plan.value_table(seg.values).values() if c)
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,6 +372,9 @@ def _split(cases: Sequence[sources.SourceCase], ids: Sequence[str], fraction: fl
 class _ScanTask:
     images: tuple[tuple[str, str], ...]  # (path, display) per channel
     segmentation: tuple[str, str] | None
+    root: str  # files (and their data files) must lie inside, unless allow_outside
+    allow_outside: bool
+    max_bytes: int | None
 
 
 @dataclass
@@ -283,10 +383,14 @@ class _Scan:
     seg: SegInfo | None
 
 
-def _scan_task(case: sources.SourceCase) -> _ScanTask:
+def _scan_task(case: sources.SourceCase, options: ImportOptions,
+               max_bytes: int | None) -> _ScanTask:
     seg = case.segmentation
+    source = options.source
+    root = source if source.is_dir() else case.images[0].path.parent  # a CSV: each file's own
     return _ScanTask(tuple((str(f.path), f.display) for f in case.images),
-                     (str(seg.path), seg.display) if seg else None)
+                     (str(seg.path), seg.display) if seg else None, str(root),
+                     options.allow_outside_source, max_bytes)
 
 
 def _scan(task: _ScanTask) -> _Scan:
@@ -296,8 +400,8 @@ def _scan(task: _ScanTask) -> _Scan:
     findings: list[Finding] = []
     first: tuple[str, tuple[int, ...]] | None = None
     for path, display in task.images:
-        reader = _header(path, display, findings)
-        if reader is None:
+        reader = _inspect(path, display, task, findings) and _header(path, display, findings)
+        if not reader:
             continue
         size = tuple(reader.GetSize())
         if reader.GetDimension() != 3:
@@ -317,8 +421,8 @@ def _scan(task: _ScanTask) -> _Scan:
     if task.segmentation is None:
         return _Scan(findings, None)
     path, display = task.segmentation
-    reader = _header(path, display, findings)
-    if reader is None:
+    reader = _inspect(path, display, task, findings) and _header(path, display, findings)
+    if not reader:
         return _Scan(findings, None)
     if reader.GetDimension() != 3:
         findings.append(error(display, f"segmentation is {reader.GetDimension()}-D; its image is "
@@ -359,6 +463,28 @@ def _scan(task: _ScanTask) -> _Scan:
     return _Scan(findings, SegInfo(display, None, [int(v) for v in values]))
 
 
+def _inspect(path: str, display: str, task: _ScanTask, findings: list[Finding]) -> bool:
+    """Whether the file may be read (payload.py): inside the source folder (a symbolic link
+    may point anywhere), its data files too, a size a worker can hold, its data whole."""
+    file, root = Path(path), Path(task.root)
+    if not task.allow_outside and not payload.inside(file, root):
+        findings.append(error(display, f"a symbolic link to {file.resolve()}, outside the source "
+                              f"folder {root}: hpcnn reads only files inside it",
+                              hint="copy the file into the source folder, or pass "
+                                   "--allow-outside-source if it is really yours to import"))
+        return False
+    found = payload.layout(file)
+    if found is None:
+        return True
+    problems = payload.refusals(found, root=root, allow_outside=task.allow_outside,
+                                max_bytes=task.max_bytes)
+    if not problems:
+        damaged = payload.verify(found)
+        problems = [damaged] if damaged else []
+    findings.extend(error(display, message, hint=hint) for message, hint in problems)
+    return not problems
+
+
 def _header(path: str, display: str, findings: list[Finding]) -> Any:
     """A SimpleITK reader with the file's header read, or None (an error is added)."""
     import SimpleITK as sitk
@@ -374,10 +500,16 @@ def _header(path: str, display: str, findings: list[Finding]) -> Any:
 
 
 def _unreadable(display: str, exc: RuntimeError) -> Finding:
-    """ITK's long messages cut to their last meaningful line."""
+    """ITK's long messages cut to the line that gives the reason: its ERROR line, or the last
+    line of the reader's own trace when the ERROR line only introduces it ("expected 16000
+    bytes but received 11969")."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    reason = next((ln.split("ERROR:", 1)[1].strip() for ln in reversed(lines) if "ERROR:" in ln),
-                  lines[-1] if lines else "unknown error")
+    at = next((i for i in range(len(lines) - 1, -1, -1) if "ERROR:" in lines[i]), None)
+    reason = lines[-1] if lines else "unknown error"
+    if at is not None:
+        reason = lines[at].split("ERROR:", 1)[1].strip()
+        if reason.endswith(":") and at < len(lines) - 1:
+            reason = re.sub(r"^\[\w+\]\s*\w+:\s*", "", lines[-1])
     reason = re.sub(r"^\w+\(0x[0-9a-f]+\):\s*", "", reason)
     if "Unable to determine ImageIO reader" in reason:
         reason = "not an image SimpleITK can read"
@@ -397,6 +529,7 @@ class _WriteTask:
     priority: tuple[int, ...]
     class_names: tuple[str, ...]
     dtype: str
+    anonymize: bool
 
 
 def _write_tasks(
@@ -408,6 +541,7 @@ def _write_tasks(
     priority: tuple[int, ...],
     ending: str,
     tmp: Path,
+    anonymize: bool,
 ) -> list[_WriteTask]:
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (tmp / sub).mkdir(parents=True, exist_ok=True)
@@ -421,7 +555,9 @@ def _write_tasks(
             images=tuple((str(f.path), f.display) for f in case.images),
             image_outputs=tuple(str(tmp / images_dir / f"{case_id}_{c:04d}{ending}")
                                 for c in range(len(case.images))),
-            copy_images=all(f.extension == ending and _attached(f.path) for f in case.images),
+            copy_images=not anonymize and all(f.extension == ending
+                                              and not payload.data_files(f.path)
+                                              for f in case.images),
             segmentation=(str(seg.path), seg.display) if seg else None,
             label_output=str(tmp / labels_dir / f"{case_id}{ending}") if seg else None,
             slicer=tuple(plan.segment_table(info.segments))
@@ -431,27 +567,13 @@ def _write_tasks(
             priority=priority,
             class_names=tuple(plan.classes),
             dtype=plan.dtype.name,
+            anonymize=anonymize,
         ))
     for sub in ("imagesTs", "labelsTs"):
         if not any(Path(p).parent.name == sub for t in tasks
                    for p in (*t.image_outputs, t.label_output) if p):
             (tmp / sub).rmdir()
     return tasks
-
-
-def _attached(path: Path) -> bool:
-    """Whether a file holds its own voxels (a .nrrd may point to a separate data file), so
-    copying it copies the image."""
-    if not path.name.lower().endswith(".nrrd"):
-        return True
-    head = b""
-    with path.open("rb") as fh:
-        while b"\n\n" not in head and len(head) < 1 << 20:
-            chunk = fh.read(4096)
-            if not chunk:
-                break
-            head += chunk
-    return not re.search(rb"^data ?file:", head.split(b"\n\n", 1)[0], re.MULTILINE)
 
 
 def _write(task: _WriteTask) -> list[Finding]:
@@ -482,8 +604,8 @@ def _write(task: _WriteTask) -> list[Finding]:
             kind, _ = relation(Geometry.of(image), Geometry.of(reference))
             if kind in ("shifted", "resampled"):
                 findings.append(error(display, f"channel {index} is on another grid than channel "
-                                      f"0 ({Geometry.of(image).describe()} vs "
-                                      f"{Geometry.of(reference).describe()})",
+                                      f"0 ({Geometry.of(image).describe(Geometry.of(reference))} "
+                                      f"vs {Geometry.of(reference).describe(Geometry.of(image))})",
                                       hint="resample the channels of a case onto one grid"))
                 continue
             if kind == "copied":
@@ -494,6 +616,9 @@ def _write(task: _WriteTask) -> list[Finding]:
         if copy:
             shutil.copyfile(path, output)
         else:
+            if task.anonymize:  # names, ids, dates a scanner or Slicer put in the header
+                for key in image.GetMetaDataKeys():
+                    image.EraseMetaData(key)
             sitk.WriteImage(image, output, True)
     if reference is None or any(f.level == "error" for f in findings) or not task.segmentation:
         return findings
@@ -526,8 +651,9 @@ def _labels(task: _WriteTask, reference: Any, findings: list[Finding]) -> np.nda
             findings.append(error(display, f"segments {name[o.first]!r} and {name[o.second]!r} "
                                   f"overlap in {o.voxels} voxel(s); nnU-Net needs one class per "
                                   "voxel",
-                                  hint=f"pass --overlap {name[o.second]},{name[o.first]} (the "
-                                       "first listed wins), or fix the overlap in Slicer"))
+                                  hint=f"pass --overlap "
+                                       f"{shlex.quote(f'{name[o.second]},{name[o.first]}')} "
+                                       "(the first listed wins), or fix the overlap in Slicer"))
         order = {c: i for i, c in enumerate(task.priority)}
         for o in settled:
             winner = min((o.first, o.second), key=lambda c: order.get(c, len(order)))
@@ -549,7 +675,8 @@ def _labels(task: _WriteTask, reference: Any, findings: list[Finding]) -> np.nda
     placed, kind, total, inside = onto_image(labels, seg_geometry, image)
     if not inside:
         findings.append(error(display, "does not overlap its image at all (segmentation "
-                              f"{seg_geometry.describe()}; image {image.describe()})",
+                              f"{seg_geometry.describe(image)}; image "
+                              f"{image.describe(seg_geometry)})",
                               hint="it was drawn on another volume: pair it with the right image"))
         return None
     if inside < total:
@@ -561,13 +688,17 @@ def _labels(task: _WriteTask, reference: Any, findings: list[Finding]) -> np.nda
                                      "of a voxel): copied the image's geometry"))
     elif kind == "shifted":
         findings.append(notice(display, "cropped to its segments' extent, as Slicer saves it: "
-                                        "placed on the image grid") if task.slicer is not None
-                        else fix(display, "covers another part of the same grid as its image: "
-                                          "cropped/padded onto the image grid"))
+                                        "placed on the image grid")
+                        if task.slicer is not None and within(seg_geometry, image)
+                        else fix(display, f"covers another part of the same grid as its image "
+                                          f"({seg_geometry.describe(image)} vs "
+                                          f"{image.describe(seg_geometry)}): cropped/padded onto "
+                                          "the image grid"))
     elif kind == "resampled":
-        findings.append(fix(display, f"on another grid than its image ({seg_geometry.describe()} "
-                                     f"vs {image.describe()}): resampled onto the image grid "
-                                     "(nearest neighbour)"))
+        findings.append(fix(display, f"on another grid than its image "
+                                     f"({seg_geometry.describe(image)} vs "
+                                     f"{image.describe(seg_geometry)}): resampled onto the image "
+                                     "grid (nearest neighbour)"))
         if not placed.any():
             findings.append(warning(display, "no labelled voxel is left after resampling onto "
                                     "the image grid", hint="check the segmentation's geometry"))
@@ -601,7 +732,7 @@ def _move_into_place(tmp: Path, destination: Path, replaces: Path | None) -> Pat
     deleted only once the new one is in place (put back if that fails)."""
     aside = None
     if replaces is not None:
-        aside = replaces.with_name(f".{replaces.name}.replaced-{uuid.uuid4().hex[:8]}")
+        aside = leftovers.work_folder(replaces, leftovers.REPLACED)
         replaces.rename(aside)
     try:
         tmp.rename(destination)

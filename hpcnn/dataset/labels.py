@@ -280,6 +280,19 @@ def plan_labels(
     return LabelPlan(classes, by_name, by_value, dict(remap)), findings
 
 
+def _same_class(file: str, first: SlicerSegment, second: SlicerSegment) -> Finding:
+    """Two segments of one file that would become one class: merging them silently would
+    hide whichever the user meant to keep (a duplicate left over from an edit)."""
+    what = (f"two segments named {first.name!r}" if first.name.casefold() ==
+            second.name.casefold() else f"segments {first.name!r} and {second.name!r} (synonyms "
+            "of one class)")
+    return error(file, f"{what}, label value {first.value} (layer {first.layer}) and label value "
+                       f"{second.value} (layer {second.layer}): they would be merged into one "
+                       "class", hint="in Slicer's Segment Editor delete the duplicate, rename it "
+                                     "if it is another structure, or merge the two (Logical "
+                                     "operators → Add) and save again")
+
+
 def _per_file(
     infos: Sequence[SegInfo],
     spec: LabelSpec | None,
@@ -302,7 +315,7 @@ def _per_file(
                                         + " belong to no class in labels.yaml: left as background",
                                         hint="add them to a class's source_values, or --remap"))
             continue
-        present = set()
+        present: dict[int, SlicerSegment] = {}
         for seg in info.segments:
             cls = by_name.get(seg.name.casefold())
             if cls is None:
@@ -310,10 +323,13 @@ def _per_file(
                                         "labels.yaml): left as background",
                                         hint="add it, or a synonym for it, to labels.yaml"))
                 continue
-            present.add(cls)
+            if cls and cls in present:
+                findings.append(_same_class(info.file, present[cls], seg))
+                continue
+            present[cls] = seg
             if cls:
                 stored.setdefault(cls, set()).add(seg.value)
-        for cls in sorted(expected - present):
+        for cls in sorted(expected - present.keys()):
             findings.append(warning(info.file, f"no segment {named[cls - 1]!r}: it is background "
                                     "in this case",
                                     hint="add the segment in Slicer if the structure is there"

@@ -18,6 +18,7 @@ from hpcnn.errors import ConfigError, DataError
 SPLITS = "splits_final.json"  # nnU-Net's cross-validation split, in raw and preprocessed folders
 NNUNET_FOLDS = 5  # nnU-Net's default split is a 5-fold KFold (nnUNetTrainer.do_split)
 MIN_TRAINING = NNUNET_FOLDS  # fewer training cases and the 5-fold split fails
+CASES_CSV = "cases.csv"  # case id → source file names (patient names): never leaves the laptop
 _FOLDER_RE = re.compile(r"Dataset(\d{3})_(.+)")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -78,6 +79,12 @@ def next_free_id(*roots: Path, start: int = 501) -> int:
         if candidate not in taken:
             return candidate
     raise DataError("all dataset ids 1-999 are taken in this workspace")
+
+
+def too_few_training(n: int) -> str:
+    """The words import and check both use, at the same severity (a warning)."""
+    return (f"only {n} training case(s): nnU-Net's 5-fold cross-validation needs at least "
+            f"{MIN_TRAINING}; `hpcnn preprocess` refuses fewer")
 
 
 def chosen_dataset(given: str | int | None, configured: str | int | None, *,

@@ -42,9 +42,11 @@ from hpcnn.dataset.layout import (
     chosen_dataset,
     parse_folder_name,
     resolve_dataset,
+    too_few_training,
 )
-from hpcnn.dataset.workers import Progress, available_cpus
+from hpcnn.dataset.workers import Progress, available_cpus, available_memory
 from hpcnn.errors import DataError, HpcnnError
+from hpcnn.fsutil import ensure_dir
 from hpcnn.workspace import RAW, Workspace
 
 if TYPE_CHECKING:
@@ -167,6 +169,10 @@ def prepare(
                         f"{report.as_text(errors_only=True)}",
                         hint=f"fix the errors above; `hpcnn dataset check {raw_folder}` shows "
                              "the warnings too")
+    if len(report.cases) < NNUNET_FOLDS:
+        raise DataError(f"{raw_folder.name}: {too_few_training(len(report.cases))}",
+                        hint="add labelled cases (re-import with a lower --test-fraction moves "
+                             "test cases into training)")
     output = workspace.preprocessed / ref.folder_name
     previous = read_provenance(output)
     raw_sha256 = raw_files_hash(raw_folder)
@@ -203,7 +209,8 @@ def prepare(
 
 def run(job: PreprocessJob, out: TextIO | None = None) -> PreprocessResult:
     """Run nnU-Net (output streamed to ``out``), then write splits and provenance."""
-    job.output.mkdir(parents=True, exist_ok=True)
+    ensure_dir(job.output.parent)
+    job.output.mkdir(exist_ok=True)
     # A provenance file promises a completed run on its cases: withdraw it while this one runs.
     (job.output / PROVENANCE).unlink(missing_ok=True)
     code, tail = _stream(job.command, job.env, out or sys.stdout)
@@ -230,25 +237,6 @@ def size_workers(n_cases: int, max_voxels: int, channels: int) -> tuple[int, str
                      f"{n_cases} case(s)")
 
 
-def available_memory() -> int | None:
-    """Bytes this process can still use: MemAvailable, capped by a cgroup (job) limit."""
-    found = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                found.append(int(line.split()[1]) * 1024)
-    except OSError:
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
-        if limit != "max":
-            found.append(int(limit) - int(used))
-    except (OSError, ValueError):
-        pass
-    return max(0, min(found)) if found else None
-
-
 def _refuse_id_clash(workspace: Workspace, raw_folder: Path, ref: DatasetRef) -> None:
     """nnU-Net looks the id up in all three folders and stops when it names two datasets."""
     others = []
@@ -272,13 +260,17 @@ def _stream(command: list[str], env: dict[str, str], out: TextIO) -> tuple[int, 
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
         pending = ""
-        while chunk := os.read(fd, 65536):
-            text = decoder.decode(chunk)
-            out.write(text)
-            out.flush()
-            pending += text
-            *lines, pending = pending.split("\n")
-            tail.extend(line.rsplit("\r", 1)[-1] for line in lines)
+        try:
+            while chunk := os.read(fd, 65536):
+                text = decoder.decode(chunk)
+                out.write(text)
+                out.flush()
+                pending += text
+                *lines, pending = pending.split("\n")
+                tail.extend(line.rsplit("\r", 1)[-1] for line in lines)
+        except BaseException:  # interrupted: a SIGTERM to hpcnn alone must stop nnU-Net too
+            proc.terminate()
+            raise
         tail.append(pending)
         code = proc.wait()
     return code, "\n".join(line for line in tail if line.strip())

@@ -3,7 +3,9 @@ CSV list, paired by name.
 
 Naming rules (folder input, file names compared case-insensitively):
 
-- images and segmentations end in ``.nrrd``, ``.seg.nrrd``, ``.nii``, ``.nii.gz`` or ``.mha``;
+- images and segmentations end in ``.nrrd``, ``.seg.nrrd``, ``.nii``, ``.nii.gz``, ``.mha`` or
+  the detached headers ``.nhdr`` (``.seg.nhdr``) and ``.mhd``, whose data files (``.raw``,
+  ``.raw.gz``, ``.zraw``, even a ``.nii``) belong to them and are never cases of their own;
   other files are ignored and listed in a notice (Slicer scenes hold ``.mrml``, ``.png`` ...),
   and so are hidden files and nnU-Net's own folders (``nnUNet_raw`` ...).
 - a file is a segmentation when it ends in ``.seg.nrrd`` or its name ends in a separator
@@ -29,6 +31,9 @@ Everything is sorted, so the same files always give the same cases in the same o
 from __future__ import annotations
 
 import csv
+import errno
+import os
+import random
 import re
 import unicodedata
 from collections import Counter
@@ -36,10 +41,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpcnn.dataset import payload
 from hpcnn.dataset.findings import Finding, error, fix, notice, shorten
 from hpcnn.errors import DataError
 
-EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha")
+EXTENSIONS = (".seg.nrrd", ".seg.nhdr", ".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd")
+DETACHED = (".seg.nhdr", ".nhdr", ".mhd", ".mha")  # headers that may name a separate data file
 _SEP = r"[ _.\-]+"
 _SEG_WORDS = "(?:label|labels|labelmap|seg|segmentation|mask)"
 _SEG_SUFFIX = re.compile(rf"(?i)^(?P<key>.*?){_SEP}{_SEG_WORDS}$")
@@ -102,6 +109,10 @@ def discover(
     source: Path, *, channels: Sequence[str] = (), pattern: str | None = None
 ) -> Discovery:
     """The cases in a folder or CSV file, with every pairing problem as a finding."""
+    if source.is_symlink() and not source.exists():
+        raise DataError(f"{source}: a symbolic link to {os.readlink(source)}, which "
+                        + ("loops back on itself" if _loops(source) else "does not exist"),
+                        hint="pass the folder the link was meant to point to")
     if source.is_file():
         if source.suffix.lower() != ".csv":
             raise DataError(f"{source}: a single file; import takes a folder of exports or a "
@@ -124,10 +135,22 @@ def _folder_entries(
     regex = _compile(pattern) if pattern else None
     entries: list[_Entry] = []
     ignored: list[str] = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    loops: list[str] = []
+    files = []
+    for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
         if any(part.startswith(".") or part in _NNUNET_DIRS for part in rel.parts):
             continue
+        if path.is_file():
+            files.append(path)
+        elif path.is_symlink() and _loops(path):
+            loops.append(rel.as_posix())
+    data = {d.resolve() for p in files if p.name.lower().endswith(DETACHED)
+            for d in payload.data_files(p)}
+    for path in files:
+        rel = path.relative_to(root)
+        if path.resolve() in data:
+            continue  # a detached header's data: read with it
         stem, ext = split_extension(path.name)
         display = rel.as_posix()
         if ext is None:
@@ -145,11 +168,23 @@ def _folder_entries(
             entries.append(_Entry(file, match.group("case"), is_seg, channel))
         else:
             entries.append(_by_name(file, stem, ext, channels))
-    findings = []
+    findings = [error(rel, "a symbolic link that loops back on itself",
+                      hint="remove the link, or point it at the file it was meant for")
+                for rel in loops]
     if ignored:
         why = "not matched by --pattern or not an image" if regex else "not an image file"
         findings.append(notice("", f"ignored {len(ignored)} file(s), {why}: {shorten(ignored)}"))
     return entries, findings
+
+
+def _loops(path: Path) -> bool:
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python 3.11 and 3.12
+        return True
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -164,7 +199,8 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 
 def _is_seg(stem: str, ext: str) -> bool:
-    return ext == ".seg.nrrd" or bool(_SEG_SUFFIX.match(stem)) or bool(_SEG_ONLY.match(stem))
+    return (ext in (".seg.nrrd", ".seg.nhdr") or bool(_SEG_SUFFIX.match(stem))
+            or bool(_SEG_ONLY.match(stem)))
 
 
 def _by_name(file: SourceFile, stem: str, ext: str, channels: Sequence[str]) -> _Entry:
@@ -315,12 +351,23 @@ def case_ids(keys: Sequence[str]) -> tuple[list[str], list[Finding]]:
     clashes = sorted({key for key, s in zip(keys, safe, strict=True)
                       if not s or counts[s.casefold()] > 1})
     if not clashes:
-        return safe, []
+        renamed = [f"{k!r} → {s}" for k, s in zip(keys, safe, strict=True) if k != s]
+        return safe, [fix("", f"case names made file-name safe: {shorten(renamed, 8)} "
+                              "(cases.csv lists them all)")] if renamed else []
     width = max(3, len(str(len(keys))))
     ids = [f"case_{i:0{width}d}" for i in range(1, len(keys) + 1)]
     shown = ", ".join(repr(k) for k in clashes[:6])
     return ids, [fix("", f"case names {shown} are empty or the same once made file-name safe: "
                      f"numbered all cases {ids[0]}...{ids[-1]} (cases.csv maps them back)")]
+
+
+def opaque_ids(n: int, seed: int) -> list[str]:
+    """``case_001``... in a seeded random order, for ``--anonymize``: neither the id nor the
+    order of the ids tells anything about the names (sorted names would give away initials)."""
+    width = max(3, len(str(n)))
+    numbers = list(range(1, n + 1))
+    random.Random(seed).shuffle(numbers)
+    return [f"case_{k:0{width}d}" for k in numbers]
 
 
 def _sanitise(key: str) -> str:

@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 Progress = Callable[[str, int, int], None]
@@ -23,6 +24,25 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still use: MemAvailable, capped by a cgroup (job) limit."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(used))
+    except (OSError, ValueError):
+        pass
+    return max(0, min(found)) if found else None
 
 
 @contextmanager
@@ -60,6 +80,13 @@ def runner(workers: int, on_progress: Progress | None) -> Iterator[Callable[...,
 
     try:
         yield run
+    except BaseException:
+        if pool is not None:
+            # Workers ignore Ctrl-C (interrupt.py) and may be deep in a large case: stop them
+            # now rather than wait. The executor has no public way to (Python 3.14 adds one).
+            for process in list((pool._processes or {}).values()):
+                process.kill()
+        raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -83,7 +110,14 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
 
     single = sys.platform.startswith("linux") and threading.active_count() == 1
     context = multiprocessing.get_context("fork" if single else "spawn")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=pin_simpleitk_threads)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker)
+
+
+def _start_worker() -> None:
+    from hpcnn.dataset.interrupt import ignore_in_worker
+
+    ignore_in_worker()
+    pin_simpleitk_threads()
 
 
 def pin_simpleitk_threads() -> None:
