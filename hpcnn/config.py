@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -41,6 +42,21 @@ Memory = Annotated[int, BeforeValidator(parse_memory)]
 """Megabytes; accepts ``64gb``, ``64G``, ``64000mb``."""
 
 
+def _one_line(v: str) -> str:
+    """A newline in a value that lands in a job header or script would start a command of
+    its own (run before hpcnn's body: no logs, no exit marker); CR, NUL and the other control
+    characters hide or cut what a reader of the script sees. A tab is plain spacing."""
+    bad = next((c for c in v if (ord(c) < 32 and c != "\t") or ord(c) == 127), None)
+    if bad is not None:
+        raise ValueError(f"contains the control character {bad!r}: each value is one line "
+                         "of plain text")
+    return v
+
+
+Line = Annotated[str, AfterValidator(_one_line)]
+"""Text that lands in a job header, script or remote command: one line, no control characters."""
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
@@ -53,9 +69,9 @@ class ClusterSection(_Section):
     user: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     identity_file: str | None = None
-    remote_dir: str | None = None
+    remote_dir: Line | None = None
     ssh: Literal["fabric", "openssh"] = "fabric"
-    login_shell: str = "bash -lc"
+    login_shell: Line = "bash -lc"
     connect_timeout: float = Field(default=20.0, gt=0)
     transfer: Literal["auto", "rsync", "sftp"] = "auto"
 
@@ -82,10 +98,15 @@ class ClusterSection(_Section):
             return v
         if v in ("~", "~/"):
             raise ValueError("give a folder under your home, e.g. ~/hpcnn or hpcnn")
-        if v.startswith("~/"):
-            return v[2:]
         if v.startswith("~"):
-            raise ValueError("~user paths are not supported: use an absolute path or ~/folder")
+            if not v.startswith("~/"):
+                raise ValueError("~user paths are not supported: use an absolute path or "
+                                 "~/folder")
+            v = v[2:]
+        if v.startswith("-"):
+            # Commands would read it as an option (mkdir -p -x, cd -).
+            raise ValueError(f"starts with '-', which commands read as an option: write "
+                             f"./{v} (under your cluster home) or an absolute path")
         return v
 
     @model_validator(mode="after")
@@ -105,15 +126,15 @@ class ClusterSection(_Section):
 class ResourcesSection(_Section):
     """What each training job asks the scheduler for."""
 
-    queue: str | None = None
+    queue: Line | None = None
     walltime: Walltime | None = None
     nodes: int = Field(default=1, ge=1)
     cpus: int = Field(default=4, ge=1)
     gpus: int = Field(default=1, ge=0)
     mem: Memory | None = None
-    mail_events: str | None = None
-    mail_address: str | None = None
-    extra_directives: list[str] = Field(default_factory=list)
+    mail_events: Line | None = None
+    mail_address: Line | None = None
+    extra_directives: list[Line] = Field(default_factory=list)
 
     @field_validator("queue")
     @classmethod
@@ -140,8 +161,8 @@ class ResourcesSection(_Section):
 class EnvironmentSection(_Section):
     """How a job gets nnU-Net on its PATH (conda, module, venv) and extra variables."""
 
-    setup: list[str] = Field(default_factory=list)
-    variables: dict[str, str] = Field(default_factory=dict)
+    setup: list[Line] = Field(default_factory=list)
+    variables: dict[str, Line] = Field(default_factory=dict)
 
     @field_validator("variables")
     @classmethod
@@ -155,10 +176,10 @@ class EnvironmentSection(_Section):
 class TrainingSection(_Section):
     """What nnU-Net trains: the run is dataset + trainer + plans + configuration."""
 
-    dataset: str | None = None
-    configuration: str = "3d_fullres"
-    trainer: str = "nnUNetTrainer"
-    plans: str = "nnUNetPlans"
+    dataset: Line | None = None
+    configuration: Line = "3d_fullres"
+    trainer: Line = "nnUNetTrainer"
+    plans: Line = "nnUNetPlans"
     folds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
     max_resubmits: int = Field(default=3, ge=0)
     walltime_margin: Walltime = 600
