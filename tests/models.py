@@ -11,10 +11,15 @@ model folder ``nnUNet_results/Dataset501_Tiny/hpcnnTinyTrainer__nnUNetPlans__3d_
 The ``tiny_model`` fixture builds it once per test session; tests that change a model copy it
 first (``copy_model``). Import the fixture into a test module (``from models import
 tiny_model``) or list ``models`` in ``pytest_plugins``.
+
+``fake_model(root)`` writes a model folder in seconds for tests that never run the network
+(input checks, zip checks): the real files' names and JSON keys, and checkpoints that hold a
+small state dict and nnU-Net's keys.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from conftest import need
-from synthetic import write_nnunet_dataset
+from synthetic import SyntheticCase, write_nnunet_dataset
 
 DATASET = "Dataset501_Tiny"
 CONFIGURATION = "3d_fullres"
@@ -73,6 +78,47 @@ def copy_model(model: Path, destination: Path) -> Path:
     target = destination / model.parent.name / model.name
     shutil.copytree(model, target)
     return target
+
+
+def unseen_cases(folder: Path, names: Sequence[str], *, seed: int = 5) -> dict[str, SyntheticCase]:
+    """Cases like the training ones (other seed) as images named ``names`` (the extension picks
+    the format) in ``folder``; returns name → case (``masks`` hold the truth)."""
+    import SimpleITK as sitk
+
+    made = write_nnunet_dataset(folder / ".generated", n_cases=len(names), seed=seed,
+                                file_ending=".nrrd")
+    out = {}
+    for name, case in zip(names, made, strict=True):
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(sitk.ReadImage(str(case.images[0])), str(target), True)
+        out[name] = case
+    shutil.rmtree(folder / ".generated")
+    return out
+
+
+def fake_model(root: Path, *, channels: Sequence[str] = ("CT",),
+               finished: Sequence[str] = ("0",), unfinished: Sequence[str] = (),
+               file_ending: str = ".nrrd", dataset: str = "Dataset502_Fake") -> Path:
+    """A model folder under ``root/dataset/`` whose checkpoints load but hold no real network."""
+    import torch
+
+    model = root / dataset / MODEL
+    model.mkdir(parents=True)
+    (model / "dataset.json").write_text(json.dumps({
+        "channel_names": {str(i): c for i, c in enumerate(channels)},
+        "labels": {"background": 0, "liver": 1, "tumor": 2},
+        "numTraining": 6, "file_ending": file_ending}))
+    (model / "plans.json").write_text(json.dumps({
+        "configurations": {CONFIGURATION: {"patch_size": [32, 32, 32],
+                                           "spacing": [1.0, 1.0, 1.0]}}}))
+    for fold in (*finished, *unfinished):
+        (model / f"fold_{fold}").mkdir()
+    for fold in finished:
+        torch.save({"network_weights": {"w": torch.zeros(2)}, "trainer_name": "hpcnnTinyTrainer",
+                    "init_args": {"configuration": CONFIGURATION}},
+                   model / f"fold_{fold}" / "checkpoint_final.pth")
+    return model
 
 
 @pytest.fixture(scope="session")

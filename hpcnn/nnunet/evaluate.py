@@ -76,8 +76,8 @@ def evaluate(pred: Path, ref: Path, *, echo: Echo = print) -> Evaluation:
         (work / "ref").mkdir()
         for index, (p, r) in enumerate(pairs):
             name = f"case_{index:04d}{_ENDING}"
-            grid = _stage(p, work / "pred" / name, labels, None)
-            _stage(r, work / "ref" / name, labels, grid)
+            grid = _stage(p, work / "pred" / name, labels, None, echo)
+            _stage(r, work / "ref" / name, labels, grid, echo)
         if labels is None:
             labels = _values_found(work / "ref")
         if not labels:
@@ -135,9 +135,9 @@ def _labels(pred: Path) -> dict[str, int] | None:
 
 
 def _stage(file: sources.SourceFile, target: Path, labels: dict[str, int] | None,
-           grid: Any) -> Any:
-    """Link or write ``file`` as a plain label map at ``target``, on ``grid`` when given;
-    returns its grid (a Geometry)."""
+           grid: Any, echo: Echo) -> Any:
+    """Write ``file`` as a plain label map at ``target``, on ``grid`` when given; returns its
+    grid (a Geometry). Overlapping Slicer segments count for the one in the lower layer."""
     import SimpleITK as sitk
 
     from hpcnn.dataset.geometry import Geometry, onto_image
@@ -169,7 +169,12 @@ def _stage(file: sources.SourceFile, target: Path, labels: dict[str, int] | None
     data = sitk.GetArrayFromImage(image)
     if by_name:
         table = [(s.layer, s.value, wanted.get(s.name.casefold(), 0)) for s in segments]
-        data, _, _ = class_map(data, table, (), data.dtype)
+        data, _, overlaps = class_map(data, table, (), data.dtype)
+        for o in overlaps:
+            names = {v: n for n, v in (labels or {}).items()}
+            echo(f"warning: {file.display}: segments {names[o.first]!r} and "
+                 f"{names[o.second]!r} overlap in {o.voxels} voxel(s); counted for the one in "
+                 "the lower layer")
     if grid is not None:
         data, _, _, _ = onto_image(data, geometry, grid)
         geometry = grid

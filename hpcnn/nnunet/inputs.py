@@ -240,7 +240,7 @@ def check_outputs(cases: Sequence[PredictCase], extension: str | None,
     for clash in by_name.values():
         if len(clash) > 1:
             names = ", ".join(f.display for c in clash for f in c.images)
-            findings.append(error(clash[0].images[0].display, f"{names} would all be written to "
+            findings.append(error("", f"{names} would all be written to "
                                   f"{clash[0].output(extension)}",
                                   hint="rename one of them, or predict them into separate "
                                        "folders"))

@@ -168,7 +168,7 @@ def _check_members(name: str, infos: list[zipfile.ZipInfo],
             raise DataError(f"{name}: member {path!r} leaves the folder ('..')",
                             hint="refusing a zip that writes outside nnUNet_results; export the "
                                  "model with `hpcnn export`")
-        if stat.S_ISLNK(mode) or (mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: written without type
             raise DataError(f"{name}: member {path!r} is a link or special file",
                             hint="a model zip holds plain files only; export it with "
                                  "`hpcnn export`")
@@ -190,8 +190,8 @@ def _check_members(name: str, infos: list[zipfile.ZipInfo],
         else:
             skipped.append(path)
     if total > max_bytes:
-        raise DataError(f"{name}: unpacks to {total / 2**30:.1f} GiB, more than the "
-                        f"{max_bytes / 2**30:.0f} GiB a model zip may hold",
+        raise DataError(f"{name}: unpacks to {total / 2**20:.1f} MiB, more than the "
+                        f"{max_bytes / 2**20:.1f} MiB a model zip may hold",
                         hint="not a model zip, or one with far more than checkpoints")
     if len(datasets) > 1:
         raise DataError(f"{name}: holds several datasets ({', '.join(sorted(datasets))})",
