@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import compare, report, time_call, time_command  # noqa: E402
 
-from hpcnn import jobs  # noqa: E402
 from hpcnn.config import Config, load_config_file  # noqa: E402
+from hpcnn.jobs import engine as jobs  # noqa: E402
 from hpcnn.remote import connect  # noqa: E402
 from hpcnn.schedulers import get_dialect  # noqa: E402
 
@@ -33,7 +33,7 @@ GOALS = {"openssh": "<= 1.3x", "fabric": "<= 2x"}
 
 POLL_ONCE = """
 import sys
-from hpcnn import jobs
+from hpcnn.jobs import engine as jobs
 from hpcnn.config import load_config_file
 from hpcnn.remote import connect
 from hpcnn.schedulers import get_dialect
@@ -83,7 +83,8 @@ def main() -> None:
             f"cluster: {{scheduler: torque, host: testbed, ssh: {ssh}, "
             "remote_dir: hpcnn-bench}\nresources: {cpus: 1, gpus: 0, mem: 100mb}\n")
 
-    from hpcnn.render import JobRequest, render_job
+    from hpcnn.jobs.model import JobSpec
+    from hpcnn.jobs.script import render_job
     from hpcnn.workspace import RemoteLayout
 
     cfg = load_config_file(configs["openssh"])
@@ -93,7 +94,7 @@ def main() -> None:
         submitted = []
         for n in range(N_JOBS):
             job_dir = layout.job_dir("bench", f"job{n}")
-            request = JobRequest(run="bench", job=f"job{n}", job_dir=job_dir,
+            request = JobSpec(run="bench", name=f"job{n}", job_dir=job_dir,
                                  commands=[["sleep", "900"]])
             submitted.append((jobs.submit(conn, dialect, render_job(cfg, dialect, request),
                                           job_dir), job_dir))

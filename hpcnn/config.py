@@ -31,8 +31,6 @@ from hpcnn.units import format_hms, parse_memory, parse_walltime
 CONFIG_ENV = "HPCNN_CONFIG"
 DEFAULT_CONFIG_NAME = "cluster.yaml"
 
-SchedulerName = Literal["torque", "pbspro", "slurm", "local", "auto"]
-
 Walltime = Annotated[
     int, BeforeValidator(parse_walltime), PlainSerializer(format_hms, return_type=str)
 ]
@@ -64,7 +62,8 @@ class _Section(BaseModel):
 class ClusterSection(_Section):
     """Where the jobs run and how hpcnn reaches it."""
 
-    scheduler: SchedulerName = "local"
+    scheduler: str = "local"
+    """A dialect name (hpcnn.schedulers: built-in or registered) or ``auto``."""
     host: str | None = None
     user: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
@@ -74,6 +73,16 @@ class ClusterSection(_Section):
     login_shell: Line = "bash -lc"
     connect_timeout: float = Field(default=20.0, gt=0)
     transfer: Literal["auto", "rsync", "sftp"] = "auto"
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, v: str) -> str:
+        from hpcnn.schedulers import dialect_names
+
+        known = dialect_names()
+        if v != "auto" and v not in known:
+            raise ValueError(f"unknown scheduler; hpcnn knows {', '.join([*known, 'auto'])}")
+        return v
 
     @field_validator("host")
     @classmethod
@@ -111,6 +120,12 @@ class ClusterSection(_Section):
 
     @model_validator(mode="after")
     def _host_for_remote(self) -> ClusterSection:
+        if self.scheduler == "local" and self.host:
+            raise ValueError(
+                f"scheduler 'local' runs jobs on this machine, but cluster.host is "
+                f"{self.host!r}: set cluster.scheduler to your cluster's scheduler (or auto), "
+                "or remove cluster.host to run jobs here"
+            )
         if self.scheduler != "local" and not self.host:
             raise ValueError(
                 f"scheduler {self.scheduler!r} runs jobs on a cluster: set cluster.host "
@@ -120,7 +135,7 @@ class ClusterSection(_Section):
 
     @property
     def is_local(self) -> bool:
-        return self.scheduler == "local" and not self.host
+        return self.scheduler == "local"
 
 
 class ResourcesSection(_Section):

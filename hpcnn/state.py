@@ -1,22 +1,28 @@
-"""The run registry: one sqlite file per workspace (``.hpcnn/state.db``, WAL).
+"""The registry: one sqlite file per workspace (``.hpcnn/state.db``, WAL, a schema version).
 
-It is the one place local state lives. Submission records a job's intent before the scheduler
-call and its id after, so a crash between the two is visible (``scheduler_id`` empty) and the
-next command reconciles it by job name. ``first_missing_at`` remembers when a job left the
-scheduler's view without an exit marker, so that "lost" is decided after a grace period even
-across CLI processes.
+It is the one place local state lives: runs, their jobs (one row per attempt), dependencies
+between jobs, transfers, and what ``hpcnn doctor`` learnt about each cluster. Submission records
+a job's intent before the scheduler call and its id after, so a crash between the two is visible
+(``scheduler_id`` empty) and the next command reconciles it by job name; recording intent again
+never touches a job that was submitted, and nothing erases a stored exit code.
+``first_missing_at`` remembers when a job left the scheduler's view without an exit marker, so
+that "lost" is decided after a grace period even across CLI processes.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
-_SCHEMA = """
+SCHEMA_VERSION = 2
+
+_V1_JOBS = """
 CREATE TABLE IF NOT EXISTS jobs (
     name TEXT PRIMARY KEY,
     run TEXT NOT NULL,
@@ -34,6 +40,43 @@ CREATE TABLE IF NOT EXISTS jobs (
     first_missing_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_run ON jobs(run);
+"""
+
+_V2 = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    trainer TEXT NOT NULL,
+    plans TEXT NOT NULL,
+    configuration TEXT NOT NULL,
+    host TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    options TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS dependencies (
+    job TEXT NOT NULL,
+    on_job TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    PRIMARY KEY (job, on_job)
+);
+CREATE TABLE IF NOT EXISTS transfers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT,
+    direction TEXT NOT NULL,
+    source TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    files INTEGER,
+    bytes INTEGER,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    ok INTEGER
+);
+CREATE TABLE IF NOT EXISTS cluster_facts (
+    host TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (host, key)
+);
 """
 
 
@@ -55,17 +98,34 @@ class JobRow:
     first_missing_at: float | None = None
 
 
+@dataclass
+class RunRow:
+    id: str
+    dataset: str
+    trainer: str
+    plans: str
+    configuration: str
+    created_at: float
+    host: str = ""
+    options: str = "{}"
+
+    @property
+    def option_values(self) -> dict[str, Any]:
+        return json.loads(self.options or "{}")
+
+
 _COLUMNS = [f.name for f in fields(JobRow)]
+_RUN_COLUMNS = [f.name for f in fields(RunRow)]
 
 
 class Registry:
-    """Jobs of a workspace. Each method is one short transaction; safe across processes."""
+    """A workspace's state. Each method is one short transaction; safe across processes."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = path
         with self._db() as db:
-            db.executescript(_SCHEMA)
+            migrate(db)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -77,26 +137,68 @@ class Registry:
         finally:
             db.close()
 
-    def add(self, job: JobRow) -> None:
-        """Record a job (usually state ``pending``, before it is submitted)."""
+    # ---- runs
+    def add_run(self, run: RunRow) -> RunRow:
+        """Record a run once; the first record (its creation time, options) is kept."""
+        with self._db() as db:
+            db.execute(
+                f"INSERT OR IGNORE INTO runs ({','.join(_RUN_COLUMNS)}) "
+                f"VALUES ({','.join('?' * len(_RUN_COLUMNS))})",
+                [getattr(run, c) for c in _RUN_COLUMNS],
+            )
+        found = self.run(run.id)
+        assert found is not None
+        return found
+
+    def run(self, run_id: str) -> RunRow | None:
+        rows = self._runs("WHERE id = ?", [run_id])
+        return rows[0] if rows else None
+
+    def runs(self) -> list[RunRow]:
+        """Every run, the most recent first."""
+        return self._runs("ORDER BY created_at DESC, id", [])
+
+    def _runs(self, where: str, args: list[object]) -> list[RunRow]:
+        with self._db() as db:
+            cur = db.execute(f"SELECT {','.join(_RUN_COLUMNS)} FROM runs {where}", args)
+            return [RunRow(**dict(zip(_RUN_COLUMNS, r, strict=True))) for r in cur.fetchall()]
+
+    # ---- jobs
+    def add(self, job: JobRow, depends_on: list[tuple[str, str]] = ()) -> JobRow:
+        """Record a job's intent (state ``pending``) with its dependencies ``(job, kind)``.
+
+        A job of that name already recorded is left exactly as it is (it may have been
+        submitted: its scheduler id must survive); the stored row is returned.
+        """
         job.updated_at = time.time()
         with self._db() as db:
             db.execute(
-                f"INSERT OR REPLACE INTO jobs ({','.join(_COLUMNS)}) "
+                f"INSERT OR IGNORE INTO jobs ({','.join(_COLUMNS)}) "
                 f"VALUES ({','.join('?' * len(_COLUMNS))})",
                 [getattr(job, c) for c in _COLUMNS],
             )
+            db.executemany("INSERT OR IGNORE INTO dependencies VALUES (?, ?, ?)",
+                           [(job.name, on, kind) for on, kind in depends_on])
+        stored = self.get(job.name)
+        assert stored is not None
+        return stored
 
     def update(self, name: str, **changes: object) -> None:
+        """Change a job's fields; an exit code once stored is never replaced by None."""
         unknown = set(changes) - set(_COLUMNS)
         if unknown:
             raise KeyError(f"unknown job fields {sorted(unknown)}")
         changes["updated_at"] = time.time()
+        sets = [f"{k} = COALESCE(?, {k})" if k == "exit_code" else f"{k} = ?" for k in changes]
         with self._db() as db:
-            db.execute(
-                f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in changes)} WHERE name = ?",
-                [*changes.values(), name],
-            )
+            db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE name = ?",
+                       [*changes.values(), name])
+
+    def forget(self, name: str) -> None:
+        """Remove a job that was never submitted (its intent was refused by the scheduler)."""
+        with self._db() as db:
+            db.execute("DELETE FROM jobs WHERE name = ? AND scheduler_id IS NULL", [name])
+            db.execute("DELETE FROM dependencies WHERE job = ?", [name])
 
     def get(self, name: str) -> JobRow | None:
         rows = self._select("WHERE name = ?", [name])
@@ -107,7 +209,79 @@ class Registry:
             return self._select("ORDER BY submitted_at, name", [])
         return self._select("WHERE run = ? ORDER BY fold, attempt, name", [run])
 
+    def dependencies(self, name: str) -> list[tuple[str, str]]:
+        with self._db() as db:
+            return [tuple(r) for r in db.execute(
+                "SELECT on_job, kind FROM dependencies WHERE job = ? ORDER BY on_job", [name])]
+
     def _select(self, where: str, args: list[object]) -> list[JobRow]:
         with self._db() as db:
             cur = db.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs {where}", args)
             return [JobRow(**dict(zip(_COLUMNS, row, strict=True))) for row in cur.fetchall()]
+
+    # ---- transfers
+    def start_transfer(self, run: str | None, direction: str, source: str,
+                       destination: str) -> int:
+        with self._db() as db:
+            cur = db.execute(
+                "INSERT INTO transfers (run, direction, source, destination, started_at) "
+                "VALUES (?, ?, ?, ?, ?)", [run, direction, source, destination, time.time()])
+            return int(cur.lastrowid or 0)
+
+    def finish_transfer(self, transfer_id: int, *, ok: bool, files: int, nbytes: int) -> None:
+        with self._db() as db:
+            db.execute("UPDATE transfers SET finished_at = ?, ok = ?, files = ?, bytes = ? "
+                       "WHERE id = ?", [time.time(), int(ok), files, nbytes, transfer_id])
+
+    def transfers(self, run: str | None = None) -> list[dict[str, Any]]:
+        with self._db() as db:
+            db.row_factory = sqlite3.Row
+            where, args = ("WHERE run = ?", [run]) if run else ("", [])
+            return [dict(r) for r in db.execute(f"SELECT * FROM transfers {where} ORDER BY id",
+                                                args)]
+
+    # ---- cluster facts (what doctor detected: the dialect, the absolute remote dir)
+    def facts(self, host: str) -> dict[str, str]:
+        with self._db() as db:
+            return dict(db.execute("SELECT key, value FROM cluster_facts WHERE host = ?",
+                                   [host]).fetchall())
+
+    def save_facts(self, host: str, **facts: str) -> None:
+        with self._db() as db:
+            db.executemany("INSERT OR REPLACE INTO cluster_facts VALUES (?, ?, ?)",
+                           [(host, k, str(v)) for k, v in facts.items()])
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a database of any earlier version to SCHEMA_VERSION.
+
+    Version 1 (no ``user_version``, a ``jobs`` table only; cluster facts in
+    ``.hpcnn/cluster.json``) gains the v2 tables, a run row for each run its jobs name (the
+    dataset is read back from the run id's number, as far as it can be), and the facts file's
+    content.
+    """
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version >= SCHEMA_VERSION:
+        return
+    db.executescript(_V1_JOBS + _V2)
+    now = time.time()
+    rows = db.execute("SELECT run, MIN(COALESCE(submitted_at, updated_at)) FROM jobs "
+                      "GROUP BY run").fetchall()
+    for run_id, first in rows:
+        parts = run_id.split("-")
+        trainer = parts[1] if len(parts) > 1 else ""
+        config = parts[2] if len(parts) > 2 else ""
+        plans = parts[3] if len(parts) > 3 else "nnUNetPlans"
+        db.execute("INSERT OR IGNORE INTO runs (id, dataset, trainer, plans, configuration, "
+                   "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                   [run_id, parts[0], trainer, plans, config, first or now])
+    facts_file = Path(db.execute("PRAGMA database_list").fetchone()[2]).with_name("cluster.json")
+    try:
+        facts = json.loads(facts_file.read_text())
+    except (OSError, ValueError):
+        facts = {}
+    for host, entry in facts.items() if isinstance(facts, dict) else ():
+        for key, value in (entry.items() if isinstance(entry, dict) else ()):
+            db.execute("INSERT OR IGNORE INTO cluster_facts VALUES (?, ?, ?)",
+                       [host, key, str(value)])
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -58,18 +58,21 @@ def test_doctor_probe_reports_setup_failure(workspace: Path, queue: Path, hpcnn)
 
 
 def test_render_prints_every_fold(workspace: Path, hpcnn) -> None:
-    (workspace / "cluster.yaml").write_text("training:\n  dataset: 12\n  folds: [0, 2]\n")
+    (workspace / "nnUNet_preprocessed" / "Dataset012_Heart").mkdir(parents=True)
+    (workspace / "cluster.yaml").write_text("training:\n  dataset: Heart\n  folds: [0, 2]\n")
     code, out, _ = hpcnn("render")
     assert code == 0
-    assert "===== hpcnn-12-nnUNetTrainer-3d_fullres-f0-a1 =====" in out
-    assert "===== hpcnn-12-nnUNetTrainer-3d_fullres-f2-a1 =====" in out
+    assert "===== hpcnn-012-nnUNetTrainer-3d_fullres-f0-a1 =====" in out
+    assert "===== hpcnn-012-nnUNetTrainer-3d_fullres-f2-a1 =====" in out
+    assert " Dataset012_Heart 3d_fullres 0 " in out  # nnU-Net gets the resolved folder name
     assert "f1-a1" not in out
 
 
 def test_render_to_folder(workspace: Path, hpcnn) -> None:
+    (workspace / "nnUNet_raw" / "Dataset005_Prostate").mkdir(parents=True)
     code, out, _ = hpcnn("render", "--dataset", "5", "-f", "1", "-o", "scripts")
     assert code == 0
-    script = workspace / "scripts" / "hpcnn-5-nnUNetTrainer-3d_fullres-f1-a1.sh"
+    script = workspace / "scripts" / "hpcnn-005-nnUNetTrainer-3d_fullres-f1-a1.sh"
     assert script.read_text().startswith("#!/bin/bash\n")
 
 
@@ -119,16 +122,17 @@ def test_probe_that_times_out_is_cancelled(workspace: Path, queue: Path, hpcnn) 
     import json
     import time
 
-    from hpcnn import jobs
     from hpcnn.config import Config
+    from hpcnn.jobs import engine as jobs
+    from hpcnn.jobs.model import JobSpec
+    from hpcnn.jobs.script import render_job
     from hpcnn.remote.local import LocalConnection
-    from hpcnn.render import JobRequest, render_job
     from hpcnn.schedulers import get_dialect
 
     dialect, flag = get_dialect("local"), workspace / "release"
     blocker_dir = str(workspace / "blocker")
-    text = render_job(Config(workspace=workspace), dialect, JobRequest(
-        run="t", job="blocker", job_dir=blocker_dir,
+    text = render_job(Config(workspace=workspace), dialect, JobSpec(
+        run="t", name="blocker", job_dir=blocker_dir,
         commands=[["bash", "-c", f"while [ ! -e {flag} ]; do sleep 0.1; done"]]))
     jobs.submit(LocalConnection(), dialect, text, blocker_dir)
     try:

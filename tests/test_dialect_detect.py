@@ -1,4 +1,5 @@
-"""Which dialect ``auto`` picks from the one detection line's output."""
+"""Which dialect ``auto`` picks from the one detection line's output (each dialect's own probe,
+tagged with its name), and the line itself run by a plain sh against stand-in commands."""
 
 from __future__ import annotations
 
@@ -9,14 +10,18 @@ import pytest
 from captures import load
 
 from hpcnn.errors import SchedulerError
-from hpcnn.schedulers.detect import DETECT_LINE, parse_detection
+from hpcnn.schedulers.detect import detect_line, parse_detection
 
 SH = shutil.which("sh") or "/bin/sh"
 
 
 def answer(have: list[str], version: str = "") -> str:
-    lines = [f"hpcnn-have {c}" for c in have]
-    lines += [f"hpcnn-qstat {line}" for line in version.splitlines()]
+    """What the detection line prints on a cluster that has the commands ``have`` and whose
+    ``qstat --version`` says ``version``."""
+    lines = [f"hpcnn-probe slurm /usr/bin/{c}" for c in have if c in ("sbatch", "squeue", "qsub")]
+    if "qstat" in have:
+        for dialect in ("pbspro", "torque"):
+            lines += [f"hpcnn-probe {dialect} {line}" for line in version.splitlines()]
     return "\n".join(lines) + "\n"
 
 
@@ -34,10 +39,10 @@ def test_qstat_version_names_pbs_pro_or_torque(group: str, dialect: str) -> None
 
 def test_ambiguous_and_missing_are_errors_with_a_fix() -> None:
     both = answer(["sbatch", "squeue", "qsub", "qstat"], load("pbspro", "qstat_version").stdout)
-    with pytest.raises(SchedulerError, match="both Slurm") as info:
+    with pytest.raises(SchedulerError, match="pbspro .* and slurm") as info:
         parse_detection(both)
     assert "cluster.scheduler" in str(info.value)
-    with pytest.raises(SchedulerError, match="names neither"):
+    with pytest.raises(SchedulerError, match="recognises none"):
         parse_detection(answer(["qsub", "qstat"], "qstat: invalid option"))
     with pytest.raises(SchedulerError, match="no scheduler commands") as info:
         parse_detection("")
@@ -45,19 +50,25 @@ def test_ambiguous_and_missing_are_errors_with_a_fix() -> None:
 
 
 def test_detection_line_runs_in_plain_sh(tmp_path) -> None:
-    """The line itself, against stand-in commands: it lists what exists and prefixes qstat's
-    version answer (stdout and stderr) line by line."""
+    """The line itself, against stand-in commands: each probe's answer (stdout and stderr)
+    arrives tagged with its dialect, and a missing command is no claim."""
     for tool in ("head", "sed"):  # only these and the stand-ins are on the PATH
         (tmp_path / tool).symlink_to(shutil.which(tool))
     for name in ("sbatch", "squeue"):
         (tmp_path / name).write_text("#!/bin/sh\nexit 0\n")
         (tmp_path / name).chmod(0o755)
     env = {"PATH": str(tmp_path)}
-    out = subprocess.run([SH, "-c", DETECT_LINE], capture_output=True, text=True, env=env,
-                         check=True).stdout
-    assert out.splitlines() == ["hpcnn-have sbatch", "hpcnn-have squeue"]
+
+    def run() -> str:
+        return subprocess.run([SH, "-c", detect_line()], capture_output=True, text=True,
+                              env=env, check=True).stdout
+
+    out = run()
+    assert f"hpcnn-probe slurm {tmp_path}/sbatch" in out.splitlines()
+    assert parse_detection(out).dialect == "slurm"
     (tmp_path / "qstat").write_text("#!/bin/sh\necho 'pbs_version = 22.05.11' >&2\n")
     (tmp_path / "qstat").chmod(0o755)
-    out = subprocess.run([SH, "-c", DETECT_LINE], capture_output=True, text=True, env=env,
-                         check=True).stdout
-    assert "hpcnn-qstat pbs_version = 22.05.11" in out.splitlines()
+    out = run()
+    assert "hpcnn-probe pbspro pbs_version = 22.05.11" in out.splitlines()
+    with pytest.raises(SchedulerError, match="pbspro"):
+        parse_detection(out)

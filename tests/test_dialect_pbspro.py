@@ -15,7 +15,7 @@ PBS = get_dialect("pbspro")
 
 
 def test_submit_and_cancel_argv() -> None:
-    argv = PBS.submit_command("job.sh", workdir="/w", dependencies=[Dependency("1001.pbs01")])
+    argv = PBS.submit_command("job.sh", dependencies=[Dependency("1001.pbs01")])
     assert argv == ["qsub", "-W", "depend=afterok:1001.pbs01", "job.sh"]
     assert PBS.parse_submit(load("pbspro", "qsub_ok").stdout) == "1001.pbs01"
     assert PBS.cancel_command(["1001.pbs01"]) == ["qdel", "1001.pbs01"]

@@ -16,9 +16,9 @@ OK, FAIL, TIMEOUT, HELD, DEP, CANCELLED, UNKNOWN = "26", "27", "28", "29", "30",
 
 
 def test_submit_argv() -> None:
-    assert SLURM.submit_command("job.sh", workdir="/w") == ["sbatch", "--parsable", "job.sh"]
+    assert SLURM.submit_command("job.sh") == ["sbatch", "--parsable", "job.sh"]
     deps = [Dependency("5"), Dependency("6"), Dependency("7", "afterany")]
-    assert SLURM.submit_command("job.sh", workdir="/w", dependencies=deps) == [
+    assert SLURM.submit_command("job.sh", dependencies=deps) == [
         "sbatch", "--parsable", "--dependency=afterok:5:6,afterany:7", "job.sh"]
 
 

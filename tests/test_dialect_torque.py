@@ -12,9 +12,9 @@ TORQUE = get_dialect("torque")
 
 
 def test_submit_argv_with_dependencies_and_never_dash_v() -> None:
-    assert TORQUE.submit_command("job.sh", workdir="/w") == ["qsub", "job.sh"]
+    assert TORQUE.submit_command("job.sh") == ["qsub", "job.sh"]
     deps = [Dependency("11.h"), Dependency("12.h"), Dependency("13.h", "afterany")]
-    argv = TORQUE.submit_command("job.sh", workdir="/w", dependencies=deps)
+    argv = TORQUE.submit_command("job.sh", dependencies=deps)
     assert argv == ["qsub", "-W", "depend=afterok:11.h:12.h,afterany:13.h", "job.sh"]
     assert "-V" not in argv
 

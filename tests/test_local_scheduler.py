@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from hpcnn import jobs
 from hpcnn.config import Config, EnvironmentSection, LocalSection, ResourcesSection
+from hpcnn.jobs import engine as jobs
+from hpcnn.jobs.model import JobSpec
+from hpcnn.jobs.script import render_job
 from hpcnn.remote.local import LocalConnection
-from hpcnn.render import JobRequest, render_job
 from hpcnn.schedulers import Dependency, JobState, get_dialect
 from hpcnn.state import JobRow, Registry
 
@@ -42,7 +43,7 @@ def make_cfg(root: Path, **sections: object) -> Config:
 def submit(cfg: Config, name: str, commands: Sequence[Sequence[str]],
            deps: Sequence[Dependency] = ()) -> tuple[str, str]:
     job_dir = str(cfg.workspace / ".hpcnn" / "runs" / "test" / name)
-    text = render_job(cfg, DIALECT, JobRequest(run="test", job=name, job_dir=job_dir,
+    text = render_job(cfg, DIALECT, JobSpec(run="test", name=name, job_dir=job_dir,
                                                commands=commands))
     return jobs.submit(LocalConnection(), DIALECT, text, job_dir, deps), job_dir
 
@@ -196,12 +197,12 @@ def test_vanished_job_becomes_lost_after_grace_across_processes(tmp_path: Path,
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from hpcnn.monitor import refresh\n"
+        "from hpcnn.jobs.engine import refresh\n"
         "from hpcnn.remote.local import LocalConnection\n"
         "from hpcnn.schedulers import get_dialect\n"
         "from hpcnn.state import Registry\n"
         "reg = Registry(Path(sys.argv[1]))\n"
-        "rows = refresh(reg, LocalConnection(), get_dialect('local'), reg.jobs(), grace=2)\n"
+        "rows = refresh(reg, LocalConnection(), get_dialect('local'), reg.jobs(), grace=2)[0]\n"
         "print(rows[0].state, rows[0].detail)\n"
     )
 
@@ -223,13 +224,14 @@ def test_job_survives_the_submitting_process(tmp_path: Path, queue: Path) -> Non
     job_dir = tmp_path / "jobs" / "detached"
     script = (
         "import sys\n"
-        "from hpcnn import jobs\n"
+        "from hpcnn.jobs import engine as jobs\n"
         "from hpcnn.config import Config\n"
         "from hpcnn.remote.local import LocalConnection\n"
-        "from hpcnn.render import JobRequest, render_job\n"
+        "from hpcnn.jobs.model import JobSpec\n"
+        "from hpcnn.jobs.script import render_job\n"
         "from hpcnn.schedulers import get_dialect\n"
         "d = get_dialect('local'); jd = sys.argv[1]\n"
-        "t = render_job(Config(), d, JobRequest(run='r', job='detached', job_dir=jd,\n"
+        "t = render_job(Config(), d, JobSpec(run='r', name='detached', job_dir=jd,\n"
         "               commands=[['bash', '-c', 'sleep 2; echo survived']]))\n"
         "print(jobs.submit(LocalConnection(), d, t, jd))\n"
     )

@@ -288,7 +288,7 @@ def test_no_ssh_client_installed(cluster_config, monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize("ssh", TRANSPORTS)
 def test_accept_host_key_shows_fingerprint_and_records_it(cluster_config, known_hosts: Path,
                                                           ssh: str) -> None:
-    from hpcnn.doctor_remote import accept_host_key
+    from hpcnn.services.doctor.remote import accept_host_key
 
     cfg = cluster_config("torque", ssh)
     shown: list[str] = []

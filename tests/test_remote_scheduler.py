@@ -4,21 +4,24 @@ code, exit 3, a walltime kill, a refused submission and a PATH without the sched
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from conftest import testbed_ssh as ssh_argv
 
-from hpcnn import jobs
 from hpcnn.config import Config
 from hpcnn.errors import SchedulerError
+from hpcnn.jobs import engine as jobs
+from hpcnn.jobs.model import JobSpec
+from hpcnn.jobs.script import render_job
 from hpcnn.remote import connect
 from hpcnn.remote.base import Connection
-from hpcnn.render import JobRequest, render_job
 from hpcnn.schedulers import JobState, get_dialect
-from hpcnn.schedulers.detect import DETECT_LINE, parse_detection
+from hpcnn.schedulers.detect import detect_line, parse_detection
 from hpcnn.workspace import RemoteLayout
 
 pytestmark = pytest.mark.testbed
@@ -37,7 +40,7 @@ def submit(conn: Connection, cfg: Config, name: str, commands: Sequence[Sequence
     dialect = get_dialect(cfg.cluster.scheduler)
     layout = RemoteLayout(cfg.remote_dir)
     job_dir = layout.job_dir(run, name)
-    request = JobRequest(run=run, job=name, job_dir=job_dir, commands=commands,
+    request = JobSpec(run=run, name=name, job_dir=job_dir, commands=commands,
                          path_env=layout.nnunet_env())
     return jobs.submit(conn, dialect, render_job(cfg, dialect, request), job_dir), job_dir
 
@@ -84,7 +87,7 @@ def test_doctor_probe_passes(cluster_config, hpcnn, scheduler: str, ssh: str) ->
     assert "CUDA_VISIBLE_DEVICES=" in out or "GPU" in out
 
 
-def test_doctor_auto_detects_slurm(cluster_config, hpcnn) -> None:
+def test_doctor_auto_detects_slurm(cluster_config, testbed, hpcnn) -> None:
     cfg = cluster_config("auto", "openssh")
     code, _, err = hpcnn("--config", cfg.source, "render", "--dataset", "7", "-f", "0")
     assert code == 2 and "run `hpcnn doctor` once" in err
@@ -92,9 +95,15 @@ def test_doctor_auto_detects_slurm(cluster_config, hpcnn) -> None:
     assert code == 0, out + err
     assert "[ok  ] scheduler: slurm (sbatch and squeue found" in out
     # Recorded: later commands render for the detected dialect without asking the cluster.
+    # The dataset exists only on the cluster: the run is still named by its folder there.
     code, out, err = hpcnn("--config", cfg.source, "render", "--dataset", "7", "-f", "0")
+    assert code == 2 and "no dataset '7'" in err
+    subprocess.run([*ssh_argv(testbed), "mkdir -p "
+                    f"{cfg.cluster.remote_dir}/nnUNet_preprocessed/Dataset007_Spleen"], check=True)
+    code, out, err = hpcnn("--config", cfg.source, "render", "--dataset", "spleen", "-f", "0")
     assert code == 0, err
-    assert "#SBATCH --job-name=" in out
+    assert "#SBATCH --job-name=hpcnn-007-nnUNetTrainer-3d_fullres-f0-a1" in out
+    assert " Dataset007_Spleen 3d_fullres 0 " in out
 
 
 @pytest.mark.parametrize("scheduler", DIALECTS)
@@ -165,7 +174,7 @@ def test_scheduler_missing_from_path(cluster_config, hpcnn, testbed, scheduler: 
     cfg = cluster_config(scheduler, "openssh", login_shell=shell)
     with connect(cfg) as conn:
         with pytest.raises(SchedulerError, match="no scheduler commands"):
-            parse_detection(conn.run_shell(DETECT_LINE).stdout)
+            parse_detection(conn.run_shell(detect_line()).stdout)
         with pytest.raises(SchedulerError, match="command not found"):
             submit(conn, cfg, "no-path", [["true"]])
         observed, answered = jobs.poll(conn, get_dialect(scheduler),

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcnn import jobs
 from hpcnn.errors import SchedulerUnavailable
+from hpcnn.jobs import engine as jobs
 from hpcnn.remote import connect
 from hpcnn.schedulers import JobState, get_dialect
 

@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
+from runs_helper import fold_job
 
 from hpcnn.config import Config, load_config_file
-from hpcnn.render import render_job
-from hpcnn.runs import current_run, fold_request
+from hpcnn.jobs.script import render_job
 from hpcnn.schedulers import get_dialect
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,29 +57,29 @@ def header(text: str) -> list[str]:
 @pytest.mark.parametrize("dialect_name", sorted(EXPECTED))
 def test_tutorial_job_in_each_dialect(tutorial: Config, dialect_name: str) -> None:
     dialect = get_dialect(dialect_name)
-    request = fold_request(tutorial, current_run(tutorial), 0)
+    request = fold_job(tutorial, 0)
     text = render_job(tutorial, dialect, request)
     lines = header(text)
     name_line, *directives = lines
     assert directives == EXPECTED[dialect_name]
-    assert name_line.endswith(dialect.job_name(request.job))
+    assert name_line.endswith(dialect.job_name(request.name))
     assert text.startswith("#!/bin/bash\n")
     assert "-V" not in " ".join(lines)  # variables are exported by the script itself
 
 
 def test_torque_job_name_fits_and_pbs_pro_keeps_it(tutorial: Config) -> None:
-    request = fold_request(tutorial, current_run(tutorial), 3)
+    request = fold_job(tutorial, 3)
     torque = header(render_job(tutorial, get_dialect("torque"), request))[0]
     assert len(torque.removeprefix("#PBS -N ")) <= 15
     pbspro = header(render_job(tutorial, get_dialect("pbspro"), request))[0]
-    assert pbspro == f"#PBS -N {request.job}"
+    assert pbspro == f"#PBS -N {request.name}"
 
 
 def test_optional_directives_are_left_out(tutorial: Config) -> None:
     bare = tutorial.model_copy(update={"resources": tutorial.resources.model_copy(update={
         "gpus": 0, "mem": None, "walltime": None, "queue": None, "mail_events": None,
         "mail_address": None, "extra_directives": ["-A project42"]})})
-    request = fold_request(bare, current_run(bare), 0)
+    request = fold_job(bare, 0)
     assert header(render_job(bare, get_dialect("torque"), request))[1:] == [
         "#PBS -l nodes=1:ppn=4", "#PBS -A project42"]
     assert header(render_job(bare, get_dialect("pbspro"), request))[1:] == [

@@ -6,13 +6,14 @@ import time
 from pathlib import Path
 
 import pytest
+from runs_helper import fold_job
 
-from hpcnn import jobs
 from hpcnn.config import Config, EnvironmentSection, TrainingSection
 from hpcnn.errors import TemplateError
+from hpcnn.jobs import engine as jobs
+from hpcnn.jobs.model import JobSpec
+from hpcnn.jobs.script import builtin_templates_dir, render_job
 from hpcnn.remote.local import LocalConnection
-from hpcnn.render import JobRequest, builtin_templates_dir, render_job
-from hpcnn.runs import current_run, fold_request
 from hpcnn.schedulers import JobState, get_dialect
 
 LOCAL = get_dialect("local")
@@ -27,12 +28,14 @@ def test_builtin_templates_are_found() -> None:
 
 def test_fold_job_runs_nnunet_train_with_workspace_paths(tmp_path: Path) -> None:
     cfg = Config(workspace=tmp_path, training=TrainingSection(dataset="501", device="cpu"))
-    request = fold_request(cfg, current_run(cfg), 3)
+    request = fold_job(cfg, 3)
     text = render_job(cfg, LOCAL, request)
-    assert request.job == "hpcnn-501-nnUNetTrainer-3d_fullres-f3-a1"
+    assert request.name == "hpcnn-501-nnUNetTrainer-3d_fullres-f3-a1"
     assert f"export nnUNet_preprocessed={tmp_path}/nnUNet_preprocessed" in text
-    assert ("nnUNetv2_train 501 3d_fullres 3 -tr nnUNetTrainer -p nnUNetPlans --c -device cpu"
-            in text)
+    launcher = f"{tmp_path}/.hpcnn/lib/launcher.py"
+    assert (f"{launcher} Dataset501_Liver 3d_fullres 3 -tr nnUNetTrainer -p nnUNetPlans "
+            "-device cpu") in text
+    assert f"export nnUNet_extTrainer={tmp_path}/.hpcnn/lib/trainers" in text
     assert "trap hpcnn_on_exit EXIT" in text
 
 
@@ -40,7 +43,7 @@ def test_relative_remote_dir_lives_under_home(tmp_path: Path) -> None:
     cfg = Config.model_validate({"cluster": {"scheduler": "slurm", "host": "h",
                                              "remote_dir": "my work"},
                                  "training": {"dataset": "7"}})
-    text = render_job(cfg, LOCAL, fold_request(cfg, current_run(cfg), 0))
+    text = render_job(cfg, LOCAL, fold_job(cfg, 0))
     assert "export nnUNet_results=\"$HOME\"/'my work/nnUNet_results'" in text
 
 
@@ -49,7 +52,7 @@ def test_user_template_overrides_one_file(tmp_path: Path) -> None:
     tdir.mkdir(parents=True)
     (tdir / "local.sh.j2").write_text("# my own header for {{ job_name }}\n")
     cfg = Config(workspace=tmp_path, templates_dir=tmp_path / "tpl")
-    text = render_job(cfg, LOCAL, JobRequest(run="r", job="j", job_dir="/x", commands=[["true"]]))
+    text = render_job(cfg, LOCAL, JobSpec(run="r", name="j", job_dir="/x", commands=[["true"]]))
     assert "# my own header for j" in text
     assert "hpcnn_marker started" in text  # the body still comes from hpcnn
 
@@ -60,7 +63,7 @@ def test_user_template_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     (tdir / "body.sh.j2").write_text("echo ok\n{% if %}\n")
     cfg = Config(workspace=tmp_path, templates_dir=tdir)
     with pytest.raises(TemplateError) as err:
-        render_job(cfg, LOCAL, JobRequest(run="r", job="j", job_dir="/x", commands=[]))
+        render_job(cfg, LOCAL, JobSpec(run="r", name="j", job_dir="/x", commands=[]))
     assert f"{tdir / 'body.sh.j2'}:2" in str(err.value)
 
 
@@ -70,11 +73,11 @@ def test_user_template_unknown_variable(tmp_path: Path) -> None:
     (tdir / "body.sh.j2").write_text("echo {{ no_such_thing }}\n")
     cfg = Config(workspace=tmp_path, templates_dir=tdir)
     with pytest.raises(TemplateError, match="no_such_thing"):
-        render_job(cfg, LOCAL, JobRequest(run="r", job="j", job_dir="/x", commands=[]))
+        render_job(cfg, LOCAL, JobSpec(run="r", name="j", job_dir="/x", commands=[]))
 
 
 def test_setup_lines_are_checked_one_by_one(tmp_path: Path) -> None:
-    from hpcnn.render import render_setup
+    from hpcnn.jobs.script import render_setup
 
     cfg = Config(workspace=tmp_path, environment=EnvironmentSection(
         setup=["source ~/env.sh  # my env", "module load cuda &"]))
@@ -87,7 +90,7 @@ def test_setup_lines_are_checked_one_by_one(tmp_path: Path) -> None:
 def test_missing_templates_dir(tmp_path: Path) -> None:
     cfg = Config(workspace=tmp_path, templates_dir=tmp_path / "nope")
     with pytest.raises(TemplateError, match="does not exist"):
-        render_job(cfg, LOCAL, JobRequest(run="r", job="j", job_dir="/x", commands=[]))
+        render_job(cfg, LOCAL, JobSpec(run="r", name="j", job_dir="/x", commands=[]))
 
 
 def test_missing_header_template(tmp_path: Path) -> None:
@@ -96,7 +99,7 @@ def test_missing_header_template(tmp_path: Path) -> None:
     (tdir / "job.sh.j2").write_text("{% include 'header/nosuch.sh.j2' %}\n")
     cfg = Config(workspace=tmp_path, templates_dir=tdir)
     with pytest.raises(TemplateError, match="'header/nosuch.sh.j2' not found"):
-        render_job(cfg, LOCAL, JobRequest(run="r", job="j", job_dir="/x", commands=[]))
+        render_job(cfg, LOCAL, JobSpec(run="r", name="j", job_dir="/x", commands=[]))
 
 
 def test_hostile_names_reach_the_job_as_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -111,7 +114,7 @@ def test_hostile_names_reach_the_job_as_data(tmp_path: Path, monkeypatch: pytest
     cfg = Config(workspace=root, environment=EnvironmentSection(variables={"EVIL": evil}))
     job_dir = str(root / ".hpcnn" / "runs" / evil.replace("/", "_") / "job")
     out = root / "seen.txt"
-    request = JobRequest(run=evil, job=evil, job_dir=job_dir,
+    request = JobSpec(run=evil, name=evil, job_dir=job_dir,
                          commands=[["bash", "-c", 'printf "%s\\n%s\\n" "$EVIL" "$1" > "$2"', "x",
                                     evil, str(out)]])
     job_id = jobs.submit(LocalConnection(), LOCAL, render_job(cfg, LOCAL, request), job_dir)
@@ -119,9 +122,9 @@ def test_hostile_names_reach_the_job_as_data(tmp_path: Path, monkeypatch: pytest
     assert verdict.state == JobState.COMPLETED, verdict
     assert out.read_text().splitlines() == [evil, evil]
     assert not canary.exists()
-    # The same through the CLI's render of a dataset named with an injection attempt.
+    # A dataset named with an injection attempt never reaches a script: a run's dataset is
+    # always a resolved DatasetNNN_Name, and this one names none.
     code, out, err = hpcnn("render", "-s", "local", "--dataset", evil)
-    assert code == 0, err
-    assert "nnUNetv2_train 'it'\"'\"'s a" in out  # the dataset argument, single-quoted
+    assert code == 2 and "no dataset" in err and not out
     time.sleep(0.2)
     assert not canary.exists()

@@ -10,6 +10,7 @@ from hpcnn.errors import EXIT_USAGE, HpcnnError
 
 if TYPE_CHECKING:
     from hpcnn.config import Config
+    from hpcnn.services.session import Session
 
 
 class AppContext:
@@ -26,6 +27,12 @@ class AppContext:
 
             self._config = load_config(self.config_path)
         return self._config
+
+    def session(self, *, scheduler: str | None = None) -> Session:
+        """The command's one session (use it in a ``with`` block: it closes the connection)."""
+        from hpcnn.services.session import Session
+
+        return Session(self.config, scheduler=scheduler)
 
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -51,3 +58,22 @@ def run_cli(group: click.Group, args: list[str] | None = None) -> int:
         click.echo("interrupted", err=True)
         return 130
     return code if isinstance(code, int) else 0
+
+
+class SchedulerChoice(click.Choice):
+    """The scheduler names hpcnn knows (built-in and registered dialects), listed only when
+    an option is parsed or its help shown, not at start-up."""
+
+    def __init__(self, *, with_auto: bool = False) -> None:
+        self._with_auto = with_auto
+        super().__init__([])
+
+    @property  # type: ignore[override]
+    def choices(self) -> list[str]:
+        from hpcnn.schedulers import dialect_names
+
+        return [*dialect_names(), *(["auto"] if self._with_auto else [])]
+
+    @choices.setter
+    def choices(self, value: object) -> None:
+        """Click sets the list in __init__; the names are computed instead."""

@@ -25,8 +25,8 @@ def doctor_cmd(app: AppContext, probe: bool, probe_timeout: float,
     Exits non-zero at the first broken link and says how to fix it: 3 when the cluster or
     its scheduler cannot be reached, 1 for any other broken link.
     """
-    from hpcnn.doctor import CheckResult, Outcome, exit_code, run_checks
-    from hpcnn.remote import connect
+    from hpcnn.services.doctor.base import CheckResult, Outcome, exit_code
+    from hpcnn.services.doctor.chain import doctor
 
     cfg = app.config
     where = f"config {cfg.source}" if cfg.source else "no cluster.yaml: local defaults"
@@ -41,13 +41,12 @@ def doctor_cmd(app: AppContext, probe: bool, probe_timeout: float,
         if result.fix and result.outcome in (Outcome.FAIL, Outcome.WARN):
             click.echo(f"       fix: {result.fix}")
 
-    if accept_host_key and not cfg.cluster.is_local:
-        from hpcnn.doctor_remote import accept_host_key as accept
+    with app.session() as session:
+        if accept_host_key and not cfg.cluster.is_local:
+            from hpcnn.services.doctor.remote import accept_host_key as accept
 
-        with connect(cfg) as conn:
-            accept(conn, lambda q: click.confirm(q, default=False), click.echo)
-    results = run_checks(cfg, lambda: connect(cfg), probe=probe, report=report,
-                         probe_timeout=probe_timeout,
+            accept(session.conn, lambda q: click.confirm(q, default=False), click.echo)
+        results = doctor(session, probe=probe, report=report, probe_timeout=probe_timeout,
                          on_state=lambda text: click.echo(f"       ... {text}"))
     code = exit_code(results)
     if code:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import click
 
-from hpcnn.schedulers import DIALECTS
-
-SCHEDULERS = [*DIALECTS, "auto"]
+from hpcnn.cli.common import SchedulerChoice
 
 
 @click.command("init")
 @click.option("--path", "path", type=click.Path(dir_okay=False), default="cluster.yaml",
               show_default=True, help="Where to write the config.")
-@click.option("--scheduler", type=click.Choice(SCHEDULERS), help="Cluster scheduler.")
+@click.option("--scheduler", type=SchedulerChoice(with_auto=True), help="Cluster scheduler.")
 @click.option("--host", help="Login host or ~/.ssh/config alias (none: run jobs here).")
 @click.option("--user", help="Cluster account name.")
 @click.option("--port", type=int, help="SSH port.")
@@ -53,7 +51,7 @@ def _ask(answers: dict[str, object]) -> None:
     """Prompt for the essentials a flag did not give."""
     if answers["scheduler"] is None:
         answers["scheduler"] = click.prompt(
-            "Scheduler", type=click.Choice(SCHEDULERS), default="torque")
+            "Scheduler", type=SchedulerChoice(with_auto=True), default="torque")
     if answers["scheduler"] == "local":
         return
     for key, question, default in [

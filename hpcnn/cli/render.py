@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import click
 
-from hpcnn.cli.common import AppContext, pass_app
-from hpcnn.schedulers import DIALECTS
+from hpcnn.cli.common import AppContext, SchedulerChoice, pass_app
 
 
 @click.command("render")
-@click.option("--scheduler", "-s", type=click.Choice(list(DIALECTS)),
+@click.option("--scheduler", "-s", type=SchedulerChoice(),
               help="Dialect to render for (default: cluster.scheduler from cluster.yaml).")
 @click.option("--dataset", "-d", help="Dataset id or name (default: training.dataset).")
 @click.option("--fold", "-f", "folds", type=int, multiple=True,
@@ -27,8 +26,9 @@ def render_cmd(app: AppContext, scheduler: str | None, dataset: str | None,
     """
     from hpcnn.services.render_jobs import render_fold_scripts
 
-    scripts = render_fold_scripts(app.config, scheduler=scheduler, dataset=dataset,
-                                  folds=list(folds) or None, out_dir=out_dir)
+    with app.session(scheduler=scheduler) as session:
+        scripts = render_fold_scripts(session, dataset=dataset, folds=list(folds) or None,
+                                      out_dir=out_dir)
     if out_dir:
         for path in scripts:
             click.echo(f"wrote {path}")

@@ -1,22 +1,27 @@
-"""Scheduler dialects by name. Modules load lazily: a dialect is chosen once per command, and
-the CLI's start-up only needs the names (``DIALECTS``)."""
+"""Scheduler dialects by name: every dialect module of this package, plus those a site registers.
+
+A dialect module here is any module that is not one of the shared ones below; its name is the
+scheduler's name in cluster.yaml and it exports its class as ``DIALECT``. A site adds its own
+scheduler without forking hpcnn through the entry point group ``hpcnn.dialects``
+(``name = "package.module:Class"``). Modules load lazily: a command resolves one dialect, and the
+names alone cost a folder listing.
+"""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hpcnn.schedulers.base import Dialect
 
-__all__ = ["DIALECTS", "Dependency", "Dialect", "JobState", "SchedulerJob", "get_dialect"]
+__all__ = ["Dependency", "Dialect", "JobState", "SchedulerJob", "dialect_names", "get_dialect"]
 
-DIALECTS = {
-    "local": "hpcnn.schedulers.local:LocalDialect",
-    "torque": "hpcnn.schedulers.torque:TorqueDialect",
-    "pbspro": "hpcnn.schedulers.pbspro:PbsProDialect",
-    "slurm": "hpcnn.schedulers.slurm:SlurmDialect",
-}
+ENTRY_POINT_GROUP = "hpcnn.dialects"
+_SHARED = frozenset({"base", "batch", "detect", "localq"})
+"""Modules of this package that are not dialects."""
 
 
 def __getattr__(name: str) -> Any:
@@ -28,14 +33,43 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+@cache
+def _registry() -> dict[str, str]:
+    """{name: "module:attribute"} for the built-in dialects and the registered ones."""
+    found = {
+        info.name: f"{__name__}.{info.name}:DIALECT"
+        for info in pkgutil.iter_modules(__path__)
+        if info.name not in _SHARED and not info.name.startswith("_")
+    }
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def dialect_names() -> list[str]:
+    """Every scheduler name hpcnn can use, sorted (``auto`` is not one: it resolves to one)."""
+    return sorted(_registry())
+
+
 def get_dialect(name: str) -> Dialect:
     """The dialect object for a scheduler name (``auto`` must be resolved by the caller first)."""
     from hpcnn.errors import ConfigError
+    from hpcnn.schedulers.base import Dialect
 
     try:
-        module_name, cls_name = DIALECTS[name].split(":")
+        module_name, attr = _registry()[name].split(":")
     except KeyError:
         raise ConfigError(
-            f"unknown scheduler {name!r}; hpcnn knows {', '.join(sorted(DIALECTS))}"
+            f"unknown scheduler {name!r}; hpcnn knows {', '.join(dialect_names())}",
+            hint="set cluster.scheduler in cluster.yaml to one of them, or auto",
         ) from None
-    return getattr(importlib.import_module(module_name), cls_name)()
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"scheduler {name!r} ({module_name}:{attr}) cannot be loaded: {exc}",
+                          hint="reinstall the package that provides it") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Dialect)):
+        raise ConfigError(f"scheduler {name!r}: {module_name}:{attr} is not a Dialect class")
+    return cls()

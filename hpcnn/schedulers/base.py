@@ -1,9 +1,12 @@
 """What every scheduler dialect provides: pure data and parsing, no I/O.
 
-A dialect knows how a job asks for resources (its header template), the argv of submit, status
-and cancel, and how to read their output into hpcnn's one state vocabulary. A Connection runs the
+A dialect knows how a job asks for resources (its header template and the filters it uses),
+the argv of submit, status and cancel, how the script is handed to submit (a path or stdin), the
+dependency syntax, the variable that holds a running job's id, how to recognise its scheduler on a
+login node, and how to read their output into hpcnn's one state vocabulary. A Connection runs the
 argv; the dialect never touches the network or the disk. Adding a scheduler is one template
-(``templates/header/<name>.sh.j2``), one module here and its fixture tests.
+(``templates/header/<name>.sh.j2``), one module and its fixture tests; a site registers its own
+through the ``hpcnn.dialects`` entry point group (hpcnn.schedulers).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -72,10 +75,46 @@ class Dialect(ABC):
     name: str
     max_job_name: int = 64
     """Longest job name the scheduler keeps; longer names are shortened (see job_name)."""
+    job_id_variables: tuple[str, ...] = ()
+    """Environment variables that hold the running job's id, first set wins (the job script
+    records it in its ``started`` marker)."""
+    script_on_stdin: bool = False
+    """True when submit reads the script on stdin (LSF's ``bsub < job.sh``) instead of a path."""
+    detect_probe: str | None = None
+    """A shell line run in the cluster's login shell whose output ``detect`` reads; None: this
+    dialect is never detected (it must be named in cluster.yaml)."""
+    templates_dir: str | None = None
+    """A folder holding ``header/<name>.sh.j2`` for dialects outside hpcnn (plug-ins)."""
 
     @property
     def header_template(self) -> str:
         return f"header/{self.name}.sh.j2"
+
+    def detect(self, probe_output: str) -> str | None:
+        """Evidence (e.g. ``qstat --version: Torque 6.1.2``) when ``detect_probe``'s output
+        shows this scheduler; None otherwise."""
+        return None
+
+    def format_memory(self, mb: int) -> str:
+        """Memory as the header writes it (the ``mem`` filter of the header template)."""
+        from hpcnn.units import format_memory
+
+        return format_memory(mb, "pbs")
+
+    def format_mail(self, events: str) -> str:
+        """Mail events (``abe`` letters, or ``n``) as the header writes them (``mail`` filter)."""
+        return events
+
+    def template_filters(self) -> dict[str, Callable[..., str]]:
+        """Filters the header template uses, bound to this dialect."""
+        return {"mem": self.format_memory, "mail": self.format_mail}
+
+    def job_id_expression(self) -> str:
+        """The shell expression giving the running job's id (``${A:-${B:-}}``)."""
+        expr = ""
+        for var in reversed(self.job_id_variables):
+            expr = f"${{{var}:-{expr}}}"
+        return expr
 
     def job_name(self, name: str) -> str:
         """Sanitise a job name to what the scheduler accepts (letters, digits, ``._-``).
@@ -93,10 +132,9 @@ class Dialect(ABC):
         return f"{clean[: self.max_job_name - len(digest) - 1].rstrip('_.-')}-{digest}"
 
     @abstractmethod
-    def submit_command(
-        self, script: str, *, workdir: str, dependencies: Sequence[Dependency] = ()
-    ) -> list[str]:
-        """argv that submits ``script`` (a remote path) from ``workdir``."""
+    def submit_command(self, script: str, *, dependencies: Sequence[Dependency] = ()) -> list[str]:
+        """argv that submits ``script`` (a file name in the job's folder, where the engine runs
+        the command; with ``script_on_stdin`` the script's text arrives on stdin instead)."""
 
     @abstractmethod
     def parse_submit(self, stdout: str) -> str:

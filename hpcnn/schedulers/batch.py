@@ -84,12 +84,21 @@ class PbsDialect(Dialect):
     def read_status(self, stdout: str) -> Mapping[str, RawJob]:
         """qstat's output → {job id as printed: attributes}; unreadable parts are skipped."""
 
-    def submit_command(
-        self, script: str, *, workdir: str, dependencies: Sequence[Dependency] = ()
-    ) -> list[str]:
+    # Slurm's Torque wrapper leaves PBS_JOBID empty and sets SLURM_JOB_ID.
+    job_id_variables = ("PBS_JOBID", "SLURM_JOB_ID")
+    detect_probe = "qstat --version"
+    version_pattern: re.Pattern[str]
+    """What ``qstat --version`` prints on this batch system; group 1 is the version."""
+    product: str
+
+    def detect(self, probe_output: str) -> str | None:
+        found = self.version_pattern.search(probe_output)
+        return f"qstat --version: {self.product} {found.group(1)}" if found else None
+
+    def submit_command(self, script: str, *, dependencies: Sequence[Dependency] = ()) -> list[str]:
         """qsub never gets ``-V``: exporting the whole environment leaks ``BASH_FUNC_*``
         variables that break PBS Pro's JSON status (OpenPBS issue 2541); the job script sets
-        what it needs, and the caller runs qsub in ``workdir``."""
+        what it needs."""
         depend = ["-W", f"depend={dependency_spec(dependencies)}"] if dependencies else []
         return ["qsub", *depend, script]
 

@@ -1,33 +1,25 @@
 """Which scheduler a cluster runs, from ONE shell line run in the login shell.
 
-``qstat --version`` answers ``pbs_version = 20.0.1`` on PBS Pro/OpenPBS and ``Version: 6.1.2``
-on Torque; Slurm has ``sbatch`` and ``squeue``. Slurm's Torque wrappers (``qsub``/``qstat``
-without ``--version``) often sit beside Slurm: then ``auto`` chooses slurm, because native
-``squeue`` reports exit codes, TIMEOUT and CANCELLED and the reasons a job waits, all of which
-the wrapper's ``qstat`` folds into ``C``/``Q``. A cluster answering both a real PBS ``qstat``
-and Slurm is ambiguous and must be named in cluster.yaml.
+Each dialect brings its own probe (``Dialect.detect_probe``: ``qstat --version`` for the PBS
+family, ``command -v sbatch ...`` for Slurm, ``qstat -help`` for Grid Engine) and reads its
+own answer (``Dialect.detect``). The line runs every probe once, each answer tagged with the
+dialect's name. Exactly one dialect must recognise its scheduler: Slurm's Torque wrappers
+(``qsub``/``qstat`` without ``--version``) are recognised by no PBS dialect, so a Slurm cluster
+with wrappers is Slurm; a cluster where two answer (a real PBS ``qstat`` beside Slurm) is
+ambiguous and must be named in cluster.yaml.
 """
 
 from __future__ import annotations
 
-import re
+import shlex
 from dataclasses import dataclass
 
 from hpcnn.errors import SchedulerError
+from hpcnn.schedulers import dialect_names, get_dialect
+from hpcnn.schedulers.base import Dialect
 
-_COMMANDS = ("sbatch", "squeue", "qsub", "qstat")
-_HAVE = "hpcnn-have"
-_VERSION = "hpcnn-qstat"
-
-DETECT_LINE = (
-    f"for c in {' '.join(_COMMANDS)}; do "
-    f'command -v "$c" >/dev/null 2>&1 && echo "{_HAVE} $c"; done; '
-    "if command -v qstat >/dev/null 2>&1; then "
-    f'qstat --version 2>&1 </dev/null | head -n 5 | sed "s/^/{_VERSION} /"; fi; true'
-)
-"""Lists which scheduler commands the login shell finds, then what ``qstat --version`` says."""
-
-_FIX = "set cluster.scheduler in cluster.yaml to torque, pbspro or slurm"
+_TAG = "hpcnn-probe"
+_MAX_LINES = 5
 
 
 @dataclass(frozen=True)
@@ -36,30 +28,44 @@ class Detection:
     evidence: str
 
 
-def parse_detection(stdout: str) -> Detection:
-    """The dialect from DETECT_LINE's output; SchedulerError when none or several fit."""
-    have = {line.split()[1] for line in stdout.splitlines()
-            if line.startswith(_HAVE + " ") and len(line.split()) > 1}
-    version = "\n".join(line[len(_VERSION) + 1:] for line in stdout.splitlines()
-                        if line.startswith(_VERSION + " "))
-    pbs = re.search(r"pbs_version\s*=\s*(\S+)", version)
-    torque = re.search(r"^\s*version:\s*(\S+)", version, re.I | re.M)
-    real_pbs = ("pbspro", f"PBS Pro {pbs.group(1)}") if pbs else (
-        ("torque", f"Torque {torque.group(1)}") if torque else None)
-    slurm = {"sbatch", "squeue"} <= have
-    if slurm and real_pbs:
+def _probing() -> list[Dialect]:
+    return [d for d in (get_dialect(n) for n in dialect_names()) if d.detect_probe]
+
+
+def detect_line(dialects: list[Dialect] | None = None) -> str:
+    """One POSIX shell line: every probe's output (stdout and stderr, first lines), each line
+    prefixed with ``hpcnn-probe <dialect>``."""
+    parts = [
+        f"( {d.detect_probe} ) 2>&1 </dev/null | head -n {_MAX_LINES} | "
+        f"sed {shlex.quote(f's/^/{_TAG} {d.name} /')}"
+        for d in (dialects if dialects is not None else _probing())
+    ]
+    return "; ".join([*parts, "true"])
+
+
+def parse_detection(stdout: str, dialects: list[Dialect] | None = None) -> Detection:
+    """The dialect from ``detect_line``'s output; SchedulerError when none or several fit."""
+    dialects = dialects if dialects is not None else _probing()
+    answers: dict[str, list[str]] = {d.name: [] for d in dialects}
+    for line in stdout.splitlines():
+        tag, _, rest = line.partition(" ")
+        name, _, text = rest.partition(" ")
+        if tag == _TAG and name in answers:
+            answers[name].append(text)
+    claims = [(d.name, ev) for d in dialects if (ev := d.detect("\n".join(answers[d.name])))]
+    fix = f"set cluster.scheduler in cluster.yaml to one of {', '.join(dialect_names())}"
+    if len(claims) == 1:
+        return Detection(*claims[0])
+    if claims:
+        which = " and ".join(f"{name} ({evidence})" for name, evidence in claims)
         raise SchedulerError(
-            f"both Slurm (sbatch, squeue) and {real_pbs[1]} (qstat --version) are on the "
-            "cluster's PATH; hpcnn cannot tell which one runs your jobs", hint=_FIX)
-    if real_pbs:
-        return Detection(real_pbs[0], f"qstat --version: {real_pbs[1]}")
-    if slurm:
-        wrappers = "; Slurm's Torque wrappers qsub/qstat too" if "qsub" in have else ""
-        return Detection("slurm", f"sbatch and squeue found{wrappers}")
-    if have & {"qsub", "qstat"}:
-        raise SchedulerError(
-            "qsub/qstat found but `qstat --version` names neither Torque nor PBS Pro: "
-            + (version.strip().splitlines() or ["no answer"])[0], hint=_FIX)
+            f"{which} are all on the cluster's PATH; hpcnn cannot tell which one runs your jobs",
+            hint=fix)
+    said = [line for lines in answers.values() for line in lines
+            if line.strip() and "not found" not in line]
+    if said:
+        raise SchedulerError("scheduler commands answered, but hpcnn recognises none of them: "
+                             + said[0], hint=fix)
     raise SchedulerError(
         "no scheduler commands (sbatch, squeue, qsub, qstat) on the PATH of the cluster's "
         "login shell",

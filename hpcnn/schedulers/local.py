@@ -1,5 +1,6 @@
-"""The ``local`` dialect: hpcnn's own queue on this machine (hpcnn.localq), driven exactly like
-a cluster scheduler — submit, one status call for N jobs, cancel — so services never branch."""
+"""The ``local`` dialect: hpcnn's own queue on this machine (hpcnn.schedulers.localq), driven
+exactly like a cluster scheduler — submit, one status call for N jobs, cancel — so services
+never branch."""
 
 from __future__ import annotations
 
@@ -23,13 +24,12 @@ _STATES = {
 class LocalDialect(Dialect):
     name = "local"
     max_job_name = 200
+    job_id_variables = ("HPCNN_LOCAL_JOBID",)
 
     def _base(self) -> list[str]:
-        return [sys.executable, "-m", "hpcnn.localq"]
+        return [sys.executable, "-m", "hpcnn.schedulers.localq"]
 
-    def submit_command(
-        self, script: str, *, workdir: str, dependencies: Sequence[Dependency] = ()
-    ) -> list[str]:
+    def submit_command(self, script: str, *, dependencies: Sequence[Dependency] = ()) -> list[str]:
         argv = [*self._base(), "submit"]  # starts in the submitting folder, like qsub
         for dep in dependencies:
             argv += ["--after", f"{dep.kind}:{dep.job_id}"]
@@ -66,3 +66,6 @@ class LocalDialect(Dialect):
 
     def cancel_command(self, job_ids: Sequence[str]) -> list[str]:
         return [*self._base(), "cancel", *job_ids]
+
+
+DIALECT = LocalDialect

@@ -102,6 +102,8 @@ class PbsProDialect(PbsDialect):
     name = "pbspro"
     max_job_name = 230
     """PBS_MAXJOBNAME: 236 in PBS Pro 18, 230 in OpenPBS 20+ (pbs_ifl.h); 230 fits both."""
+    version_pattern = re.compile(r"pbs_version\s*=\s*(\S+)")
+    product = "PBS Pro"
     active_states = {
         "Q": JobState.QUEUED,
         "W": JobState.QUEUED,  # waiting for its start time or a stage-in
@@ -132,3 +134,6 @@ class PbsProDialect(PbsDialect):
             )
             for job_id, attrs in parse_qstat_json(stdout).items()
         }
+
+
+DIALECT = PbsProDialect

@@ -16,6 +16,9 @@ from collections.abc import Mapping, Sequence
 from hpcnn.errors import SchedulerError, SchedulerUnavailable
 from hpcnn.schedulers.base import Dependency, Dialect, JobState, SchedulerJob
 from hpcnn.schedulers.batch import dependency_spec
+from hpcnn.units import format_memory
+
+_MAIL = {"a": "FAIL", "b": "BEGIN", "e": "END"}
 
 # Name last: it is the only field that may itself contain the separator.
 _FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,Name:"
@@ -67,11 +70,28 @@ class SlurmDialect(Dialect):
     name = "slurm"
     max_job_name = 200  # Slurm keeps far more; long names only make squeue output unreadable
 
-    def submit_command(
-        self, script: str, *, workdir: str, dependencies: Sequence[Dependency] = ()
-    ) -> list[str]:
-        """``--parsable`` prints just ``ID`` (or ``ID;cluster``); the caller runs it in
-        ``workdir``, which Slurm takes as the job's working directory."""
+    job_id_variables = ("SLURM_JOB_ID",)
+    detect_probe = "command -v sbatch; command -v squeue; command -v qsub"
+
+    def detect(self, probe_output: str) -> str | None:
+        """sbatch and squeue on the PATH; Slurm's Torque wrappers (qsub) often sit beside them,
+        and then Slurm is still the right dialect: native squeue reports exit codes, TIMEOUT,
+        CANCELLED and the reasons a job waits, which the wrapper's qstat folds into C/Q."""
+        have = {line.rsplit("/", 1)[-1].strip() for line in probe_output.splitlines()}
+        if not {"sbatch", "squeue"} <= have:
+            return None
+        return "sbatch and squeue found" + ("; Slurm's Torque wrappers qsub/qstat too"
+                                            if "qsub" in have else "")
+
+    def format_memory(self, mb: int) -> str:
+        return format_memory(mb, "slurm")
+
+    def format_mail(self, events: str) -> str:
+        return "NONE" if events == "n" else ",".join(_MAIL[e] for e in events)
+
+    def submit_command(self, script: str, *, dependencies: Sequence[Dependency] = ()) -> list[str]:
+        """``--parsable`` prints just ``ID`` (or ``ID;cluster``); sbatch runs in the job's
+        folder, which Slurm takes as the job's working directory."""
         depend = [f"--dependency={dependency_spec(dependencies)}"] if dependencies else []
         return ["sbatch", "--parsable", *depend, script]
 
@@ -114,3 +134,6 @@ class SlurmDialect(Dialect):
 
     def cancel_command(self, job_ids: Sequence[str]) -> list[str]:
         return ["scancel", *job_ids]
+
+
+DIALECT = SlurmDialect

@@ -49,6 +49,8 @@ class TorqueDialect(PbsDialect):
     max_job_name = 15
     """POSIX qsub and Torque 2.x take 15 characters; newer Torque takes more, but the shortest
     limit works everywhere (``Dialect.job_name`` keeps shortened names distinct)."""
+    version_pattern = re.compile(r"^\s*version:\s*(\S+)", re.I | re.M)
+    product = "Torque"
     active_states = {
         "Q": JobState.QUEUED,
         "W": JobState.QUEUED,  # waiting for its requested start time
@@ -75,3 +77,6 @@ class TorqueDialect(PbsDialect):
             )
             for job_id, attrs in parse_qstat_full(stdout).items()
         }
+
+
+DIALECT = TorqueDialect

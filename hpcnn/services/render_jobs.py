@@ -1,48 +1,31 @@
-"""Rendering a run's fold job scripts (``hpcnn render``; submission uses the same requests)."""
+"""Rendering a run's fold job scripts (``hpcnn render``; train-all-folds renders the same)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from hpcnn.cluster_facts import load_facts
-from hpcnn.config import Config
-from hpcnn.errors import ConfigError
 from hpcnn.fsutil import atomic_write_text
-from hpcnn.render import render_job
-from hpcnn.runs import current_run, fold_request
-from hpcnn.schedulers import Dialect, get_dialect
-
-
-def dialect_for(cfg: Config, override: str | None = None) -> Dialect:
-    """The configured dialect; ``auto`` means the one ``hpcnn doctor`` detected on the host."""
-    name = override or cfg.cluster.scheduler
-    if name == "auto":
-        name = load_facts(cfg.workspace, cfg.cluster.host or "").get("dialect", "auto")
-    if name == "auto":
-        raise ConfigError(
-            "cluster.scheduler is 'auto' and the scheduler has not been detected yet",
-            hint="run `hpcnn doctor` once (it detects and records it), or pass --scheduler",
-        )
-    return get_dialect(name)
+from hpcnn.jobs.model import fold_spec
+from hpcnn.jobs.script import render_job
+from hpcnn.services.session import Session
 
 
 def render_fold_scripts(
-    cfg: Config,
+    session: Session,
     *,
-    scheduler: str | None = None,
     dataset: str | None = None,
     folds: list[int] | None = None,
     out_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, str] | list[Path]:
     """Scripts by job name; with ``out_dir`` they are written there (atomically) instead."""
-    dialect = dialect_for(cfg, scheduler)
-    run = current_run(cfg, dataset)
+    cfg, dialect = session.cfg, session.dialect
+    run = session.new_run(dataset)
     scripts = {}
     for fold in folds or cfg.training.folds:
-        request = fold_request(cfg, run, fold)
-        scripts[request.job] = render_job(cfg, dialect, request)
+        spec = fold_spec(cfg, session.remote, run, fold)
+        scripts[spec.name] = render_job(cfg, dialect, spec)
     if out_dir is None:
         return scripts
-    return [atomic_write_text(Path(out_dir) / f"{name}.sh", text, mode=0o755)
+    return [atomic_write_text(Path(out_dir) / f"{name}.sh", text, mode=0o700)
             for name, text in scripts.items()]

@@ -1,8 +1,10 @@
-"""Submitting rendered jobs and telling the truth about them.
+"""The job engine: submit, observe, cancel and read the logs of jobs, on any scheduler.
 
-A job's state is the scheduler's word combined with the job's own markers (``started``,
-``exit_code``, written by the job script itself). Polling N jobs is ONE remote command: the
-dialect's status call and a read of every job's markers, in one shell line over one connection.
+Every command that runs jobs (doctor's probe, train-all-folds, status, logs, cancel) goes
+through here. A job's state is the scheduler's word combined with the job's own markers
+(``started``, ``exit_code``, written by the job script itself). Polling N jobs is ONE remote
+command: the dialect's status call and a read of every job's markers (and, when asked, the
+tail of its training log), in one shell line over one connection.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from hpcnn.errors import SchedulerError, SchedulerUnavailable
 from hpcnn.remote.base import Connection, join_argv
 from hpcnn.schedulers.base import Dependency, Dialect, JobState, SchedulerJob
+from hpcnn.state import JobRow, Registry
 
 SCRIPT_NAME = "job.sh"
 MARKERS = ("started", "exit_code")  # written by the job itself (templates/body.sh.j2)
@@ -36,14 +39,14 @@ def submit(
     A refusal raises SchedulerError carrying the scheduler's own message (e.g. Slurm's
     "Requested node configuration is not available").
     """
-    conn.write_text(posixpath.join(job_dir, SCRIPT_NAME), script_text, mode=0o755)
+    conn.write_text(posixpath.join(job_dir, SCRIPT_NAME), script_text, mode=0o700)
     # Submitted from its own folder by a relative name: works for a relative remote_dir too
     # (login shells start in $HOME), and the scheduler's own output files land beside it.
-    argv = dialect.submit_command(SCRIPT_NAME, workdir=job_dir, dependencies=dependencies)
+    argv = dialect.submit_command(SCRIPT_NAME, dependencies=dependencies)
+    line = join_argv(argv) + (f" < {SCRIPT_NAME}" if dialect.script_on_stdin else "")
     # A folder reused by a resubmission must not show the previous job's markers.
     stale = " ".join(f"{m} .{m}.tmp" for m in MARKERS)
-    res = conn.run_shell(f"cd {shlex.quote(job_dir)} && rm -f {stale} && {join_argv(argv)}",
-                         check=False)
+    res = conn.run_shell(f"cd {shlex.quote(job_dir)} && rm -f {stale} && {line}", check=False)
     if not res.ok:
         message = (res.stderr.strip() or res.stdout.strip() or f"exit {res.returncode}")
         raise SchedulerError(f"{dialect.name} refused job {posixpath.basename(job_dir)}: {message}")
@@ -250,3 +253,41 @@ def wait_for(
         if state.finished or time.time() > deadline:
             return verdict
         time.sleep(interval)
+
+
+def refresh(
+    registry: Registry,
+    conn: Connection,
+    dialect: Dialect,
+    rows: Sequence[JobRow],
+    *,
+    grace: float,
+    now: float | None = None,
+) -> tuple[list[JobRow], dict[str, Observation], bool]:
+    """Poll the unfinished submitted jobs among ``rows`` (ONE remote command) and store their
+    new states, so that the next process — a later ``status``, a cron ``sync`` — reaches the
+    same verdict. Returns the rows as stored now, the observations by job name, and whether
+    the scheduler answered."""
+    now = time.time() if now is None else now
+    live = [r for r in rows if r.scheduler_id and not JobState(r.state).finished]
+    observed: dict[str, Observation] = {}
+    answered = True
+    if live:
+        by_id, answered = poll(conn, dialect, [(r.scheduler_id, r.job_dir) for r in live])
+        for row in live:
+            obs = by_id[row.scheduler_id]  # type: ignore[index]
+            observed[row.name] = obs
+            verdict = decide(obs, answered=answered, previous=JobState(row.state),
+                             first_missing_at=row.first_missing_at, grace=grace, now=now)
+            registry.update(row.name, state=verdict.state.value, exit_code=verdict.exit_code,
+                            detail=verdict.detail, first_missing_at=verdict.first_missing_at)
+    stored = {r.name: r for r in registry.jobs(rows[0].run)} if rows else {}
+    return [stored.get(r.name, r) for r in rows], observed, answered
+
+
+def read_log(conn: Connection, job_dir: str, which: str = "out", tail: int | None = None) -> str:
+    """A job's ``out.log`` or ``err.log`` (its last ``tail`` lines); "" when not written yet."""
+    path = shlex.quote(posixpath.join(job_dir, f"{which}.log"))
+    line = f"tail -n {int(tail)} {path}" if tail else f"cat {path}"
+    res = conn.run_shell(f"test -e {path} || exit 0; {line}", check=False)
+    return res.stdout

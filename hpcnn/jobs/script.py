@@ -8,28 +8,25 @@ hpcnn, so a user can override one header without copying the rest. Every value i
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpcnn.errors import TemplateError
-from hpcnn.units import format_hms, format_memory
+from hpcnn.units import format_hms
 
 if TYPE_CHECKING:
     import jinja2
 
     from hpcnn.config import Config
+    from hpcnn.jobs.model import JobSpec
     from hpcnn.schedulers.base import Dialect
-
-_SLURM_MAIL = {"a": "FAIL", "b": "BEGIN", "e": "END"}
 
 
 def builtin_templates_dir() -> Path:
     """Templates inside the installed package, or the repository's ``templates/`` in a checkout."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "templates"
-    return packaged if packaged.is_dir() else here.parent / "templates"
+    package = Path(__file__).resolve().parents[1]
+    packaged = package / "templates"
+    return packaged if packaged.is_dir() else package.parent / "templates"
 
 
 def quote_path(path: str) -> str:
@@ -39,16 +36,15 @@ def quote_path(path: str) -> str:
     return shlex.quote(text) if text.startswith("/") else '"$HOME"/' + shlex.quote(text)
 
 
-def _slurm_mail(events: str) -> str:
-    if events == "n":
-        return "NONE"
-    return ",".join(_SLURM_MAIL[e] for e in events)
-
-
-def template_environment(templates_dir: Path | None = None) -> jinja2.Environment:
+def template_environment(templates_dir: Path | None = None,
+                         dialect: Dialect | None = None) -> jinja2.Environment:
+    """The user's templates_dir first, then a plug-in dialect's own folder, then hpcnn's; the
+    header filters (``mem``, ``mail``) come from the dialect."""
     import jinja2
 
     search = [builtin_templates_dir()]
+    if dialect is not None and dialect.templates_dir:
+        search.insert(0, Path(dialect.templates_dir))
     if templates_dir is not None:
         if not templates_dir.is_dir():
             raise TemplateError(
@@ -67,10 +63,9 @@ def template_environment(templates_dir: Path | None = None) -> jinja2.Environmen
         qpath=quote_path,
         comment=lambda v: " ".join(str(v).split()),  # one line: cannot leave a # comment
         hms=format_hms,
-        mem_pbs=lambda mb: format_memory(mb, "pbs"),
-        mem_slurm=lambda mb: format_memory(mb, "slurm"),
-        slurm_mail=_slurm_mail,
     )
+    if dialect is not None:
+        env.filters.update(dialect.template_filters())
     return env
 
 
@@ -79,43 +74,33 @@ def render_setup(cfg: Config) -> str:
     return _render(cfg, "setup.sh.j2", {"setup": cfg.environment.setup})
 
 
-@dataclass(frozen=True)
-class JobRequest:
-    """One job to render: which run, its name, where its files go and what it runs."""
-
-    run: str
-    job: str
-    job_dir: str
-    commands: Sequence[Sequence[str]]
-    env: Mapping[str, str] = field(default_factory=dict)
-    path_env: Mapping[str, str] = field(default_factory=dict)
-    """Variables holding paths where jobs run (``nnUNet_*``); relative ones are under $HOME."""
-
-
-def render_job(cfg: Config, dialect: Dialect, request: JobRequest) -> str:
-    """The complete job script text for ``request`` under ``dialect``."""
-    variables = {**cfg.environment.variables, **request.env}
+def render_job(cfg: Config, dialect: Dialect, spec: JobSpec) -> str:
+    """The complete job script text for ``spec`` under ``dialect``."""
+    variables = {**cfg.environment.variables, **spec.env}
     context = {
         "header_template": dialect.header_template,
         "dialect": dialect.name,
-        "job_name": dialect.job_name(request.job),
+        "job_name": dialect.job_name(spec.name),
+        "job_id": dialect.job_id_expression(),
         "resources": cfg.resources,
         "local": cfg.local,
-        "run": request.run,
-        "job": request.job,
-        "job_dir": request.job_dir,
+        "walltime_margin": cfg.training.walltime_margin,
+        "run": spec.run,
+        "job": spec.name,
+        "job_dir": spec.job_dir,
         "env": variables,
-        "path_env": request.path_env,
+        "path_env": spec.path_env,
         "setup": cfg.environment.setup,
-        "commands": [shlex.join([str(a) for a in argv]) for argv in request.commands],
+        "commands": [shlex.join([str(a) for a in argv]) for argv in spec.commands],
     }
-    return _render(cfg, "job.sh.j2", context)
+    return _render(cfg, "job.sh.j2", context, dialect)
 
 
-def _render(cfg: Config, name: str, context: dict[str, object]) -> str:
+def _render(cfg: Config, name: str, context: dict[str, object],
+            dialect: Dialect | None = None) -> str:
     import jinja2
 
-    env = template_environment(cfg.templates_dir)
+    env = template_environment(cfg.templates_dir, dialect)
     try:
         return env.get_template(name).render(context)
     except jinja2.TemplateNotFound as exc:

@@ -14,9 +14,11 @@ machine, like a scheduler, whichever workspace submits. Like a scheduler it read
 the script: ``#LOCALQ max_parallel=K`` (start only while fewer than K jobs run) and
 ``#LOCALQ walltime=SECONDS``. Commands (what the local dialect runs)::
 
-    python -m hpcnn.localq submit [--workdir D] [--name N] [--after afterok:ID] SCRIPT → the id
-    python -m hpcnn.localq status ID...      → one line per known id: id|state|exit|reason|name
-    python -m hpcnn.localq cancel ID...
+    python -m hpcnn.schedulers.localq submit [--workdir D] [--name N] [--after afterok:ID] SCRIPT
+        → the id
+    python -m hpcnn.schedulers.localq status ID...
+        → one line per known id: id|state|exit|reason|name
+    python -m hpcnn.schedulers.localq cancel ID...
 """
 
 from __future__ import annotations
@@ -172,7 +174,7 @@ def submit(q: Queue, script: str, name: str, workdir: str, after: list[str]) -> 
              state="queued", exit_code=None,
              reason="", submitted=time.time())
     runner = subprocess.Popen(
-        [sys.executable, "-m", "hpcnn.localq", "_run", job_id],
+        [sys.executable, "-m", "hpcnn.schedulers.localq", "_run", job_id],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,
         env={**os.environ, "HPCNN_LOCALQ_DIR": str(q.root)},
@@ -309,7 +311,7 @@ def run_job(q: Queue, job_id: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hpcnn.localq", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m hpcnn.schedulers.localq", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("submit")

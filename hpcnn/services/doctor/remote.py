@@ -1,25 +1,30 @@
-"""``hpcnn doctor`` for a cluster: SSH, login shell, remote dir, scheduler, remote nnU-Net.
+"""Doctor's checks of a cluster: SSH, login shell, remote dir, scheduler, remote nnU-Net.
 
-Each check is one remote command over the doctor's one connection and names the link that is
+Each check is one remote command over the session's one connection and names the link that is
 broken with its fix. Facts found on the way (the detected dialect, the absolute remote dir)
-go into ``ctx.facts`` for the checks after them and for ``--probe``.
+go into ``ctx.facts`` for the checks after them and into the registry for later commands.
 """
 
 from __future__ import annotations
 
 import shlex
-import subprocess
 from collections.abc import Callable
-from pathlib import Path
 
-from hpcnn.cluster_facts import save_facts
-from hpcnn.doctor import MIN_FREE_GB, Check, CheckResult, DoctorContext, Outcome
 from hpcnn.errors import ConnectionFailed, HpcnnError, SchedulerUnavailable
+from hpcnn.jobs.script import render_setup
 from hpcnn.remote.base import join_argv
 from hpcnn.remote.ssh_common import SshConnection
-from hpcnn.render import render_setup
 from hpcnn.schedulers import get_dialect
-from hpcnn.schedulers.detect import DETECT_LINE, parse_detection
+from hpcnn.schedulers.detect import detect_line, parse_detection
+from hpcnn.services.doctor.base import (
+    MIN_FREE_GB,
+    Check,
+    CheckResult,
+    DoctorContext,
+    Outcome,
+    failed,
+    unreachable,
+)
 
 _PYTHON_PROBE = (
     "import sys\n"
@@ -34,29 +39,24 @@ _PYTHON_PROBE = (
 _NO_SUCH_JOB = "67108863"  # Slurm's largest job id; "0" is rejected as malformed, not unknown
 
 
-def _fail(name: str, exc: HpcnnError) -> CheckResult:
-    message, _, _ = str(exc).partition("\n  fix: ")
-    return CheckResult(name, Outcome.FAIL, message, exc.hint or "")
-
-
 def check_ssh(ctx: DoctorContext) -> CheckResult:
     """Reachable, host key known, logged in: one command proves all three; a failure says
     which of them broke (ssh_common words each cause)."""
-    cluster = ctx.cfg.cluster
+    cluster, conn = ctx.cfg.cluster, ctx.session.conn
     try:
-        ctx.conn.run_shell("true")
+        conn.run_shell("true")
     except ConnectionFailed as exc:
         text = str(exc)
         name = ("ssh host key" if "host key" in text else
                 "ssh login" if "refused the login" in text else "ssh reachable")
-        return _fail(name, exc)
-    return CheckResult("ssh", Outcome.OK, f"{ctx.conn.description} via {cluster.ssh}: "
+        return failed(name, exc)
+    return CheckResult("ssh", Outcome.OK, f"{conn.description} via {cluster.ssh}: "
                                           "reachable, host key known, logged in")
 
 
 def check_login_shell(ctx: DoctorContext) -> CheckResult:
     shell = ctx.cfg.cluster.login_shell
-    res = ctx.conn.run_shell('echo "hpcnn-ok $0"; echo "$PATH"', check=False)
+    res = ctx.session.conn.run_shell('echo "hpcnn-ok $0"; echo "$PATH"', check=False)
     lines = res.stdout.splitlines()
     if not res.ok or not lines or not lines[0].startswith("hpcnn-ok"):
         return CheckResult("login shell", Outcome.FAIL,
@@ -72,19 +72,20 @@ def check_remote_dir(ctx: DoctorContext) -> CheckResult:
     """The folder exists (or is made) and takes a file; its free space, like the local one."""
     folder = ctx.cfg.remote_dir
     q = shlex.quote(folder)
-    res = ctx.conn.run_shell(
+    conn = ctx.session.conn
+    res = conn.run_shell(
         f"mkdir -p {q} && cd {q} && pwd && t=.hpcnn-doctor-$$ && : > \"$t\" && rm -f \"$t\" "
         "&& df -Pk .", check=False)
     lines = res.stdout.splitlines()
     if not res.ok or len(lines) < 3:
         return CheckResult("remote dir", Outcome.FAIL,
-                           f"cannot write in {folder} on {ctx.conn.description}: "
+                           f"cannot write in {folder} on {conn.description}: "
                            f"{res.stderr.strip()[-300:]}",
                            "set cluster.remote_dir to a folder your cluster account can write "
                            "(relative paths are under its home)")
     absolute, fields = lines[0], lines[-1].split()
     ctx.facts["remote_dir"] = absolute
-    save_facts(ctx.cfg.workspace, ctx.cfg.cluster.host or "", remote_dir=absolute)
+    ctx.session.registry.save_facts(ctx.session.host, remote_dir=absolute)
     free_gb = int(fields[3]) * 1024 / 1e9 if len(fields) > 3 and fields[3].isdigit() else None
     detail = absolute + (f" ({free_gb:.1f} GB free)" if free_gb is not None else "")
     if free_gb is not None and free_gb < MIN_FREE_GB:
@@ -100,23 +101,24 @@ def check_scheduler(ctx: DoctorContext) -> CheckResult:
     scheduler is up and the dialect's status call works."""
     probe_ids = [_NO_SUCH_JOB]
     configured = ctx.cfg.cluster.scheduler
-    res = ctx.conn.run_shell(DETECT_LINE, check=False)
+    conn = ctx.session.conn
+    res = conn.run_shell(detect_line(), check=False)
     try:
         found = parse_detection(res.stdout)
     except HpcnnError as exc:
         if configured == "auto":
-            return _fail("scheduler", exc)
+            return failed("scheduler", exc)
         found = None
     name = found.dialect if configured == "auto" and found else configured
     ctx.facts["dialect"] = name
     if found:
-        save_facts(ctx.cfg.workspace, ctx.cfg.cluster.host or "", dialect=found.dialect)
+        ctx.session.registry.save_facts(ctx.session.host, dialect=found.dialect)
     dialect = get_dialect(name)
-    status = ctx.conn.run(dialect.status_command(probe_ids), check=False)
+    status = conn.run(dialect.status_command(probe_ids), check=False)
     try:
         dialect.parse_status(status.stdout, status.stderr, status.returncode, probe_ids)
     except SchedulerUnavailable as exc:
-        return CheckResult("scheduler", Outcome.FAIL,
+        return unreachable("scheduler",
                            f"{name}: `{join_argv(dialect.status_command(probe_ids))}` did not "
                            f"answer: {exc}",
                            "check that the scheduler's commands are on the login shell's PATH "
@@ -133,7 +135,7 @@ def check_scheduler(ctx: DoctorContext) -> CheckResult:
 def check_remote_python(ctx: DoctorContext) -> CheckResult:
     """Python and nnunetv2 after the user's environment.setup, as a job would see them."""
     line = render_setup(ctx.cfg) + f"python3 -c {shlex.quote(_PYTHON_PROBE)}"
-    res = ctx.conn.run_shell(line, check=False)
+    res = ctx.session.conn.run_shell(line, check=False)
     words = res.stdout.split()
     if not res.ok or len(words) < 2:
         return CheckResult("cluster python", Outcome.FAIL,
@@ -164,22 +166,8 @@ REMOTE_CHECKS: list[Check] = [
 
 def accept_host_key(conn: SshConnection, confirm: Callable[[str], bool],
                     echo: Callable[[str], None]) -> bool:
-    """Show the keys the cluster offers and, when the user confirms, record them in the
-    known_hosts file the connection reads. Returns whether keys were added."""
-    target, known_hosts = conn.target, Path(conn.known_hosts_file)
-    scan = subprocess.run(["ssh-keyscan", "-p", str(target.port), target.host],
-                          capture_output=True, text=True, timeout=60, check=False)
-    keys = [line for line in scan.stdout.splitlines() if line and not line.startswith("#")]
-    if not keys:
-        echo(f"no host keys from {target.host} port {target.port}: {scan.stderr.strip()}")
-        return False
-    prints = subprocess.run(["ssh-keygen", "-lf", "-"], input="\n".join(keys) + "\n",
-                            capture_output=True, text=True, check=False).stdout
-    echo(f"{target.known_hosts_name} offers:\n{prints.rstrip()}")
-    if not confirm(f"Do these match the fingerprints your cluster documents? Add them to "
-                   f"{known_hosts}"):
-        return False
-    known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with known_hosts.open("a") as handle:
-        handle.write("\n".join(keys) + "\n")
-    return True
+    """``--accept-host-key``: record an unknown key after the user confirms it; refuse a
+    changed one (hpcnn.remote.host_keys)."""
+    from hpcnn.remote.host_keys import accept_host_key as accept
+
+    return accept(conn, confirm, echo)

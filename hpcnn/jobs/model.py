@@ -1,0 +1,152 @@
+"""Runs and their jobs: identity, names, folders and what each job runs.
+
+A run is what nnU-Net keys results by: dataset + trainer + plans + configuration. Its id (e.g.
+``501-nnUNetTrainer-3d_fullres``) is built from the RESOLVED ``DatasetNNN_Name`` only, never from
+how the user spelled the dataset or what the laptop holds, so job names, folders and registry
+keys stay the same from any machine. Job names are how a crash between ``qsub`` and the
+registry is reconciled.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from hpcnn.config import Config
+from hpcnn.dataset.layout import parse_folder_name
+from hpcnn.errors import ConfigError
+from hpcnn.workspace import RemoteLayout
+
+FOLD, PREP, PROBE, PREDICT = "fold", "prep", "probe", "predict"
+"""Job kinds."""
+
+
+_WRITE_SPLITS = """\
+import json, os, sys
+from nnunetv2.utilities.crossval_split import generate_crossval_split
+folder = os.path.join(os.environ["nnUNet_preprocessed"], sys.argv[1])
+path = os.path.join(folder, "splits_final.json")
+ending = json.load(open(os.path.join(folder, "dataset.json")))["file_ending"]
+cases = sorted(f[: -len(ending)] for f in os.listdir(os.path.join(folder, "gt_segmentations"))
+               if f.endswith(ending))
+splits = generate_crossval_split(cases, seed=12345, n_splits=5)
+with open(path + ".tmp", "w") as handle:
+    json.dump([{"train": list(s["train"]), "val": list(s["val"])} for s in splits], handle)
+os.replace(path + ".tmp", path)
+print("hpcnn: wrote", path, "for", len(cases), "cases")
+"""
+"""Writes nnU-Net's own 5-fold split (KFold seed 12345, as nnUNetTrainer.do_split) after
+preprocessing on the cluster, before any fold starts (five folds racing on it is nnU-Net
+issue 3064)."""
+
+
+@dataclass(frozen=True)
+class Run:
+    dataset: str  # DatasetNNN_Name, resolved (services.session.Session.run)
+    trainer: str
+    plans: str
+    configuration: str
+
+    def __post_init__(self) -> None:
+        if parse_folder_name(self.dataset) is None:
+            raise ConfigError(f"{self.dataset!r} is not a resolved DatasetNNN_Name")
+
+    @property
+    def dataset_id(self) -> int:
+        ref = parse_folder_name(self.dataset)
+        assert ref is not None  # checked in __post_init__
+        return ref.id
+
+    @property
+    def id(self) -> str:
+        parts = [f"{self.dataset_id:03d}", self.trainer, self.configuration]
+        if self.plans != "nnUNetPlans":
+            parts.append(self.plans)
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts))
+
+    @property
+    def results_folder(self) -> str:
+        """The fold folders' parent, relative to nnUNet_results (nnU-Net's own naming)."""
+        return posixpath.join(self.dataset, f"{self.trainer}__{self.plans}__{self.configuration}")
+
+
+def job_name(run_id: str, fold: int | None, attempt: int = 1, kind: str = FOLD) -> str:
+    """``hpcnn-<run>-f<fold>-a<attempt>``; ``hpcnn-<run>-prep`` for the preprocessing job."""
+    if kind == FOLD:
+        return f"hpcnn-{run_id}-f{fold}-a{attempt}"
+    return f"hpcnn-{run_id}-{kind}"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job to render and submit: its run, name, folder and what it runs."""
+
+    run: str
+    name: str
+    job_dir: str
+    commands: Sequence[Sequence[str]]
+    kind: str = FOLD
+    fold: int | None = None
+    attempt: int = 1
+    env: Mapping[str, str] = field(default_factory=dict)
+    path_env: Mapping[str, str] = field(default_factory=dict)
+    """Variables holding paths where jobs run (``nnUNet_*``); relative ones are under $HOME."""
+
+
+def job_python(cfg: Config) -> str:
+    """The Python a job runs: this interpreter for local jobs without an environment setup,
+    else ``python3`` as the cluster's environment.setup provides it."""
+    return sys.executable if cfg.cluster.is_local and not cfg.environment.setup else "python3"
+
+
+def nnunet_env(cfg: Config, layout: RemoteLayout, cpus: int) -> dict[str, str]:
+    """nnU-Net's tuning variables for a job with ``cpus`` cores: compile off unless asked, data
+    augmentation workers from the allocation (nnU-Net would take the NODE's count)."""
+    workers = cfg.training.data_augmentation_workers or cpus
+    trainers = layout.trainers_dir
+    user = cfg.environment.variables.get("nnUNet_extTrainer")
+    return {
+        "nnUNet_compile": "t" if cfg.training.compile else "f",
+        "nnUNet_n_proc_DA": str(max(1, workers)),
+        "nnUNet_extTrainer": f"{user}:{trainers}" if user else trainers,
+    }
+
+
+def fold_spec(cfg: Config, layout: RemoteLayout, run: Run, fold: int, attempt: int = 1, *,
+              npz: bool = False) -> JobSpec:
+    """The job that trains (or continues) one fold through hpcnn's launcher."""
+    name = job_name(run.id, fold, attempt)
+    gpus = cfg.resources.gpus
+    argv = [
+        job_python(cfg), layout.launcher, run.dataset, run.configuration, str(fold),
+        "-tr", run.trainer, "-p", run.plans, "-device", cfg.training.device,
+    ]
+    if npz:
+        argv.append("--npz")
+    if gpus > 1:
+        argv += ["-num_gpus", str(gpus)]
+    return JobSpec(
+        run=run.id, name=name, job_dir=layout.job_dir(run.id, name), commands=[argv],
+        kind=FOLD, fold=fold, attempt=attempt,
+        env=nnunet_env(cfg, layout, cfg.resources.cpus), path_env=layout.nnunet_env(),
+    )
+
+
+def prep_spec(cfg: Config, layout: RemoteLayout, run: Run) -> JobSpec:
+    """The job that preprocesses the dataset on the cluster and writes its split, so that the
+    fold jobs (which depend on it with afterok) never race on splits_final.json."""
+    name = job_name(run.id, None, kind=PREP)
+    python = job_python(cfg)
+    cpus = str(max(1, cfg.resources.cpus))
+    return JobSpec(
+        run=run.id, name=name, job_dir=layout.job_dir(run.id, name), kind=PREP,
+        commands=[
+            ["nnUNetv2_plan_and_preprocess", "-d", str(run.dataset_id), "-c", run.configuration,
+             "--verify_dataset_integrity", "-np", cpus, "-npfp", cpus, "--no_pbar"],
+            [python, "-c", _WRITE_SPLITS, run.dataset],
+        ],
+        env=nnunet_env(cfg, layout, cfg.resources.cpus), path_env=layout.nnunet_env(),
+    )

@@ -1,0 +1,162 @@
+"""One session per command: the config, the workspace, ONE lazily opened connection, the dialect
+resolved once, the registry, and the local and remote layouts.
+
+Every command and service gets these from here and nothing else builds them, so a command opens
+at most one SSH connection (closed at exit), ``auto`` is resolved the same way everywhere, and a
+run's identity is always the resolved ``DatasetNNN_Name``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from functools import cached_property
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from hpcnn.config import Config
+from hpcnn.dataset.layout import chosen_dataset, existing_datasets, match_dataset
+from hpcnn.errors import ConfigError
+from hpcnn.jobs.model import Run
+from hpcnn.state import Registry, RunRow
+from hpcnn.workspace import PREPROCESSED, RAW, RemoteLayout, Workspace
+
+if TYPE_CHECKING:
+    from hpcnn.remote.base import Connection
+    from hpcnn.schedulers.base import Dialect
+
+LOCAL_HOST = "local"
+"""The registry's host key for this machine's own queue."""
+
+
+class Session:
+    """What one command invocation works with. Use as a context manager: the connection, if
+    one was opened, is closed on exit."""
+
+    def __init__(self, cfg: Config, *, scheduler: str | None = None) -> None:
+        self.cfg = cfg
+        self.workspace = Workspace(cfg.workspace)
+        self._scheduler = scheduler
+        self._conn: Connection | None = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def host(self) -> str:
+        return self.cfg.cluster.host or LOCAL_HOST
+
+    @property
+    def is_local(self) -> bool:
+        return self.cfg.cluster.is_local
+
+    @cached_property
+    def registry(self) -> Registry:
+        return Registry(self.workspace.state_dir / "state.db")
+
+    @property
+    def conn(self) -> Connection:
+        """The one connection of this command, opened on first use."""
+        if self._conn is None:
+            from hpcnn.remote import connect
+
+            self._conn = connect(self.cfg)
+        return self._conn
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    @cached_property
+    def dialect(self) -> Dialect:
+        """The configured dialect; ``auto`` means the one ``hpcnn doctor`` detected and
+        recorded for this host."""
+        from hpcnn.schedulers import get_dialect
+
+        name = self._scheduler or self.cfg.cluster.scheduler
+        if name == "auto":
+            name = self.registry.facts(self.host).get("dialect", "auto")
+        if name == "auto":
+            raise ConfigError(
+                "cluster.scheduler is 'auto' and the scheduler has not been detected yet",
+                hint="run `hpcnn doctor` once (it detects and records it), or pass --scheduler",
+            )
+        return get_dialect(name)
+
+    @property
+    def remote(self) -> RemoteLayout:
+        """Where jobs run: the absolute remote dir doctor recorded, else cluster.yaml's."""
+        if self.is_local:
+            return RemoteLayout(self.cfg.remote_dir)
+        return RemoteLayout(self.registry.facts(self.host).get("remote_dir")
+                            or self.cfg.remote_dir)
+
+    # ---- runs
+    def resolve_dataset(self, spec: str) -> str:
+        """``DatasetNNN_Name`` for an id or name: found in the local workspace, else in the
+        cluster's ``nnUNet_preprocessed``/``nnUNet_raw`` over this session's connection."""
+        local = [p.name for p in existing_datasets(self.workspace.raw,
+                                                   self.workspace.preprocessed).values()]
+        found = match_dataset(spec, local)
+        if found:
+            return found
+        remote: list[str] = []
+        if not self.is_local:
+            folders = " ".join(shlex.quote(self.remote.path(d)) for d in (PREPROCESSED, RAW))
+            res = self.conn.run_shell(f"ls -1 {folders} 2>/dev/null; true", check=False)
+            remote = [line.strip() for line in res.stdout.splitlines() if line.strip()]
+            found = match_dataset(spec, remote)
+            if found:
+                return found
+        where = f"{self.workspace.raw}, {self.workspace.preprocessed}" + (
+            "" if self.is_local else f" or {self.remote.root} on {self.host}")
+        known = ", ".join(sorted(set(local + [n for n in remote if n.startswith("Dataset")])))
+        raise ConfigError(
+            f"no dataset {spec!r} in {where} (datasets found: {known or 'none'})",
+            hint="import and preprocess it (`hpcnn dataset import`, `hpcnn preprocess`), or "
+                 "fix training.dataset / --dataset",
+        )
+
+    def new_run(self, dataset: str | None = None, *, trainer: str | None = None,
+                plans: str | None = None, configuration: str | None = None) -> Run:
+        """The run cluster.yaml's training section describes (each part overridable)."""
+        t = self.cfg.training
+        spec = chosen_dataset(dataset, t.dataset, how="pass --dataset")
+        return Run(dataset=self.resolve_dataset(spec), trainer=trainer or t.trainer,
+                   plans=plans or t.plans, configuration=configuration or t.configuration)
+
+    def record_run(self, run: Run, **options: object) -> RunRow:
+        import json
+
+        return self.registry.add_run(RunRow(
+            id=run.id, dataset=run.dataset, trainer=run.trainer, plans=run.plans,
+            configuration=run.configuration, created_at=time.time(), host=self.host,
+            options=json.dumps(options, sort_keys=True)))
+
+    def find_run(self, run_id: str | None) -> tuple[Run, RunRow]:
+        """``--run``: the given run (an id or a unique prefix), else the most recent one."""
+        runs = self.registry.runs()
+        if not runs:
+            raise ConfigError("no runs in this workspace yet",
+                              hint="start one with `hpcnn train-all-folds`")
+        if run_id is None:
+            row = runs[0]
+        else:
+            matches = [r for r in runs if r.id == run_id] or [
+                r for r in runs if r.id.startswith(run_id)]
+            if len(matches) != 1:
+                known = ", ".join(r.id for r in runs)
+                what = "matches several runs" if matches else "matches no run"
+                raise ConfigError(f"--run {run_id!r} {what} (runs: {known})",
+                                  hint="pass a full run id; `hpcnn runs` lists them")
+            row = matches[0]
+        return Run(row.dataset, row.trainer, row.plans, row.configuration), row
