@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from hpcnn.errors import DataError
+from hpcnn.nnunet.launcher import FINAL as CHECKPOINT
+from hpcnn.nnunet.launcher import PROVENANCE as FOLD_PROVENANCE
 
-CHECKPOINT = "checkpoint_final.pth"
 MODEL_FILES = ("dataset.json", "plans.json")  # what the predictor reads besides checkpoints
 FINGERPRINT = "dataset_fingerprint.json"
-FOLD_PROVENANCE = "hpcnn_provenance.json"
 NNUNET_DEFAULT_FOLDS = ("0", "1", "2", "3", "4")
 _FOLD_DIR = re.compile(r"fold_(\d+|all)")
 _IDENTIFIER = re.compile(r"[^_].*__.+__.+")

@@ -46,6 +46,7 @@ from hpcnn.nnunet.inputs import (
     collect,
     stage,
 )
+from hpcnn.nnunet.launcher import EXT_TRAINER
 from hpcnn.nnunet.model_folder import (
     CHECKPOINT,
     ModelFolder,
@@ -57,7 +58,6 @@ from hpcnn.nnunet.model_folder import (
 FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "seg.nrrd": ".seg.nrrd"}
 RECORD = "hpcnn_predict.json"
 DEVICES = ("auto", "cuda", "mps", "cpu")
-EXT_TRAINER = "nnUNet_extTrainer"
 _WORK_PREFIX = ".hpcnn-predict-"
 # Distinct, readable on dark and light backgrounds; Slicer picks its own when a file has none.
 PALETTE = ((0.5, 0.68, 0.5), (0.94, 0.84, 0.57), (0.69, 0.48, 0.4), (0.85, 0.4, 0.35),
@@ -144,6 +144,8 @@ def resolve_device(device: str) -> str:
     """``auto``: CUDA, else MPS, else CPU; a device asked for but missing is a usage error."""
     import torch
 
+    if device not in DEVICES:
+        raise DataError(f"--device {device}: use one of {', '.join(DEVICES)}")
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if device == "auto":
@@ -151,8 +153,6 @@ def resolve_device(device: str) -> str:
     if (device == "cuda" and not cuda) or (device == "mps" and not mps):
         raise DataError(f"--device {device}: this PyTorch sees no {device.upper()} device",
                         hint="use --device auto (picks what is there) or --device cpu")
-    if device not in DEVICES:
-        raise DataError(f"--device {device}: use one of {', '.join(DEVICES)}")
     return device
 
 
