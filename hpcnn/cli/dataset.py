@@ -141,9 +141,8 @@ def check_command(app: AppContext, dataset: str, as_json: bool, workers: int | N
     cfg = app.config
     workspace = Workspace(cfg.workspace)
     folder = resolve_dataset(dataset, workspace.raw)
-    if not as_json:
-        click.echo(f"reads {folder} (in {_where(workspace, RAW)}); writes nothing")
-        _print_findings(sweep(folder.parent))
+    click.echo(f"reads {folder} (in {_where(workspace, RAW)}); writes nothing", err=as_json)
+    _print_findings(sweep(folder.parent), err=as_json)  # stdout stays JSON alone
     with signals_raise(), _progress() as on_progress:
         report = check_dataset(folder, folds=cfg.training.folds, workers=workers,
                                on_progress=on_progress)
@@ -222,11 +221,11 @@ def _style(text: str, part: str) -> str:
     return click.style(text, fg=_LEVEL_STYLE[part])
 
 
-def _print_findings(findings: list[Finding]) -> None:
+def _print_findings(findings: list[Finding], *, err: bool = False) -> None:
     from hpcnn.dataset.findings import summary_lines
 
     for level, text in summary_lines(findings):
-        click.secho(f"{level}: {text}", fg=_LEVEL_STYLE[level])
+        click.secho(f"{level}: {text}", fg=_LEVEL_STYLE[level], err=err)
 
 
 @contextmanager
