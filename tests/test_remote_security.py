@@ -133,6 +133,7 @@ def test_unknown_key_is_recorded_hashed_and_private(cluster_config, known_hosts:
     shown: list[str] = []
     with connect(cfg) as conn:
         assert accept_host_key(conn, lambda question: True, shown.append)
+        assert conn.run(["true"]).ok  # the doctor's checks go on over the same connection
     expected = subprocess.run(
         ["ssh-keygen", "-lf", "/etc/hpcnn-testbed/ssh_host_ed25519_key.pub"],
         capture_output=True, text=True, check=True).stdout.split()[1]

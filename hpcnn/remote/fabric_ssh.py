@@ -118,7 +118,6 @@ class FabricConnection(SshConnection):
             cluster.host or "", user=cluster.user, port=cluster.port, config=config,
             connect_timeout=wait, connect_kwargs=kwargs, forward_agent=False,
         )
-        _secure(self._conn)
         # rsync's ssh reads the same ssh config, master included.
         if str(self._conn.ssh_config.get("controlmaster", "no")).lower() not in ("no", "false"):
             refuse_shared_control_path(self._conn.ssh_config.get("controlpath", "none"))
@@ -138,6 +137,7 @@ class FabricConnection(SshConnection):
         if self._conn.is_connected:
             return self._conn.transport
         start = time.monotonic()
+        _secure(self._conn)  # as ssh does, read known_hosts as it is now (accept may add)
         try:
             try:
                 self._conn.open()
