@@ -22,6 +22,7 @@ from synthetic import Grid
 from test_dataset_import import run_import
 
 from hpcnn.dataset import leftovers
+from hpcnn.dataset.importer import ImportResult
 
 pytestmark = pytest.mark.usefixtures("sitk_available")
 NAME = "Dataset501_Sig"
@@ -42,6 +43,14 @@ def big_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
                               grid, compress=False)
         synthetic.write_image(folder / f"case{i:02d}_label.mha", label, grid, compress=False)
     return folder
+
+
+def _imported(workspace: Path) -> ImportResult:
+    """Dataset501_Sig of three small cases from ``workspace/src``, imported in this process."""
+    source = workspace / "src"
+    for key in ("a", "b", "c"):
+        synthetic.labelled_case(source, key)
+    return run_import(workspace, source, name="Sig")
 
 
 def _start(workspace: Path, source: Path, *args: str) -> subprocess.Popen[str]:
@@ -102,10 +111,7 @@ def test_a_signal_removes_the_temporary_folder_and_says_what_is_in_place(
 def test_ctrl_c_during_a_forced_import_keeps_the_previous_dataset(
     workspace: Path, big_source: Path
 ) -> None:
-    small = workspace / "small"
-    for key in ("a", "b", "c"):
-        synthetic.labelled_case(small, key)
-    before = run_import(workspace, small, name="Sig")
+    before = _imported(workspace)
     snapshot = _snapshot(before.path)
     proc = _start(workspace, big_source, "-j", "1", "--force")
     _writing(proc, workspace / "nnUNet_raw")
@@ -124,10 +130,8 @@ def test_ctrl_c_after_the_swap_says_the_new_dataset_is_in_place(
     into place (held until both renames are done), so the new dataset stays and says so."""
     from hpcnn.dataset import importer
 
+    _imported(workspace)
     source = workspace / "src"
-    for key in ("a", "b", "c"):
-        synthetic.labelled_case(source, key)
-    run_import(workspace, source, name="Sig")
     synthetic.labelled_case(source, "d")
     real = importer._move_into_place
 
@@ -148,10 +152,7 @@ def test_ctrl_c_after_the_swap_says_the_new_dataset_is_in_place(
 def test_what_a_sigkill_leaves_is_removed_by_the_next_command(
     workspace: Path, big_source: Path, hpcnn
 ) -> None:
-    small = workspace / "small"
-    for key in ("a", "b", "c"):
-        synthetic.labelled_case(small, key)
-    run_import(workspace, small, name="Sig")
+    _imported(workspace)
     raw = workspace / "nnUNet_raw"
     proc = _start(workspace, big_source, "-j", "2", "--force")
     left = _writing(proc, raw)
@@ -168,10 +169,7 @@ def test_what_a_sigkill_leaves_is_removed_by_the_next_command(
 def test_a_dataset_moved_aside_by_a_killed_import_is_put_back_and_others_reported(
     workspace: Path, hpcnn
 ) -> None:
-    source = workspace / "src"
-    for key in ("a", "b", "c"):
-        synthetic.labelled_case(source, key)
-    result = run_import(workspace, source, name="Sig")
+    result = _imported(workspace)
     snapshot = _snapshot(result.path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
