@@ -158,9 +158,14 @@ def test_accept_fetches_the_key_through_the_jump_host(cluster_config, testbed,
         + host_block("tb-target", testbed, jump="tb-jump").replace(
             testbed["TESTBED_KNOWN_HOSTS"], str(target_known))
         + "Host *\n  GlobalKnownHostsFile /dev/null\n")
+    cfg = cluster_config("torque", ssh, host="tb-target")
+    with pytest.raises(ConnectionFailed) as info, connect(cfg) as conn:
+        conn.run(["true"])
+    hint = info.value.hint or ""
+    assert "--accept-host-key" in hint and "ssh-keyscan" not in hint, hint  # not a direct scan
     log = Path(testbed["TESTBED_SSHD_LOG"])
     before = accepted(log)
-    with connect(cluster_config("torque", ssh, host="tb-target")) as conn:
+    with connect(cfg) as conn:
         assert accept_host_key(conn, lambda question: True, lambda text: None)
     assert accepted(log) - before >= 1, "no login on the jump host: the key came directly"
     assert "[127.0.0.1]:2222 ssh-ed25519 " in target_known.read_text()

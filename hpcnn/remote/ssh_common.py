@@ -73,11 +73,16 @@ def ssh_config_file() -> str | None:
 
 
 def accept_hint(target: Target) -> str:
+    """Behind a jump host a direct ``ssh-keyscan`` would ask another machine (or none): there
+    only the doctor, which fetches the key through the jump host, is offered."""
+    check = "compare the fingerprint with the one your cluster documents (or ask its admins)"
+    if target.jump:
+        return (f"{check}, then run `hpcnn doctor --accept-host-key`: it fetches the key "
+                "through the jump host, shows it and asks")
     port = f"-p {target.port} " if target.port != 22 else ""
     return (
-        "compare the fingerprint with the one your cluster documents (or ask its admins), then "
-        f"record it: ssh-keyscan {port}{shlex.quote(target.host)} >> ~/.ssh/known_hosts "
-        "(or run `hpcnn doctor --accept-host-key`, which shows it and asks)"
+        f"{check}, then record it: ssh-keyscan {port}{shlex.quote(target.host)} >> "
+        "~/.ssh/known_hosts (or run `hpcnn doctor --accept-host-key`, which shows it and asks)"
     )
 
 
