@@ -76,3 +76,9 @@ class DataError(HpcnnError):
     """Input images or a dataset are unusable."""
 
     exit_code = EXIT_USAGE
+
+
+class Locked(HpcnnError):
+    """Another hpcnn process holds the lock of this workspace/run (cron-safe commands)."""
+
+    exit_code = EXIT_LOCKED

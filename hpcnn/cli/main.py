@@ -8,7 +8,7 @@ import sys
 import click
 
 from hpcnn import __version__
-from hpcnn.cli import dataset, doctor, init, predict, render
+from hpcnn.cli import dataset, doctor, init, monitor, predict, render, train
 from hpcnn.cli.common import AppContext
 
 
@@ -32,13 +32,16 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
       hpcnn doctor --probe             check SSH, scheduler and nnU-Net
       hpcnn dataset import EXPORTS --name Liver
       hpcnn preprocess Liver
-      hpcnn render                     review the job scripts
+      hpcnn train-all-folds            push, then submit the five folds
+      hpcnn status --watch             where every fold stands
+      hpcnn sync                       pull the finished folds back
+      hpcnn predict IMAGES OUT         the ensemble on new images
     With no cluster.yaml, jobs run on this machine (the local scheduler).
     """
     ctx.obj = AppContext(config_path)
 
 
-for module in (init, doctor, render, dataset, predict):
+for module in (init, doctor, render, dataset, train, monitor, predict):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -22,7 +22,9 @@ from hpcnn.state import JobRow, Registry
 
 SCRIPT_NAME = "job.sh"
 MARKERS = ("started", "exit_code")  # written by the job itself (templates/body.sh.j2)
+SUBMITTED = "submitted"  # the scheduler's answer to submit, written beside job.sh
 SETUP_FAILED_EXIT = 97  # the body template's exit code when environment.setup fails
+CONTINUE_EXIT = 75  # hpcnn's training launcher: stopped before the walltime, continue me
 
 _SEP = "__HPCNN_{}__"
 
@@ -44,13 +46,40 @@ def submit(
     # (login shells start in $HOME), and the scheduler's own output files land beside it.
     argv = dialect.submit_command(SCRIPT_NAME, dependencies=dependencies)
     line = join_argv(argv) + (f" < {SCRIPT_NAME}" if dialect.script_on_stdin else "")
-    # A folder reused by a resubmission must not show the previous job's markers.
-    stale = " ".join(f"{m} .{m}.tmp" for m in MARKERS)
-    res = conn.run_shell(f"cd {shlex.quote(job_dir)} && rm -f {stale} && {line}", check=False)
+    # A folder reused by a resubmission must not show the previous job's markers. The
+    # scheduler's answer is kept beside the script in the same remote command, so that a crash
+    # of hpcnn right after the scheduler accepted the job is repaired by the next command.
+    stale = " ".join(f"{m} .{m}.tmp" for m in (*MARKERS, SUBMITTED))
+    res = conn.run_shell(
+        f"cd {shlex.quote(job_dir)} && rm -f {stale} && out=$({line}); rc=$?; "
+        f'printf "%s\\n" "$out"; [ "$rc" -eq 0 ] && printf "%s\\n" "$out" > .{SUBMITTED}.tmp '
+        f"&& mv -f .{SUBMITTED}.tmp {SUBMITTED}; exit $rc", check=False)
     if not res.ok:
         message = (res.stderr.strip() or res.stdout.strip() or f"exit {res.returncode}")
         raise SchedulerError(f"{dialect.name} refused job {posixpath.basename(job_dir)}: {message}")
     return dialect.parse_submit(res.stdout)
+
+
+def recover_submitted(conn: Connection, dialect: Dialect,
+                      job_dirs: Sequence[str]) -> dict[str, str]:
+    """Job ids the scheduler gave to jobs whose submission hpcnn did not live to record, by job
+    folder (one remote command for all)."""
+    if not job_dirs:
+        return {}
+    parts = [f'printf "\\n%s %s\\n" {_SEP.format("JOB")} {i}; '
+             f"cat {shlex.quote(posixpath.join(d, SUBMITTED))} 2>/dev/null"
+             for i, d in enumerate(job_dirs)]
+    res = conn.run_shell("; ".join([*parts, "true"]), check=False)
+    found: dict[str, str] = {}
+    for block in res.stdout.split(_SEP.format("JOB") + " ")[1:]:
+        index, _, body = block.partition("\n")
+        if not index.strip().isdigit() or int(index) >= len(job_dirs) or not body.strip():
+            continue
+        try:
+            found[job_dirs[int(index)]] = dialect.parse_submit(body)
+        except SchedulerError:
+            continue
+    return found
 
 
 def cancel(conn: Connection, dialect: Dialect, job_ids: Sequence[str]) -> None:
@@ -88,15 +117,25 @@ def poll(
     Returns observations by job id and whether the scheduler answered (False: its states are
     unknown; the markers are still read and still true).
     """
-    if not jobs:
-        return {}, True
+    observed, answered, _ = poll_with(conn, dialect, jobs, err_lines=err_lines)
+    return observed, answered
+
+
+def poll_with(
+    conn: Connection, dialect: Dialect, jobs: Sequence[tuple[str, str]], *,
+    err_lines: int = 5, extra: Sequence[str] = (),
+) -> tuple[dict[str, Observation], bool, list[str]]:
+    """``poll`` plus ``extra`` shell snippets (quoted by the caller) run in the SAME remote
+    command, e.g. the tails of training logs; returns their outputs in order too."""
+    parts = []
     ids = [job_id for job_id, _ in jobs]
-    parts = [
-        't=$(mktemp)',
-        f'{join_argv(dialect.status_command(ids))} 2>"$t"; rc=$?',
-        f'printf "\\n%s\\n" {_SEP.format("STDERR")}; cat "$t"; rm -f "$t"',
-        f'printf "\\n%s %s\\n" {_SEP.format("RC")} "$rc"',
-    ]
+    if jobs:
+        parts += [
+            't=$(mktemp)',
+            f'{join_argv(dialect.status_command(ids))} 2>"$t"; rc=$?',
+            f'printf "\\n%s\\n" {_SEP.format("STDERR")}; cat "$t"; rm -f "$t"',
+            f'printf "\\n%s %s\\n" {_SEP.format("RC")} "$rc"',
+        ]
     for i, (_, job_dir) in enumerate(jobs):
         d = shlex.quote(job_dir)
         parts.append(
@@ -105,8 +144,21 @@ def poll(
             f'printf "\\n%s\\n" {_SEP.format("ERR")}; '
             f'tail -n {int(err_lines)} {d}/err.log 2>/dev/null'
         )
-    res = conn.run_shell("; ".join(parts), check=False)
-    stdout, _, rest = res.stdout.partition("\n" + _SEP.format("STDERR") + "\n")
+    for i, snippet in enumerate(extra):
+        parts.append(f'printf "\\n%s %s\\n" {_SEP.format("XTRA")} {i}; {{ {snippet}; }}')
+    if not parts:
+        return {}, True, []
+    res = conn.run_shell("; ".join([*parts, "true"]), check=False)
+    text, _, extras_text = res.stdout.partition("\n" + _SEP.format("XTRA") + " ")
+    extras = [""] * len(extra)
+    for block in ((_SEP.format("XTRA") + " " + extras_text).split(_SEP.format("XTRA") + " ")
+                  if extra else [])[1:]:
+        index, _, body = block.partition("\n")
+        if index.strip().isdigit() and int(index) < len(extra):
+            extras[int(index)] = body
+    if not jobs:
+        return {}, True, extras
+    stdout, _, rest = text.partition("\n" + _SEP.format("STDERR") + "\n")
     stderr, _, rest = rest.partition("\n" + _SEP.format("RC") + " ")
     rc_text, _, rest = rest.partition("\n")
     try:
@@ -122,7 +174,7 @@ def poll(
     return {
         job_id: Observation(states.get(job_id) if answered else None, markers[i])
         for i, job_id in enumerate(ids)
-    }, answered
+    }, answered, extras
 
 
 def _parse_markers(text: str, n: int) -> list[Markers]:
@@ -204,6 +256,9 @@ def decide(
             return Verdict(JobState.TIMEOUT, code, "stopped at its walltime", None)
         if code == 0:
             return Verdict(JobState.COMPLETED, 0, "", None)
+        if code == CONTINUE_EXIT:
+            return Verdict(JobState.TIMEOUT, code, "stopped before its walltime with a fresh "
+                           "checkpoint (hpcnn's launcher)", None)
         if marks.exit_info.get("phase") == "setup":
             detail = "environment setup failed: " + (marks.err_tail.splitlines() or [""])[-1]
         else:
@@ -263,26 +318,26 @@ def refresh(
     *,
     grace: float,
     now: float | None = None,
-) -> tuple[list[JobRow], dict[str, Observation], bool]:
-    """Poll the unfinished submitted jobs among ``rows`` (ONE remote command) and store their
-    new states, so that the next process — a later ``status``, a cron ``sync`` — reaches the
-    same verdict. Returns the rows as stored now, the observations by job name, and whether
-    the scheduler answered."""
+    extra: Sequence[str] = (),
+) -> tuple[list[JobRow], dict[str, Observation], bool, list[str]]:
+    """Poll the unfinished submitted jobs among ``rows`` (ONE remote command, with the
+    ``extra`` snippets) and store their new states, so that the next process — a later
+    ``status``, a cron ``sync`` — reaches the same verdict. Returns the rows as stored now, the
+    observations by job name, whether the scheduler answered, and the extras' outputs."""
     now = time.time() if now is None else now
     live = [r for r in rows if r.scheduler_id and not JobState(r.state).finished]
+    by_id, answered, extras = poll_with(conn, dialect, [(r.scheduler_id or "", r.job_dir)
+                                                        for r in live], extra=extra)
     observed: dict[str, Observation] = {}
-    answered = True
-    if live:
-        by_id, answered = poll(conn, dialect, [(r.scheduler_id, r.job_dir) for r in live])
-        for row in live:
-            obs = by_id[row.scheduler_id]  # type: ignore[index]
-            observed[row.name] = obs
-            verdict = decide(obs, answered=answered, previous=JobState(row.state),
-                             first_missing_at=row.first_missing_at, grace=grace, now=now)
-            registry.update(row.name, state=verdict.state.value, exit_code=verdict.exit_code,
-                            detail=verdict.detail, first_missing_at=verdict.first_missing_at)
-    stored = {r.name: r for r in registry.jobs(rows[0].run)} if rows else {}
-    return [stored.get(r.name, r) for r in rows], observed, answered
+    for row in live:
+        obs = by_id[row.scheduler_id or ""]
+        observed[row.name] = obs
+        verdict = decide(obs, answered=answered, previous=JobState(row.state),
+                         first_missing_at=row.first_missing_at, grace=grace, now=now)
+        registry.update(row.name, state=verdict.state.value, exit_code=verdict.exit_code,
+                        detail=verdict.detail, first_missing_at=verdict.first_missing_at)
+    stored = {r.name: r for run in {r.run for r in rows} for r in registry.jobs(run)}
+    return [stored.get(r.name, r) for r in rows], observed, answered, extras
 
 
 def read_log(conn: Connection, job_dir: str, which: str = "out", tail: int | None = None) -> str:

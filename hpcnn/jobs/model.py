@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from hpcnn.config import Config
 from hpcnn.dataset.layout import parse_folder_name
 from hpcnn.errors import ConfigError
+from hpcnn.jobs.folds import CONTINUE_GUARD
 from hpcnn.workspace import RemoteLayout
 
 FOLD, PREP, PROBE, PREDICT = "fold", "prep", "probe", "predict"
@@ -115,12 +116,18 @@ def nnunet_env(cfg: Config, layout: RemoteLayout, cpus: int) -> dict[str, str]:
     }
 
 
+_WITH_DEADLINE = 'exec "$@" ${HPCNN_DEADLINE:+--deadline "$HPCNN_DEADLINE"}'
+"""Runs the launcher with the job's deadline (walltime - margin, set by the job body)."""
+
+
 def fold_spec(cfg: Config, layout: RemoteLayout, run: Run, fold: int, attempt: int = 1, *,
               npz: bool = False) -> JobSpec:
-    """The job that trains (or continues) one fold through hpcnn's launcher."""
+    """The job that trains (or continues) one fold through hpcnn's launcher. A continuation
+    (attempt > 1) first checks that the attempt before it stopped for its walltime."""
     name = job_name(run.id, fold, attempt)
     gpus = cfg.resources.gpus
     argv = [
+        "bash", "-c", _WITH_DEADLINE, "hpcnn-launch",
         job_python(cfg), layout.launcher, run.dataset, run.configuration, str(fold),
         "-tr", run.trainer, "-p", run.plans, "-device", cfg.training.device,
     ]
@@ -128,8 +135,12 @@ def fold_spec(cfg: Config, layout: RemoteLayout, run: Run, fold: int, attempt: i
         argv.append("--npz")
     if gpus > 1:
         argv += ["-num_gpus", str(gpus)]
+    commands = [argv]
+    if attempt > 1:
+        previous = layout.job_dir(run.id, job_name(run.id, fold, attempt - 1))
+        commands.insert(0, ["bash", "-c", CONTINUE_GUARD, "hpcnn-guard", previous])
     return JobSpec(
-        run=run.id, name=name, job_dir=layout.job_dir(run.id, name), commands=[argv],
+        run=run.id, name=name, job_dir=layout.job_dir(run.id, name), commands=commands,
         kind=FOLD, fold=fold, attempt=attempt,
         env=nnunet_env(cfg, layout, cfg.resources.cpus), path_env=layout.nnunet_env(),
     )

@@ -1,0 +1,221 @@
+"""``hpcnn status``, ``runs``, ``logs``, ``sync``: following a run and fetching its results."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+import click
+
+from hpcnn.cli.common import AppContext, pass_app
+
+if TYPE_CHECKING:
+    from hpcnn.services.status import FoldStatus, RunStatus
+
+_RUN = click.option("--run", "run_id", help="Run id or prefix (default: the most recent run).")
+_COLOURS = {"completed": "green", "running": "cyan", "queued": "blue", "held": "blue",
+            "failed": "red", "lost": "red", "cancelled": "yellow", "timeout": "yellow",
+            "unknown": "magenta", "pending": "bright_black"}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def fold_record(fold: FoldStatus, now) -> dict[str, object]:  # noqa: ANN001 - datetime
+    """One fold as ``--json`` gives it (and the table shows it)."""
+    view, log = fold.view, fold.log
+    last = log.last
+    best = log.best_ema
+    planned = log.planned_epochs
+    return {
+        "fold": view.fold,
+        "state": view.state.value,
+        "exit_code": view.exit_code,
+        "attempt": view.attempt,
+        "attempts": view.attempts,
+        "job_id": view.row.scheduler_id,
+        "job": view.row.name,
+        "node": fold.node,
+        "epoch": last.epoch + 1 if last else 0,
+        "planned_epochs": planned,
+        "pseudo_dice": last.pseudo_dice if last else [],
+        "best_ema_dice": best[0] if best else None,
+        "mean_epoch_s": log.mean_epoch_time(10),
+        "eta_s": log.eta_seconds() if view.state.value in ("running", "queued", "held") else None,
+        "gpu_hours": round(fold.gpu_hours(now), 3),
+        "detail": view.detail,
+        "error_tail": fold.err_tail if view.state.value in ("failed", "lost", "timeout") else "",
+        "hint": fold.hint,
+    }
+
+
+def _render(status: RunStatus, as_json: bool) -> None:
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc)
+    records = [fold_record(f, now) for f in status.folds]
+    if as_json:
+        click.echo(json.dumps({"run": status.run.id, "dataset": status.run.dataset,
+                               "scheduler_answered": status.answered,
+                               "exit_code": status.exit_code, "folds": records}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"run {status.run.id} ({status.run.results_folder})")
+    for column in ("fold", "state", "attempt", "job", "node", "epoch", "pseudo-Dice",
+                   "best EMA", "epoch time", "ETA", "GPU-h"):
+        table.add_column(column)
+    for r in records:
+        colour = _COLOURS.get(str(r["state"]), "white")
+        state = f"[{colour}]{r['state']}[/]" + (
+            f" ({r['exit_code']})" if r["exit_code"] not in (None, 0) else "")
+        planned = f"/{r['planned_epochs']}" if r["planned_epochs"] else ""
+        dice = ", ".join(f"{d:.2f}" for d in r["pseudo_dice"])  # type: ignore[union-attr]
+        best = f"{r['best_ema_dice']:.3f}" if r["best_ema_dice"] is not None else ""
+        table.add_row(str(r["fold"]), state, f"{r['attempt']}/{r['attempts']}",
+                      str(r["job_id"] or ""), str(r["node"]), f"{r['epoch']}{planned}", dice,
+                      best, _duration(r["mean_epoch_s"]), _duration(r["eta_s"]),  # type: ignore[arg-type]
+                      f"{r['gpu_hours']:.2f}")
+    console = Console()
+    console.print(table)
+    for r in records:
+        if r["detail"] and r["state"] not in ("completed",):
+            console.print(f"fold {r['fold']}: {r['detail']}", markup=False, highlight=False)
+        if r["error_tail"]:
+            for line in str(r["error_tail"]).splitlines()[-5:]:
+                console.print(f"    | {line}", markup=False, highlight=False)
+        if r["hint"]:
+            console.print(f"    fix: {r['hint']}", markup=False, highlight=False)
+    if not status.answered:
+        console.print("the scheduler did not answer: states it alone knows are 'unknown'")
+
+
+@click.command("status")
+@_RUN
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--watch", is_flag=True, help="Refresh until every fold has finished (Ctrl-C stops).")
+@click.option("--interval", type=float, default=30.0, show_default=True,
+              help="Seconds between refreshes with --watch (at least 10).")
+@pass_app
+def status_cmd(app: AppContext, run_id: str | None, as_json: bool, watch: bool,
+               interval: float) -> None:
+    """Where every fold of a run stands: state, true exit status, attempt, epoch, pseudo-Dice,
+    best EMA Dice, epoch time, ETA, node, GPU-hours — in one SSH round trip.
+
+    Exit codes: 0 all folds completed, 10 some queued or running, 11 some failed, lost or
+    cancelled, 3 the cluster or its scheduler did not answer.
+    """
+    from hpcnn.errors import EXIT_FAILED, EXIT_OK, HpcnnError
+    from hpcnn.services.status import run_status
+
+    interval = max(10.0, interval)
+    with app.session() as session:
+        wait = interval
+        while True:
+            try:
+                status = run_status(session, run_id)
+            except HpcnnError as exc:
+                if not watch or exc.exit_code == 2:
+                    raise
+                click.echo(f"error: {exc} (retrying in {wait:.0f} s)", err=True)
+                time.sleep(wait)
+                wait = min(wait * 2, 600)
+                continue
+            wait = interval
+            _render(status, as_json)
+            if not watch or status.exit_code in (EXIT_OK, EXIT_FAILED):
+                break
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                click.echo("stopped watching; the jobs go on", err=True)
+                break
+    raise click.exceptions.Exit(status.exit_code)
+
+
+@click.command("runs")
+@pass_app
+def runs_cmd(app: AppContext) -> None:
+    """Every run of this workspace, the most recent first, with its folds' last known states."""
+    from hpcnn.services.status import runs_overview
+
+    with app.session() as session:
+        overview = runs_overview(session)
+    if not overview:
+        click.echo("no runs yet: start one with `hpcnn train-all-folds`")
+    for row, views in overview:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.created_at))
+        folds = "  ".join(f"f{v.fold}:{v.state}" for v in views)
+        click.echo(f"{row.id}  {when}  {row.host}  {folds}")
+
+
+@click.command("logs")
+@click.argument("fold", type=int)
+@_RUN
+@click.option("--err", is_flag=True, help="The job's stderr (err.log) instead of stdout.")
+@click.option("--training", is_flag=True, help="nnU-Net's training log of the fold instead.")
+@click.option("--tail", "tail", type=int, help="Only the last N lines.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing what is appended (Ctrl-C).")
+@pass_app
+def logs_cmd(app: AppContext, fold: int, run_id: str | None, err: bool, training: bool,
+             tail: int | None, follow: bool) -> None:
+    """A fold's job output (of its latest attempt) or its nnU-Net training log."""
+    from hpcnn.services.logs import fold_log
+
+    with app.session() as session:
+        seen = fold_log(session, run_id, fold, err=err, training=training, tail=tail,
+                        echo=lambda text: click.echo(text, nl=False))
+        try:
+            while follow:
+                time.sleep(5)
+                seen = fold_log(session, run_id, fold, err=err, training=training,
+                                since=seen, echo=lambda text: click.echo(text, nl=False))
+        except KeyboardInterrupt:
+            pass
+
+
+@click.command("sync")
+@_RUN
+@click.option("--with-latest", is_flag=True, help="Also checkpoint_latest/best.pth.")
+@click.option("--with-validation-npz", is_flag=True, help="Also validation/*.npz.")
+@click.option("--all", "everything", is_flag=True, help="Every file of the finished folds.")
+@click.option("--install-cron", metavar="SCHEDULE",
+              help='Add a crontab line running this sync, e.g. "*/30 * * * *".')
+@click.option("--uninstall-cron", is_flag=True, help="Remove this workspace's crontab line.")
+@pass_app
+def sync_cmd(app: AppContext, run_id: str | None, with_latest: bool, with_validation_npz: bool,
+             everything: bool, install_cron: str | None, uninstall_cron: bool) -> None:
+    """Pull the finished folds' results into the local nnUNet_results (safe under cron).
+
+    Quiet unless something changed. Never deletes a local file; an interrupted download never
+    replaces a good file. Exit codes: 0 every fold completed and synced, 10 some still queued
+    or running, 11 some failed, 12 another sync is running, 3 cluster unreachable.
+    """
+    if install_cron or uninstall_cron:
+        from hpcnn.services.cron import install, uninstall
+
+        cfg = app.config
+        line = (install(cfg, install_cron, run_id) if install_cron else uninstall(cfg))
+        click.echo(line)
+        return
+    from hpcnn.services.sync import sync_run
+
+    with app.session() as session:
+        result = sync_run(session, run_id, latest=with_latest, npz=with_validation_npz,
+                          everything=everything, echo=click.echo)
+    if result.pulled:
+        click.echo(f"run {result.status.run.id}: {len(result.pulled)} file(s), "
+                   f"{result.nbytes / 1e6:.1f} MB into {result.model_dir}; folds synced: "
+                   f"{', '.join(map(str, result.synced_folds)) or 'none'}")
+    raise click.exceptions.Exit(result.exit_code)
+
+
+COMMANDS = [status_cmd, runs_cmd, logs_cmd, sync_cmd]

@@ -1,0 +1,108 @@
+"""What moves between the laptop and where jobs run, and in which direction.
+
+A push moves exactly what the jobs need: hpcnn's job files (the launcher and the packaged
+trainers) and one dataset — ``nnUNet_preprocessed/DatasetX`` for training, or
+``nnUNet_raw/DatasetX`` when the cluster preprocesses. Never ``nnUNet_results`` (results only
+come back), never a deletion on the cluster. Every transfer is incremental (rsync or SFTP through
+the session's connection, see hpcnn.remote) and recorded in the registry.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcnn.errors import HpcnnError
+from hpcnn.remote.base import Connection
+from hpcnn.state import Registry
+from hpcnn.workspace import PREPROCESSED, RAW, RemoteLayout, Workspace
+
+_SKIP = ("__pycache__", "*.pyc", "*.tmp-hpcnn", ".rsync-partial")
+FREE_MARGIN = 1.05
+"""Room asked for on the cluster beyond the bytes still to send."""
+
+
+@dataclass(frozen=True)
+class PushItem:
+    what: str
+    local: Path
+    remote: str
+
+    @property
+    def size(self) -> int:
+        if self.local.is_file():
+            return self.local.stat().st_size
+        return sum(p.stat().st_size for p in self.local.rglob("*") if p.is_file())
+
+
+def push_items(ws: Workspace, remote: RemoteLayout, dataset: str, *,
+               raw: bool = False) -> list[PushItem]:
+    """What a run's jobs need where they run, local → remote."""
+    from hpcnn.nnunet import launcher_path, trainer_dir
+
+    tree = RAW if raw else PREPROCESSED
+    return [
+        PushItem("launcher", launcher_path(), remote.launcher),
+        PushItem("trainers", trainer_dir(), remote.trainers_dir),
+        PushItem(f"{tree}/{dataset}", (ws.raw if raw else ws.preprocessed) / dataset,
+                 remote.path(tree, dataset)),
+    ]
+
+
+def prepare(conn: Connection, remote: RemoteLayout, items: list[PushItem]) -> None:
+    """Make the items' remote folders and refuse a push the cluster has no room for: the bytes
+    not yet there (each item's size less what its remote copy already holds) against ``df``
+    of the remote dir. One remote command."""
+    quoted = " ".join(shlex.quote(i.remote) for i in items)
+    parents = " ".join(shlex.quote(posixpath.dirname(i.remote)) for i in items)
+    root = shlex.quote(remote.root)
+    res = conn.run_shell(f"mkdir -p {root} {parents} && df -Pk {root} | tail -n 1; "
+                         f"for p in {quoted}; do du -sk \"$p\" 2>/dev/null || echo 0 \"$p\"; done",
+                         check=False)
+    lines = res.stdout.splitlines()
+    if not res.ok and not lines:
+        return
+    fields = lines[0].split() if lines else []
+    free = int(fields[3]) * 1024 if len(fields) > 3 and fields[3].isdigit() else None
+    there = sum(int(line.split()[0]) * 1024 for line in lines[1:]
+                if line.split() and line.split()[0].isdigit())
+    needed = max(0, sum(i.size for i in items) - there)
+    if free is not None and needed * FREE_MARGIN > free:
+        raise HpcnnError(
+            f"not enough room on {conn.description}: {remote.root} has {free / 1e9:.2f} GB free "
+            f"and the push needs about {needed / 1e9:.2f} GB more",
+            hint="free space there (`hpcnn clean` removes hpcnn's copies of finished runs), or "
+                 "choose another cluster.remote_dir")
+
+
+def push(conn: Connection, registry: Registry, remote: RemoteLayout, items: list[PushItem], *,
+         run: str | None, echo: Callable[[str], None] = lambda s: None) -> int:
+    """Copy each item (new and changed files only); returns the bytes of the local items."""
+    for item in items:
+        if not item.local.exists():
+            raise HpcnnError(f"{item.local} does not exist: nothing to push for {item.what}",
+                             hint="preprocess the dataset first (`hpcnn preprocess NAME`)")
+    prepare(conn, remote, items)
+    total = 0
+    for item in items:
+        size = item.size
+        total += size
+        echo(f"push {item.what} ({size / 1e6:.1f} MB) → {conn.description}:{item.remote}")
+        tid = registry.start_transfer(run, "push", str(item.local), item.remote)
+        ok = False
+        try:
+            if item.local.is_file():
+                conn.put(item.local, item.remote)
+            else:
+                conn.push_tree(item.local, item.remote, exclude=_SKIP)
+            ok = True
+        finally:
+            registry.finish_transfer(tid, ok=ok, files=_count(item.local), nbytes=size)
+    return total
+
+
+def _count(path: Path) -> int:
+    return 1 if path.is_file() else sum(1 for p in path.rglob("*") if p.is_file())

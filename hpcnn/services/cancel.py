@@ -1,0 +1,25 @@
+"""``hpcnn cancel``: a run's jobs through the scheduler, queued continuations included (an
+``afterany`` continuation would otherwise start once the attempt before it is cancelled)."""
+
+from __future__ import annotations
+
+from hpcnn.jobs import engine
+from hpcnn.jobs.model import Run
+from hpcnn.schedulers.base import JobState
+from hpcnn.services.session import Session
+from hpcnn.state import JobRow
+
+
+def cancel_run(session: Session, run_id: str | None = None,
+               folds: list[int] | None = None) -> tuple[Run, list[JobRow]]:
+    """Cancel every unfinished job of the run (of ``folds`` only, when given) in ONE scheduler
+    call, and record it; returns the run and the jobs cancelled."""
+    run, _ = session.find_run(run_id)
+    rows = [r for r in session.registry.jobs(run.id)
+            if r.scheduler_id and not JobState(r.state).finished
+            and (folds is None or r.fold in folds)]
+    engine.cancel(session.conn, session.dialect, [r.scheduler_id or "" for r in rows])
+    for row in rows:
+        session.registry.update(row.name, state=JobState.CANCELLED.value,
+                                detail="cancelled with hpcnn cancel")
+    return run, rows

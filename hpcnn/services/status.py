@@ -1,0 +1,194 @@
+"""``hpcnn status`` and ``hpcnn runs``: where every fold stands, from ONE remote round trip.
+
+The round trip (one command over the session's one connection) carries the scheduler's status
+call for the run's unfinished jobs, every polled job's markers, and per fold the markers of its
+attempts and the tails of its training logs. The fold's state comes from its attempts together
+(hpcnn.jobs.folds); epochs, pseudo-Dice and the pace from nnU-Net's logs of all attempts merged
+(hpcnn.nnunet.training_log).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from hpcnn.errors import EXIT_FAILED, EXIT_OK, EXIT_RUNNING, EXIT_UNREACHABLE
+from hpcnn.jobs import engine
+from hpcnn.jobs.folds import FoldView, fold_views
+from hpcnn.jobs.model import FOLD, Run
+from hpcnn.nnunet.training_log import LOG_GLOB, TrainingLog, parse_texts
+from hpcnn.schedulers.base import JobState
+from hpcnn.services.session import Session
+from hpcnn.state import JobRow, RunRow
+from hpcnn.workspace import RESULTS
+
+LOG_TAIL_LINES = 400
+"""Lines of each training log read per fold (about 50 epochs): enough for the pace and the last
+pseudo-Dice without moving whole logs on every poll."""
+
+HINTS = [
+    (re.compile(r"CUDA out of memory|OutOfMemoryError", re.I),
+     "the GPU ran out of memory: ask for a GPU with more memory (resources.extra_directives / "
+     "queue), or train a configuration with smaller patches"),
+    (re.compile(r"Background workers are no longer alive", re.I),
+     "nnU-Net's data-augmentation workers died, usually killed by the job's memory limit: raise "
+     "resources.mem or lower training.data_augmentation_workers"),
+    (re.compile(r"EnvironmentNameNotFound|Could not find conda environment|conda: command not "
+                r"found|module: command not found|Unable to locate a modulefile|"
+                r"environment setup failed", re.I),
+     "environment.setup could not prepare the job: check the conda environment or module name "
+     "(`hpcnn doctor` runs the same lines)"),
+    (re.compile(r"No module named '?nnunetv2|nnUNetv2_\w+: command not found", re.I),
+     "nnunetv2 is not installed where the job ran: fix environment.setup (`hpcnn doctor`)"),
+    (re.compile(r"nnUNet_(raw|preprocessed|results) is not defined|No such file or directory:"
+                r".*nnUNet_preprocessed", re.I),
+     "the job found no preprocessed data: run `hpcnn push` (or train-all-folds) again"),
+    (re.compile(r"preprocessed with nnunetv2|version mismatch|unexpected keyword|blosc2", re.I),
+     "the nnunetv2 that runs the job differs from the one that preprocessed the data: use the "
+     "same version on both sides"),
+]
+
+
+def hint_for(state: JobState, text: str) -> str:
+    for pattern, hint in HINTS:
+        if pattern.search(text):
+            return hint
+    if state == JobState.TIMEOUT:
+        return ("the fold used every attempt: raise resources.walltime or "
+                "training.max_resubmits, then `hpcnn train-all-folds --resubmit-failed`")
+    if state == JobState.LOST:
+        return ("the job left the queue without an exit marker (node failure, or removed by an "
+                "admin): `hpcnn train-all-folds --resubmit-failed` continues it")
+    return ""
+
+
+@dataclass
+class Attempt:
+    attempt: int
+    started: dict[str, str] = field(default_factory=dict)
+    ended: dict[str, str] = field(default_factory=dict)
+    err_tail: str = ""
+
+    def seconds(self, now: datetime) -> float:
+        try:
+            start = datetime.fromisoformat(self.started["time"].replace("Z", "+00:00"))
+        except (KeyError, ValueError):
+            return 0.0
+        end_text = self.ended.get("time")
+        end = datetime.fromisoformat(end_text.replace("Z", "+00:00")) if end_text else now
+        return max(0.0, (end - start).total_seconds())
+
+
+@dataclass
+class FoldStatus:
+    view: FoldView
+    log: TrainingLog
+    attempts: list[Attempt]
+    err_tail: str = ""
+    hint: str = ""
+    gpus: int = 0
+
+    @property
+    def node(self) -> str:
+        for attempt in reversed(self.attempts):
+            if attempt.started.get("host"):
+                return attempt.started["host"]
+        return ""
+
+    def gpu_hours(self, now: datetime) -> float:
+        return sum(a.seconds(now) for a in self.attempts) / 3600 * self.gpus
+
+
+@dataclass
+class RunStatus:
+    run: Run
+    row: RunRow
+    folds: list[FoldStatus]
+    answered: bool
+
+    @property
+    def exit_code(self) -> int:
+        """The shared scheme: 0 all completed, 10 some queued/running, 11 some failed, lost or
+        cancelled (or out of attempts), 3 the scheduler did not answer."""
+        states = {f.view.state for f in self.folds}
+        if states & {JobState.FAILED, JobState.LOST, JobState.CANCELLED, JobState.TIMEOUT}:
+            return EXIT_FAILED
+        if JobState.UNKNOWN in states and not self.answered:
+            return EXIT_UNREACHABLE
+        if states - {JobState.COMPLETED}:
+            return EXIT_RUNNING
+        return EXIT_OK
+
+
+def _fold_snippet(session: Session, run: Run, fold: int, rows: list[JobRow]) -> str:
+    """One fold's part of the round trip: every attempt's markers, then its logs' tails."""
+    folder = shlex.quote(session.remote.path(RESULTS, run.results_folder, f"fold_{fold}"))
+    parts = []
+    for row in sorted(rows, key=lambda r: r.attempt):
+        d = shlex.quote(row.job_dir)
+        parts.append(f'echo "==> attempt {row.attempt}"; cat {d}/started 2>/dev/null; '
+                     f'echo "==> ended"; tail -n +2 {d}/exit_code 2>/dev/null; '
+                     f'echo "==> err"; tail -n 8 {d}/err.log 2>/dev/null')
+    parts.append(f"for f in {folder}/{LOG_GLOB}; do [ -e \"$f\" ] || continue; "
+                 f'echo "==> log $(basename "$f")"; tail -n {LOG_TAIL_LINES} "$f"; done')
+    return "; ".join(parts)
+
+
+def _parse_fold(text: str) -> tuple[list[Attempt], TrainingLog]:
+    attempts: list[Attempt] = []
+    logs: list[tuple[str, list[str]]] = []
+    target: list[str] | None = None
+    ended = False
+    err: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("==> attempt "):
+            attempts.append(Attempt(int(line.split()[-1])))
+            ended, target = False, None
+        elif line == "==> ended":
+            ended = True
+        elif line == "==> err":
+            err, target = [], []
+            attempts[-1].err_tail = ""
+            target = err
+        elif target is err and not line.startswith("==> "):
+            err.append(line)
+            attempts[-1].err_tail = "\n".join(err)
+        elif line.startswith("==> log "):
+            logs.append((line[len("==> log "):], []))
+            target = logs[-1][1]
+        elif target is not None and target is not err:
+            target.append(line)
+        elif attempts and "=" in line:
+            key, _, value = line.partition("=")
+            (attempts[-1].ended if ended else attempts[-1].started)[key] = value
+    return attempts, parse_texts((name, "\n".join(lines)) for name, lines in logs)
+
+
+def run_status(session: Session, run_id: str | None = None) -> RunStatus:
+    """Refresh the run's jobs and read every fold's progress, in one remote round trip."""
+    run, row = session.find_run(run_id)
+    rows = [r for r in session.registry.jobs(run.id) if r.kind == FOLD]
+    folds = sorted({r.fold for r in rows if r.fold is not None})
+    snippets = [_fold_snippet(session, run, f, [r for r in rows if r.fold == f]) for f in folds]
+    rows, _, answered, extras = engine.refresh(
+        session.registry, session.conn, session.dialect, rows,
+        grace=session.cfg.status.lost_grace, extra=snippets)
+    result = []
+    gpus = session.cfg.resources.gpus
+    for view, text in zip(fold_views(rows), extras, strict=True):
+        attempts, log = _parse_fold(text)
+        err = next((a.err_tail for a in attempts if a.attempt == view.attempt), "")
+        hint = ""
+        if view.state in (JobState.FAILED, JobState.LOST, JobState.TIMEOUT):
+            hint = hint_for(view.state, f"{view.detail}\n{err}")
+        result.append(FoldStatus(view, log, attempts, err.strip(), hint, gpus))
+    return RunStatus(run, row, result, answered)
+
+
+def runs_overview(session: Session) -> list[tuple[RunRow, list[FoldView]]]:
+    """Every run of the workspace, most recent first, with its folds' states as last recorded
+    (no remote call: ``hpcnn status`` refreshes them)."""
+    return [(row, fold_views([r for r in session.registry.jobs(row.id) if r.kind == FOLD]))
+            for row in session.registry.runs()]

@@ -1,0 +1,133 @@
+"""``hpcnn sync``: the results prediction and review need, pulled back into the local
+``nnUNet_results`` in nnU-Net's own layout. Made for cron.
+
+Only finished folds are pulled, and of them only what prediction and review use (the final
+checkpoint, the plans, the logs, the validation summary, hpcnn's provenance); ``--with-latest``,
+``--with-validation-npz`` and ``--all`` widen that. One remote listing tells what changed (size and
+mtime, as rsync decides); each changed file is downloaded to a temporary name and renamed, so an
+interrupted sync never replaces a good file with half of one, and nothing local is ever deleted.
+A lock makes a second sync exit at once with the "locked" code.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpcnn.errors import EXIT_OK, Locked
+from hpcnn.schedulers.base import JobState
+from hpcnn.services.session import Session
+from hpcnn.services.status import RunStatus, run_status
+from hpcnn.workspace import RESULTS
+
+MODEL_FILES = ("dataset.json", "plans.json", "dataset_fingerprint.json")
+FOLD_FILES = ("checkpoint_final.pth", "progress.png", "training_log_*.txt", "debug.json",
+              "validation/summary.json", "hpcnn_provenance.json")
+LATEST = ("checkpoint_latest.pth", "checkpoint_best.pth")
+VALIDATION_NPZ = ("validation/*.npz", "validation/*.pkl")
+
+
+@dataclass
+class SyncResult:
+    status: RunStatus
+    model_dir: Path
+    pulled: list[str] = field(default_factory=list)
+    nbytes: int = 0
+    synced_folds: list[int] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return self.status.exit_code
+
+
+def wanted(rel: str, done_folds: set[int], *, latest: bool, npz: bool, everything: bool) -> bool:
+    """Whether the file ``rel`` (relative to the run's results folder) is pulled."""
+    first, _, rest = rel.partition("/")
+    if not rest:
+        return everything or rel in MODEL_FILES
+    if not first.startswith("fold_") or not first[5:].isdigit() or int(first[5:]) not in done_folds:
+        return False
+    if everything:
+        return True
+    patterns = FOLD_FILES + (LATEST if latest else ()) + (VALIDATION_NPZ if npz else ())
+    return any(fnmatch.fnmatch(rest, p) for p in patterns)
+
+
+def _listing(session: Session, remote_dir: str) -> dict[str, tuple[int, int]]:
+    """``{relative path: (size, mtime)}`` of the run's remote results folder (one command)."""
+    q = shlex.quote(remote_dir)
+    res = session.conn.run_shell(
+        f"cd {q} 2>/dev/null || exit 0; find . -type f ! -name '*.tmp*' -printf '%s %T@ %P\\n'",
+        check=False)
+    found = {}
+    for line in res.stdout.splitlines():
+        size, mtime, rel = (line.split(" ", 2) + ["", ""])[:3]
+        if size.isdigit() and rel:
+            found[rel] = (int(size), int(float(mtime)))
+    return found
+
+
+def sync_run(session: Session, run_id: str | None = None, *, latest: bool = False,
+             npz: bool = False, everything: bool = False,
+             echo: Callable[[str], None] = lambda s: None) -> SyncResult:
+    """Refresh the run's state and pull what its finished folds need (see the module doc)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(session.workspace.state_dir / "sync.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise Locked("another hpcnn sync is running in this workspace",
+                     hint="let it finish (cron runs overlap when a sync takes longer than the "
+                          "interval)") from None
+    try:
+        return _sync(session, run_id, latest=latest, npz=npz, everything=everything, echo=echo)
+    finally:
+        lock.release()
+
+
+def _sync(session: Session, run_id: str | None, *, latest: bool, npz: bool, everything: bool,
+          echo: Callable[[str], None]) -> SyncResult:
+    status = run_status(session, run_id)
+    run = status.run
+    local_dir = session.workspace.results / run.results_folder
+    result = SyncResult(status, local_dir)
+    done = {f.view.fold for f in status.folds if f.view.state == JobState.COMPLETED}
+    if not done:
+        return result
+    remote_dir = session.remote.path(RESULTS, run.results_folder)
+    listing = _listing(session, remote_dir)
+    for rel, (size, mtime) in sorted(listing.items()):
+        if not wanted(rel, done, latest=latest, npz=npz, everything=everything):
+            continue
+        target = local_dir / rel
+        try:
+            st = target.stat()
+            if st.st_size == size and int(st.st_mtime) == mtime:
+                continue
+        except FileNotFoundError:
+            pass
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        started = time.time()
+        session.conn.get(f"{remote_dir}/{rel}", target)
+        os.utime(target, (mtime, mtime))
+        result.pulled.append(rel)
+        result.nbytes += size
+        echo(f"pulled {rel} ({size / 1e6:.1f} MB, {time.time() - started:.1f} s)")
+    result.synced_folds = sorted(
+        f for f in done if (local_dir / f"fold_{f}" / "checkpoint_final.pth").is_file())
+    if result.pulled:
+        tid = session.registry.start_transfer(run.id, "pull", remote_dir, str(local_dir))
+        session.registry.finish_transfer(tid, ok=True, files=len(result.pulled),
+                                         nbytes=result.nbytes)
+    return result
+
+
+def all_synced(result: SyncResult) -> bool:
+    return result.exit_code == EXIT_OK and len(result.synced_folds) == len(result.status.folds)
+

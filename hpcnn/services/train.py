@@ -1,0 +1,320 @@
+"""``hpcnn train-all-folds`` and ``hpcnn push``: push → render → submit, idempotent.
+
+The plan is pure: from the run's registry rows and the options it decides, fold by fold, whether
+to submit a new chain (attempt 1 and its walltime continuations, each ``afterany`` the one
+before), resubmit (``--resubmit-failed``), retrain from scratch (``--fresh``) or leave the fold
+alone. Applying the plan records each job's intent before the scheduler call and its id after;
+a job whose submission hpcnn did not live to record is found again from its job folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpcnn.config import Config, ResourcesSection
+from hpcnn.dataset.layout import SPLITS
+from hpcnn.dataset.preprocess import read_provenance
+from hpcnn.errors import ConfigError, DataError, HpcnnError, Locked, SchedulerError
+from hpcnn.fsutil import atomic_write_text
+from hpcnn.jobs import engine, transfer
+from hpcnn.jobs.folds import FoldView, fold_views
+from hpcnn.jobs.model import FOLD, JobSpec, Run, fold_spec, job_python, prep_spec
+from hpcnn.jobs.script import render_job, render_setup
+from hpcnn.remote.base import join_argv
+from hpcnn.schedulers.base import Dependency, JobState
+from hpcnn.services.session import Session
+from hpcnn.state import JobRow
+from hpcnn.workspace import RESULTS
+
+Echo = Callable[[str], None]
+_RETRY = (JobState.FAILED, JobState.LOST, JobState.CANCELLED, JobState.TIMEOUT)
+
+_VERSION_PROBE = ("import importlib.metadata as m\ntry:\n    print(m.version('nnunetv2'))\n"
+                  "except Exception:\n    print('-')\n")
+
+
+@dataclass
+class TrainOptions:
+    dataset: str | None = None
+    folds: list[int] | None = None
+    trainer: str | None = None
+    plans: str | None = None
+    configuration: str | None = None
+    resources: dict[str, object] = field(default_factory=dict)
+    """Per-run overrides of cluster.yaml's resources (walltime, gpus, cpus, mem, queue)."""
+    npz: bool = False
+    preprocess: str | None = None
+    fresh: bool = False
+    resubmit_failed: bool = False
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One fold's jobs to submit: attempts ``first`` .. ``first + length - 1``."""
+
+    fold: int
+    first: int
+    length: int
+    why: str
+
+
+@dataclass
+class TrainResult:
+    run: Run
+    submitted: list[JobRow] = field(default_factory=list)
+    kept: list[FoldView] = field(default_factory=list)
+    scripts: dict[str, str] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)
+
+
+def effective_config(cfg: Config, resources: dict[str, object]) -> Config:
+    """cluster.yaml with this run's resource overrides, validated like the file itself."""
+    given = {k: v for k, v in resources.items() if v is not None}
+    if not given:
+        return cfg
+    try:
+        merged = ResourcesSection.model_validate({**cfg.resources.model_dump(), **given})
+    except ValueError as exc:
+        raise ConfigError(f"invalid resource override: {exc}") from exc
+    return cfg.model_copy(update={"resources": merged})
+
+
+def plan(views: dict[int, FoldView], folds: list[int], opts: TrainOptions,
+         chain_length: int) -> tuple[list[Chain], list[FoldView]]:
+    """Which folds get a new chain, and which keep the jobs they have."""
+    chains, kept = [], []
+    for fold in folds:
+        view = views.get(fold)
+        if view is None:
+            chains.append(Chain(fold, 1, chain_length, "new"))
+        elif opts.fresh:
+            if not view.state.finished:
+                raise ConfigError(
+                    f"fold {fold} is {view.state} (job {view.row.name}): --fresh would train it "
+                    "twice at once", hint="cancel it first (`hpcnn cancel --folds "
+                                          f"{fold}`), then run --fresh again")
+            chains.append(Chain(fold, view.attempts + 1, chain_length, "fresh"))
+        elif opts.resubmit_failed and view.state in _RETRY:
+            chains.append(Chain(fold, view.attempts + 1, chain_length, f"was {view.state}"))
+        else:
+            kept.append(view)
+    return chains, kept
+
+
+def check_local_data(session: Session, run: Run, remote_prep: bool) -> dict | None:
+    """The dataset is ready to train: preprocessed with a split of exactly its cases (or, for
+    preprocessing on the cluster, imported). Returns the preprocessing provenance."""
+    ws = session.workspace
+    if remote_prep:
+        if not (ws.raw / run.dataset / "dataset.json").is_file():
+            raise DataError(f"{ws.raw / run.dataset}: no dataset.json to preprocess on the cluster",
+                            hint="import the dataset first (`hpcnn dataset import`)")
+        return None
+    folder = ws.preprocessed / run.dataset
+    plans = folder / f"{run.plans}.json"
+    if not plans.is_file():
+        raise DataError(
+            f"{run.dataset} is not preprocessed here ({plans} is missing)",
+            hint=f"run `hpcnn preprocess {run.dataset}`, or set training.preprocess: remote to "
+                 "preprocess on the cluster")
+    try:
+        splits = json.loads((folder / SPLITS).read_text())
+        in_split = {c for s in splits[:1] for part in ("train", "val") for c in s[part]}
+    except (OSError, ValueError, KeyError, TypeError):
+        in_split = None
+    provenance = read_provenance(folder) or {}
+    cases = set(provenance.get("cases") or [])
+    if in_split is None or (cases and in_split != cases):
+        raise DataError(
+            f"{folder / SPLITS} is missing or does not list exactly the dataset's cases: five "
+            "fold jobs would each write their own split (nnU-Net issue 3064)",
+            hint=f"run `hpcnn preprocess {run.dataset}` again (it writes the split)")
+    return provenance
+
+
+def remote_nnunet_version(session: Session) -> str | None:
+    """nnunetv2's version where jobs run, after the environment setup (None: not importable)."""
+    if session.is_local and not session.cfg.environment.setup:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("nnunetv2")
+        except PackageNotFoundError:
+            return None
+    line = render_setup(session.cfg) + f"{job_python(session.cfg)} -c {shlex.quote(_VERSION_PROBE)}"
+    res = session.conn.run_shell(line, check=False)
+    words = res.stdout.split()
+    return words[-1] if res.ok and words and words[-1] != "-" else None
+
+
+def check_versions(session: Session, provenance: dict | None) -> None:
+    """Refuse to train with an nnunetv2 other than the one that preprocessed the data: the
+    preprocessed format changed between versions (blosc2 in 2.6)."""
+    found = remote_nnunet_version(session)
+    where = "this machine" if session.is_local else session.host
+    if found is None:
+        raise HpcnnError(f"nnunetv2 is not importable where jobs run ({where}) after "
+                         "environment.setup",
+                         hint="install nnunetv2 there, or fix environment.setup in cluster.yaml "
+                              "(`hpcnn doctor` checks it)")
+    wanted = (provenance or {}).get("nnunetv2_version")
+    if wanted and wanted != found:
+        raise HpcnnError(
+            f"the data were preprocessed with nnunetv2 {wanted}, but {where} has {found}",
+            hint=f"use nnunetv2=={wanted} where jobs run, or preprocess again with {found} "
+                 f"(`pip install nnunetv2=={found}` here, then `hpcnn preprocess --clean`)")
+
+
+def push_run(session: Session, run: Run, *, raw: bool = False, echo: Echo = print) -> int:
+    """``hpcnn push``: the job files and the dataset, incrementally; a no-op for the parts
+    already where the jobs run."""
+    items = transfer.push_items(session.workspace, session.remote, run.dataset, raw=raw)
+    return transfer.push(session.conn, session.registry, session.remote, items, run=run.id,
+                         echo=echo)
+
+
+def _reconcile(session: Session, rows: list[JobRow], echo: Echo) -> list[JobRow]:
+    """Jobs recorded as intent whose submission was never recorded: the scheduler may have
+    accepted them before hpcnn stopped. Their job folder knows; the others are forgotten."""
+    pending = [r for r in rows if r.scheduler_id is None]
+    if not pending:
+        return rows
+    found = engine.recover_submitted(session.conn, session.dialect, [r.job_dir for r in pending])
+    for row in pending:
+        job_id = found.get(row.job_dir)
+        if job_id:
+            echo(f"recovered job {row.name}: the scheduler had accepted it as {job_id}")
+            session.registry.update(row.name, scheduler_id=job_id, state=JobState.QUEUED.value,
+                                    submitted_at=time.time())
+        else:
+            session.registry.forget(row.name)
+    return session.registry.jobs(rows[0].run)
+
+
+def _move_results_aside(session: Session, run: Run, folds: list[int], echo: Echo) -> None:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = session.remote.path(RESULTS, run.results_folder)
+    parts = []
+    for f in folds:
+        old = shlex.quote(f"{base}/fold_{f}")
+        aside = shlex.quote(f"{base}/fold_{f}.replaced-{stamp}")
+        parts.append(f"if [ -e {old} ]; then mv {old} {aside} && echo fold_{f}; fi")
+    res = session.conn.run_shell("; ".join([*parts, "true"]))
+    for moved in res.stdout.split():
+        echo(f"--fresh: kept the old {moved} as {moved}.replaced-{stamp} in {base}")
+
+
+def _submit(session: Session, cfg: Config, spec: JobSpec, deps: list[Dependency],
+            echo: Echo) -> JobRow:
+    registry, dialect = session.registry, session.dialect
+    row = registry.add(JobRow(name=spec.name, run=spec.run, kind=spec.kind, fold=spec.fold,
+                              attempt=spec.attempt, job_dir=spec.job_dir,
+                              scheduler=dialect.name, state=JobState.PENDING.value),
+                       [(d.job_id, d.kind) for d in deps])
+    if row.scheduler_id:
+        return row
+    try:
+        job_id = engine.submit(session.conn, dialect, render_job(cfg, dialect, spec),
+                               spec.job_dir, deps)
+    except SchedulerError:
+        registry.forget(spec.name)
+        raise
+    registry.update(spec.name, scheduler_id=job_id, state=JobState.QUEUED.value,
+                    submitted_at=time.time())
+    what = f"fold {spec.fold} attempt {spec.attempt}" if spec.kind == FOLD else spec.kind
+    echo(f"submitted {what}: job {job_id} ({spec.name})")
+    stored = registry.get(spec.name)
+    assert stored is not None
+    return stored
+
+
+def train_all_folds(session: Session, opts: TrainOptions, echo: Echo = print) -> TrainResult:
+    """Push, render and submit the run's fold chains; see the module docstring."""
+    from filelock import FileLock, Timeout
+
+    cfg = effective_config(session.cfg, opts.resources)
+    run = session.new_run(opts.dataset, trainer=opts.trainer, plans=opts.plans,
+                          configuration=opts.configuration)
+    remote_prep = (opts.preprocess or cfg.training.preprocess) == "remote"
+    folds = opts.folds or cfg.training.folds
+    if cfg.resources.gpus > 1:
+        echo(f"note: {cfg.resources.gpus} GPUs per job: nnU-Net trains with -num_gpus "
+             f"{cfg.resources.gpus} (DDP); one GPU per fold is usually faster in total")
+    provenance = check_local_data(session, run, remote_prep)
+    lock = FileLock(str(session.workspace.state_dir / f"train-{run.id}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise Locked(f"another hpcnn is submitting run {run.id} right now",
+                     hint="wait for it to finish, then run `hpcnn status`") from None
+    try:
+        return _train(session, cfg, run, folds, remote_prep, provenance, opts, echo)
+    finally:
+        lock.release()
+
+
+def _train(session: Session, cfg: Config, run: Run, folds: list[int], remote_prep: bool,
+           provenance: dict | None, opts: TrainOptions, echo: Echo) -> TrainResult:
+    registry, layout = session.registry, session.remote
+    rows = [r for r in registry.jobs(run.id) if r.kind == FOLD]
+    if rows and not opts.dry_run:
+        rows = [r for r in _reconcile(session, rows, echo) if r.kind == FOLD]
+    views = {v.fold: v for v in fold_views(rows)}
+    chains, kept = plan(views, folds, opts, 1 + cfg.training.max_resubmits)
+    result = TrainResult(run, kept=kept)
+    if not chains:
+        return result
+    if opts.dry_run:
+        return _dry_run(session, cfg, run, chains, remote_prep, result)
+    check_versions(session, provenance)
+    push_run(session, run, raw=remote_prep, echo=echo)
+    if opts.fresh:
+        _move_results_aside(session, run, [c.fold for c in chains], echo)
+    session.record_run(run, folds=folds, npz=opts.npz, preprocess=remote_prep)
+    prep_dep: list[Dependency] = []
+    if remote_prep:
+        prep = _submit(session, cfg, prep_spec(cfg, layout, run), [], echo)
+        result.submitted.append(prep)
+        prep_dep = [Dependency(prep.scheduler_id or "", "afterok")]
+    for chain in chains:
+        deps = prep_dep
+        for attempt in range(chain.first, chain.first + chain.length):
+            spec = fold_spec(cfg, layout, run, chain.fold, attempt, npz=opts.npz)
+            row = _submit(session, cfg, spec, deps, echo)
+            result.submitted.append(row)
+            deps = [Dependency(row.scheduler_id or "", "afterany")]
+    return result
+
+
+def _dry_run(session: Session, cfg: Config, run: Run, chains: list[Chain], remote_prep: bool,
+             result: TrainResult) -> TrainResult:
+    """Write the scripts under ``.hpcnn/dry-run/<run>/`` and list the exact remote commands,
+    touching nothing where the jobs run."""
+    layout, dialect = session.remote, session.dialect
+    out = session.workspace.state_dir / "dry-run" / run.id
+    for item in transfer.push_items(session.workspace, layout, run.dataset, raw=remote_prep):
+        result.commands.append(f"push {item.local} → {item.remote}")
+    specs: list[tuple[JobSpec, str]] = []
+    if remote_prep:
+        specs.append((prep_spec(cfg, layout, run), ""))
+    for chain in chains:
+        for attempt in range(chain.first, chain.first + chain.length):
+            after = ("afterany:<id of attempt "
+                     f"{attempt - 1}>" if attempt > chain.first else
+                     ("afterok:<id of the preprocessing job>" if remote_prep else ""))
+            specs.append((fold_spec(cfg, layout, run, chain.fold, attempt), after))
+    for spec, after in specs:
+        text = render_job(cfg, dialect, spec)
+        result.scripts[spec.name] = text
+        atomic_write_text(Path(out) / f"{spec.name}.sh", text, mode=0o600)
+        argv = dialect.submit_command("job.sh", dependencies=[])
+        result.commands.append(f"cd {shlex.quote(spec.job_dir)} && {join_argv(argv)}"
+                               + (f"   # depends on {after}" if after else ""))
+    return result
+
