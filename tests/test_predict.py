@@ -3,7 +3,8 @@
 The input checks run against a fake model folder (no network is loaded, each test well under a
 second). The end-to-end tests use the tiny model trained once per session (tests/models.py,
 about 1.5 min on 2 cores) and run nnU-Net's predictor for real: one fold with Slicer output and
-a version warning, two folds on mixed formats followed by ``evaluate`` (about 30 s each).
+a version warning, two folds on mixed formats (no test-time augmentation) followed by
+``evaluate`` (about 30 s each on an idle 2-core machine).
 """
 
 from __future__ import annotations
@@ -194,11 +195,11 @@ def test_one_fold_slicer_output_and_version_warning(tiny_model: Path, tmp_path: 
         json.dumps({"nnunetv2_version": "2.5.0"}))
     truth = unseen_cases(tmp_path / "in", ["Patient A (1).nrrd", "x-ray.scan.v2.nrrd"])
     code, out, err = hpcnn("predict", tmp_path / "in", tmp_path / "out", "--model", model,
-                           "--format", "seg.nrrd", "--fast", "--device", "cpu")
+                           "--format", "seg.nrrd", "--device", "cpu")
     assert code == 0, out + err
     assert "fold(s) 0 (fold(s) 1, 2, 3, 4 not trained" in out
     assert "warning: fold(s) 0 were trained with nnunetv2 2.5.0" in err
-    assert "predicting on the CPU" in out
+    assert "predicting on the CPU: 16 network passes" in out and "--fast skips" in out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == \
         ["Patient A (1).seg.nrrd", "hpcnn_predict.json", "x-ray.scan.v2.seg.nrrd"]
     for name, case in truth.items():
@@ -223,9 +224,10 @@ def test_two_folds_on_mixed_formats_then_evaluate(tiny_model: Path, tmp_path: Pa
     names = ["Patient A (1).nrrd", "x-ray.scan.v2.nrrd", "ünï cödé.nii.gz"]
     truth = unseen_cases(tmp_path / "in", names)
     write_slicer_seg(tmp_path / "in" / "x-ray.scan.v2.seg.nrrd", [], truth[names[1]].grid)
-    code, out, err = hpcnn("predict", tmp_path / "in", tmp_path / "out", "--model", tiny_model)
+    code, out, err = hpcnn("predict", tmp_path / "in", tmp_path / "out", "--model", tiny_model,
+                           "--fast")
     assert code == 0, out + err
-    assert "fold(s) 0, 1 (fold(s) 2, 3, 4 not trained" in out and "--fast skips" in out
+    assert "fold(s) 0, 1 (fold(s) 2, 3, 4 not trained" in out
     assert "skipped 1 segmentation(s)" in out
     results = {n: sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / n)))
                for n in names}
