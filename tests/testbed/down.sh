@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stop the hpcnn test bed (run as root; idempotent).
-#   down.sh          stop sshd, slurmd, slurmctld; remove testbed.env (munged stays)
-#   down.sh --purge  also remove Slurm state/logs, sshd log, test-bed keys and config,
-#                    /etc/slurm/{slurm,gres}.conf written by up.sh, and the hpcuser account
+#   down.sh          stop sshd, Grid Engine, slurmd, slurmctld; remove testbed.env (munged stays)
+#   down.sh --purge  also remove Slurm and Grid Engine state/logs, sshd log, test-bed keys and
+#                    config, /etc/slurm/{slurm,gres}.conf written by up.sh, hpcuser and sgeuser
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -25,6 +25,7 @@ rm -f "$TB_ETC/testbed.env"
 
 # Only the listener is stopped; open sessions end when their clients do.
 stop_pidfile "$TB_VAR/sshd.pid" sshd
+bash "$(dirname "${BASH_SOURCE[0]}")/sge.sh" "$([ -n "$purge" ] && echo --purge || echo --down)"
 stop_pidfile "$SLURM_VAR/slurmd.pid" slurmd
 stop_pidfile "$SLURM_VAR/slurmctld.pid" slurmctld
 

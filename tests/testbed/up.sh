@@ -356,3 +356,6 @@ printf '%s\n' "$ENV_CONTENT" >"$tmp"
 install -m 644 "$tmp" "$ENV_FILE"
 rm -f "$tmp"
 log "test bed is up; settings in $ENV_FILE"
+
+# Grid Engine beside Slurm, as the second cluster account (adds TESTBED_SGE_* to $ENV_FILE).
+bash "$(dirname "${BASH_SOURCE[0]}")/sge.sh"
