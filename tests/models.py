@@ -47,9 +47,10 @@ def nnunet_env(workspace: Path) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
-def build_tiny_model(root: Path, folds: Sequence[int] = FOLDS, *, n_cases: int = 6,
-                     size: tuple[int, int, int] = (32, 32, 32)) -> Path:
-    """Dataset, preprocessing and trained folds under ``root``; returns the model folder."""
+def prepare_tiny_dataset(root: Path, *, n_cases: int = 6,
+                         size: tuple[int, int, int] = (32, 32, 32)) -> Path:
+    """The raw dataset, preprocessed through hpcnn's own ``preprocess`` (splits and provenance
+    written), under ``root``; returns ``root``. What train-all-folds tests start from."""
     from hpcnn.dataset import preprocess
     from hpcnn.workspace import Workspace
 
@@ -60,6 +61,16 @@ def build_tiny_model(root: Path, folds: Sequence[int] = FOLDS, *, n_cases: int =
                              workers=2)
     with open(root / "preprocess.log", "w", encoding="utf-8") as log:
         preprocess.run(job, out=log)
+    return root
+
+
+def build_tiny_model(root: Path, folds: Sequence[int] = FOLDS, *, n_cases: int = 6,
+                     size: tuple[int, int, int] = (32, 32, 32)) -> Path:
+    """Dataset, preprocessing and trained folds under ``root``; returns the model folder."""
+    from hpcnn.workspace import Workspace
+
+    prepare_tiny_dataset(root, n_cases=n_cases, size=size)
+    workspace = Workspace(root)
     train = Path(sys.executable).with_name("nnUNetv2_train")
     for fold in folds:
         with open(root / f"train_fold_{fold}.log", "w", encoding="utf-8") as log:
@@ -121,10 +132,15 @@ def fake_model(root: Path, *, channels: Sequence[str] = ("CT",),
     return model
 
 
+_trained: list[Path] = []  # pytest keeps a fixture per importing module: train only once
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny two-fold model, trained once per session (about 90 s on 2 cores)."""
+    """The tiny two-fold model, trained once per session (about 90 s on 2 idle cores)."""
     import importlib.util
 
     need(importlib.util.find_spec("nnunetv2") is not None, "nnunetv2 is not installed")
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+    if not _trained:
+        _trained.append(build_tiny_model(tmp_path_factory.mktemp("tiny-model")))
+    return _trained[0]
