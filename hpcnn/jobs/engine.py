@@ -13,7 +13,8 @@ import posixpath
 import shlex
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from hpcnn.errors import SchedulerError, SchedulerUnavailable
 from hpcnn.remote.base import Connection, join_argv
@@ -204,16 +205,45 @@ WALLTIME_SLACK = 0.95
 """A job stopped by SIGTERM after this share of its walltime was stopped by the walltime."""
 
 
-def _ran_to_walltime(marks: Markers) -> bool:
-    from datetime import datetime
-
-    limit = marks.started.get("walltime", "")
+def _when(text: str | None) -> datetime | None:
+    """A marker's ``time=`` (UTC, ``2026-01-02T03:04:05Z``); None when absent or unreadable."""
     try:
-        began = datetime.fromisoformat(marks.started["time"].replace("Z", "+00:00"))
-        ended = datetime.fromisoformat(marks.exit_info["time"].replace("Z", "+00:00"))
-    except (KeyError, ValueError):
+        return datetime.fromisoformat((text or "").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _ran_to_walltime(marks: Markers) -> bool:
+    limit = marks.started.get("walltime", "")
+    began, ended = _when(marks.started.get("time")), _when(marks.exit_info.get("time"))
+    if began is None or ended is None or not limit.isdigit():
         return False
-    return limit.isdigit() and (ended - began).total_seconds() >= WALLTIME_SLACK * int(limit)
+    return (ended - began).total_seconds() >= WALLTIME_SLACK * int(limit)
+
+
+def this_start(obs: Observation) -> Markers:
+    """The markers that belong to the job's current start.
+
+    A scheduler may start one job id twice (Slurm requeues on a node failure or preemption,
+    PBS on ``qrerun``), and the folder still holds the first start's markers. The job's own
+    clock tells them apart without asking the scheduler for a restart count that not every
+    dialect reports: a job the scheduler shows waiting has not written anything of this start
+    yet, and an exit marker older than the ``started`` marker ended an earlier start.
+    """
+    sched, marks = obs.scheduler, obs.markers
+    if sched is not None and sched.state in (JobState.QUEUED, JobState.HELD):
+        return Markers()
+    began, ended = _when(marks.started.get("time")), _when(marks.exit_info.get("time"))
+    if marks.exit_code is not None and began and ended and ended < began:
+        return replace(marks, exit_code=None, exit_info={})
+    return marks
+
+
+def _scheduler_says(sched: SchedulerJob) -> str:
+    """The scheduler's own word on a job (``OUT_OF_MEMORY (OutOfMemory)``), for details."""
+    return "the scheduler says " + " ".join(
+        part for part in (sched.raw_state or sched.state.value,
+                          f"({sched.reason})" if sched.reason else "") if part)
 
 
 @dataclass(frozen=True)
@@ -236,36 +266,27 @@ def decide(
     """The one rule that turns scheduler state + markers into hpcnn's state.
 
     The exit marker is the truth about how a job ended (schedulers and wrappers often forget or
-    hide exit codes); the scheduler is the truth about jobs that have not ended. A job the
-    scheduler no longer lists and that left no exit marker is ``lost`` only after ``grace``
-    seconds; a scheduler that did not answer makes an unfinished job ``unknown``, never failed.
+    hide exit codes); the scheduler is the truth about jobs that have not ended. Markers count
+    only for the job's current start (``this_start``). A job the scheduler no longer lists and
+    that left no exit marker is ``lost`` only after ``grace`` seconds; a scheduler that did not
+    answer makes an unfinished job ``unknown``, never failed. A job recorded as cancelled (hpcnn
+    cancel writes it before the scheduler has finished killing it) stays cancelled, whatever
+    signal exit or disappearance follows, unless it had completed.
     """
-    now = time.time() if now is None else now
+    verdict = _decide(replace(obs, markers=this_start(obs)), answered=answered,
+                      previous=previous, first_missing_at=first_missing_at, grace=grace,
+                      now=time.time() if now is None else now)
+    if previous == JobState.CANCELLED and verdict.state != JobState.COMPLETED:
+        return Verdict(JobState.CANCELLED, verdict.exit_code, verdict.detail or "cancelled",
+                       verdict.first_missing_at)
+    return verdict
+
+
+def _decide(obs: Observation, *, answered: bool, previous: JobState,
+            first_missing_at: float | None, grace: float, now: float) -> Verdict:
     sched, marks = obs.scheduler, obs.markers
     if marks.exit_code is not None:
-        code = marks.exit_code
-        if sched is not None and not sched.state.finished and sched.state != JobState.UNKNOWN:
-            # The script has ended but the scheduler is still wrapping up (Slurm COMPLETING,
-            # a walltime kill being recorded): wait for its word on how the job ended.
-            return Verdict(JobState.RUNNING, None, f"exiting (exit code {code})", None)
-        if sched is not None and sched.state in (JobState.TIMEOUT, JobState.CANCELLED):
-            return Verdict(sched.state, code, sched.reason or "", None)
-        if marks.exit_info.get("signal") == "TERM" and _ran_to_walltime(marks):
-            # Schedulers that hide how a job ended (Slurm's Torque wrapper shows C for
-            # everything) still leave the job's own clock: it was stopped at its limit.
-            return Verdict(JobState.TIMEOUT, code, "stopped at its walltime", None)
-        if code == 0:
-            return Verdict(JobState.COMPLETED, 0, "", None)
-        if code == CONTINUE_EXIT:
-            return Verdict(JobState.TIMEOUT, code, "stopped before its walltime with a fresh "
-                           "checkpoint (hpcnn's launcher)", None)
-        if marks.exit_info.get("phase") == "setup":
-            detail = "environment setup failed: " + (marks.err_tail.splitlines() or [""])[-1]
-        else:
-            detail = marks.err_tail.splitlines()[-1] if marks.err_tail else ""
-        if marks.exit_info.get("signal") == "TERM":
-            detail = ("stopped by SIGTERM (walltime or cancel); " + detail).rstrip("; ")
-        return Verdict(JobState.FAILED, code, detail, None)
+        return _ended(marks, sched)
     if not answered:
         return Verdict(JobState.UNKNOWN, None, "scheduler did not answer", first_missing_at)
     if sched is not None:
@@ -282,6 +303,37 @@ def decide(
                        f"left the queue {how} and wrote no exit marker", first)
     return Verdict(previous if previous != JobState.PENDING else JobState.UNKNOWN, None,
                    "not in the queue; waiting for its exit marker", first)
+
+
+def _ended(marks: Markers, sched: SchedulerJob | None) -> Verdict:
+    """A job whose script wrote its exit marker: the marker says how it ended, the scheduler
+    adds what only it knows (a walltime or cancel it did, a limit it enforced)."""
+    code = marks.exit_code
+    if sched is not None and not sched.state.finished and sched.state != JobState.UNKNOWN:
+        # The script has ended but the scheduler is still wrapping up (Slurm COMPLETING,
+        # a walltime kill being recorded): wait for its word on how the job ended.
+        return Verdict(JobState.RUNNING, None, f"exiting (exit code {code})", None)
+    if sched is not None and sched.state in (JobState.TIMEOUT, JobState.CANCELLED):
+        return Verdict(sched.state, code, sched.reason or "", None)
+    # A scheduler that killed part of the job (a memory limit) while the script went on to
+    # exit 0 is a warning the user must see, with the scheduler's own word.
+    says = _scheduler_says(sched) if sched is not None and sched.state == JobState.FAILED else ""
+    if marks.exit_info.get("signal") == "TERM" and _ran_to_walltime(marks):
+        # Schedulers that hide how a job ended (Slurm's Torque wrapper shows C for
+        # everything) still leave the job's own clock: it was stopped at its limit.
+        return Verdict(JobState.TIMEOUT, code, "stopped at its walltime", None)
+    if code == 0:
+        return Verdict(JobState.COMPLETED, 0, f"warning: {says}" if says else "", None)
+    if code == CONTINUE_EXIT:
+        return Verdict(JobState.TIMEOUT, code, "stopped before its walltime with a fresh "
+                       "checkpoint (hpcnn's launcher)", None)
+    last = marks.err_tail.splitlines()[-1] if marks.err_tail else ""
+    parts = ["environment setup failed: " + last if marks.exit_info.get("phase") == "setup"
+             else last]
+    if marks.exit_info.get("signal") == "TERM":
+        parts.insert(0, "stopped by SIGTERM (walltime or cancel)")
+    parts.append(says)
+    return Verdict(JobState.FAILED, code, "; ".join(part for part in parts if part), None)
 
 
 def wait_for(

@@ -22,6 +22,7 @@ from hpcnn.schedulers.base import Dependency, Dialect, JobState, SchedulerJob
 _JOB_ID = re.compile(r"^\s*(\d+(?:\[\d*\])?(?:\.[A-Za-z0-9_.-]+)?)\s*$")
 _SIGNAL_BASE = 256  # Torque/PBS report "killed by signal N" as 256+N (bash reports 128+N)
 _UNKNOWN_ID = 153  # PBSE_UNKJOBID (15001) as an exit status
+_CUT = "qstat's answer for this job was cut off"
 
 
 def dependency_spec(dependencies: Sequence[Dependency]) -> str:
@@ -33,12 +34,13 @@ def dependency_spec(dependencies: Sequence[Dependency]) -> str:
 
 
 def hms_seconds(text: str | None) -> int | None:
-    """``05:00:00`` (or ``1:05:00:00``, days first) → seconds; None when absent or unreadable."""
-    if not text or not re.fullmatch(r"\d+(:\d+)*", text.strip()):
+    """``05:00:00`` (or ``1:05:00:00``: Torque's ``[[[DD:]HH:]MM:]SS``, days first) → seconds;
+    None when absent or unreadable."""
+    if not text or not re.fullmatch(r"\d+(:\d+){0,3}", text.strip()):
         return None
-    seconds = 0
-    for part in text.strip().split(":"):
-        seconds = seconds * 60 + int(part)
+    *rest, seconds = (int(part) for part in text.strip().split(":"))
+    for part, unit in zip(reversed(rest), (60, 3600, 86400), strict=False):
+        seconds += part * unit
     return seconds
 
 
@@ -70,6 +72,9 @@ class RawJob:
     used_walltime: str | None = None
     walltime_limit: str | None = None
     comment: str | None = None
+    complete: bool = True
+    """False when the record was cut before its end (a dropped connection, a killed qstat):
+    what it says may be the start of a longer value, so it never makes a job finished."""
 
 
 class PbsDialect(Dialect):
@@ -79,10 +84,17 @@ class PbsDialect(Dialect):
     finished_states: frozenset[str]
     walltime_codes: frozenset[int]
     """Exit statuses that mean "killed at its walltime" (the batch system's own codes)."""
+    limit_codes: Mapping[int, str]
+    """Other exit statuses of the batch system's own that say why it killed a job (memory),
+    by their name in the administrator's guide: shown to the user, never hidden."""
 
     @abstractmethod
     def read_status(self, stdout: str) -> Mapping[str, RawJob]:
         """qstat's output → {job id as printed: attributes}; unreadable parts are skipped."""
+
+    @abstractmethod
+    def readable(self, stdout: str) -> bool:
+        """Whether ``stdout`` is this dialect's qstat answer at all (even one listing no job)."""
 
     # Slurm's Torque wrapper leaves PBS_JOBID empty and sets SLURM_JOB_ID.
     job_id_variables = ("PBS_JOBID", "SLURM_JOB_ID")
@@ -113,14 +125,24 @@ class PbsDialect(Dialect):
     def parse_status(
         self, stdout: str, stderr: str, returncode: int, job_ids: Sequence[str]
     ) -> Mapping[str, SchedulerJob]:
-        found = self.read_status(stdout)
+        """A call that failed as a whole is never trusted in part, and an answer nobody can read
+        (empty although ids were asked and none was called unknown, or another format) is no
+        answer: both raise SchedulerUnavailable, so jobs become ``unknown``, never ``lost``."""
         failure = qstat_failure(stderr, returncode)
-        if failure and not found:
+        if failure:
             raise SchedulerUnavailable(f"qstat failed (exit {returncode}): {failure}")
+        if (stdout.strip() or (returncode == 0 and job_ids)) and not self.readable(stdout):
+            shown = stdout.strip().splitlines()[:1] or ["no output"]
+            raise SchedulerUnavailable(
+                f"qstat exited {returncode} with an answer that is not {self.product}'s "
+                f"status format: {shown[0][:120]}")
         jobs: dict[str, SchedulerJob] = {}
-        for reported, raw in found.items():
+        for reported, raw in self.read_status(stdout).items():
             job_id = _as_asked(reported, job_ids)
-            if raw.state in self.finished_states:
+            if raw.state in self.finished_states and not raw.complete:
+                jobs[job_id] = SchedulerJob(job_id, JobState.UNKNOWN, reason=_CUT,
+                                            raw_state=raw.state)
+            elif raw.state in self.finished_states:
                 job = self._finished(job_id, raw)
                 if job is not None:
                     jobs[job_id] = job
@@ -152,7 +174,9 @@ class PbsDialect(Dialect):
             state = JobState.COMPLETED
         else:
             state = JobState.FAILED
-            if code > _SIGNAL_BASE:
+            if code in self.limit_codes:
+                why = f"killed by the batch system: {self.limit_codes[code]} (exit {code})"
+            elif code > _SIGNAL_BASE:
                 why = f"killed by signal {code - _SIGNAL_BASE}"
             elif code < 0:
                 why = f"the batch system's own exit code {code}"

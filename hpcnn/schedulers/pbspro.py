@@ -26,9 +26,10 @@ _LOOP = 'rc=0; for j do qstat -f -F json -x "$j" || rc=$?; done; exit $rc'
 _JOB_KEY = re.compile(r'"(\d+(?:\[\d*\])?(?:\.[^"\s]*)?)"\s*:\s*\{')
 
 
-def _documents(text: str) -> Iterator[str]:
-    """The top-level ``{...}`` documents in the output, by brace depth outside strings; an
-    unterminated one (unbalanced quotes in a broken value) is yielded as it stands."""
+def _documents(text: str) -> Iterator[tuple[str, bool]]:
+    """The top-level ``{...}`` documents in the output, by brace depth outside strings, each
+    with whether it ended; an unterminated one (cut off, or unbalanced quotes in a broken
+    value) is yielded as it stands."""
     depth, start, in_string, escaped = 0, 0, False, False
     for i, ch in enumerate(text):
         if in_string:
@@ -46,9 +47,9 @@ def _documents(text: str) -> Iterator[str]:
         elif ch == "}" and depth:
             depth -= 1
             if depth == 0:
-                yield text[start : i + 1]
+                yield text[start : i + 1], True
     if depth:
-        yield text[start:]
+        yield text[start:], False
 
 
 def _salvage(doc: str) -> dict[str, dict[str, Any]]:
@@ -75,18 +76,32 @@ def _salvage(doc: str) -> dict[str, dict[str, Any]]:
     return found
 
 
-def parse_qstat_json(text: str) -> dict[str, dict[str, Any]]:
-    """{job id: attributes} from one or more ``qstat -f -F json`` documents."""
-    jobs: dict[str, dict[str, Any]] = {}
-    for doc in _documents(text):
+def parse_qstat_json(text: str, *, salvage: bool = True) -> dict[str, dict[str, Any]]:
+    """{job id: attributes} from one or more ``qstat -f -F json`` documents; ``salvage=False``
+    reads only what ``json`` reads (the tests prove the parser apart from the salvage)."""
+    return {job_id: attrs for job_id, attrs, _ in _read_json(text, salvage=salvage)[0]}
+
+
+def _read_json(text: str, *, salvage: bool = True
+               ) -> tuple[list[tuple[str, dict[str, Any], bool]], bool]:
+    """((job id, attributes, complete) per job, whether any document was PBS's qstat answer).
+    A job read from a document that never ended is not complete: its last value may be cut."""
+    jobs: list[tuple[str, dict[str, Any], bool]] = []
+    understood = False
+    for doc, ended in _documents(text):
         try:
             data = json.loads(doc, strict=False)  # strict=False: raw control characters
         except json.JSONDecodeError:
-            jobs.update(_salvage(doc))
+            rescued = _salvage(doc) if salvage else {}
+            understood = understood or bool(rescued)
+            jobs += [(job_id, attrs, ended) for job_id, attrs in rescued.items()]
             continue
-        if isinstance(data, dict) and isinstance(data.get("Jobs"), dict):
-            jobs.update({k: v for k, v in data["Jobs"].items() if isinstance(v, dict)})
-    return jobs
+        if not isinstance(data, dict) or not {"pbs_version", "Jobs"} & data.keys():
+            continue
+        understood = True
+        if isinstance(data.get("Jobs"), dict):
+            jobs += [(k, v, True) for k, v in data["Jobs"].items() if isinstance(v, dict)]
+    return jobs, understood
 
 
 def _text(value: Any) -> str | None:
@@ -117,11 +132,18 @@ class PbsProDialect(PbsDialect):
         "U": JobState.RUNNING,  # suspended while the workstation is busy
     }
     finished_states = frozenset({"F", "X"})
-    # JOB_EXEC_KILL_WALLTIME (PBS Professional Administrator's Guide, "Job Exit Status Codes").
-    walltime_codes = frozenset({-29})
+    # PBS Professional Administrator's Guide, "Job Exit Status Codes" (job.h):
+    walltime_codes = frozenset({-29})  # JOB_EXEC_KILL_WALLTIME
+    limit_codes = {
+        -26: "JOB_EXEC_KILL_VMEM, over its virtual memory limit",
+        -27: "JOB_EXEC_KILL_MEM, over its memory limit",
+    }
 
     def status_command(self, job_ids: Sequence[str]) -> list[str]:
         return ["sh", "-c", _LOOP, "sh", *job_ids]
+
+    def readable(self, stdout: str) -> bool:
+        return _read_json(stdout)[1]
 
     def read_status(self, stdout: str) -> Mapping[str, RawJob]:
         return {
@@ -131,8 +153,9 @@ class PbsProDialect(PbsDialect):
                 used_walltime=_walltime(attrs, "resources_used"),
                 walltime_limit=_walltime(attrs, "Resource_List"),
                 comment=_text(attrs.get("comment")),
+                complete=complete,
             )
-            for job_id, attrs in parse_qstat_json(stdout).items()
+            for job_id, attrs, complete in _read_json(stdout)[0]
         }
 
 

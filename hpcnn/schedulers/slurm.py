@@ -43,7 +43,7 @@ _STATES = {
     "BOOT_FAIL": JobState.FAILED,
     "DEADLINE": JobState.FAILED,
     "PREEMPTED": JobState.FAILED,
-    "SPECIAL_EXIT": JobState.FAILED,
+    "SPECIAL_EXIT": JobState.HELD,  # requeued in a held state: released, it runs again
     "TIMEOUT": JobState.TIMEOUT,
     "CANCELLED": JobState.CANCELLED,
 }
@@ -117,7 +117,7 @@ class SlurmDialect(Dialect):
         for line in stdout.splitlines():
             parts = line.split("|", 4)
             if len(parts) < 4 or not parts[0].strip():
-                continue
+                continue  # a blank or foreign line: the next one may still be a job
             job_id, raw, reason, code = (p.strip() for p in parts[:4])
             state = _STATES.get(raw.split()[0] if raw else "", JobState.UNKNOWN)
             if state == JobState.QUEUED and raw == "PENDING" and _HOLD_REASONS.match(reason):
@@ -130,6 +130,11 @@ class SlurmDialect(Dialect):
                 reason=None if reason in ("", "None") else reason,
                 raw_state=raw,
             )
+        if stdout.strip() and not jobs:
+            # Another format (a site's squeue wrapper, a changed --Format): no answer at all,
+            # not "every job left the queue".
+            raise SchedulerUnavailable("squeue printed nothing hpcnn can read: "
+                                       + stdout.strip().splitlines()[0][:120])
         return jobs
 
     def cancel_command(self, job_ids: Sequence[str]) -> list[str]:

@@ -25,15 +25,26 @@ def parse_qstat_full(text: str) -> dict[str, dict[str, str]]:
 
     A continuation line (indented, no ``key = ``) is appended to the attribute above it.
     """
-    jobs: dict[str, dict[str, str]] = {}
+    return {job_id: attrs for job_id, attrs, _ in _records(text)}
+
+
+def _records(text: str) -> list[tuple[str, dict[str, str], bool]]:
+    """(job id, attributes, complete) per ``Job Id:`` block. qstat ends every block with a
+    blank line; a block that the text ends inside (its last line perhaps cut short, as
+    ``exit_status = -1`` of ``-11``) is not complete."""
+    records: list[tuple[str, dict[str, str], bool]] = []
     current: dict[str, str] | None = None
     key = None
     for line in text.splitlines():
         header = _JOB_HEADER.match(line)
         if header:
-            current, key = jobs.setdefault(header.group(1), {}), None
+            current, key = {}, None
+            records.append((header.group(1), current, False))
             continue
-        if current is None or not line.strip():
+        if current is None:
+            continue
+        if not line.strip():
+            records[-1] = (*records[-1][:2], True)
             continue
         attribute = _ATTRIBUTE.match(line)
         if attribute:
@@ -41,7 +52,7 @@ def parse_qstat_full(text: str) -> dict[str, dict[str, str]]:
             current[key] = attribute.group(2).rstrip()
         elif key is not None and line[0] in " \t":
             current[key] += line.strip()
-    return jobs
+    return records
 
 
 class TorqueDialect(PbsDialect):
@@ -61,10 +72,15 @@ class TorqueDialect(PbsDialect):
         "S": JobState.RUNNING,  # suspended after it started
     }
     finished_states = frozenset({"C"})
-    walltime_codes = frozenset({-11})  # JOB_EXEC_KILL_WALLTIME (Torque Administrator Guide)
+    # Torque-supplied exit codes (Torque Administrator Guide, "Job Exit Status"; pbs_job.h):
+    walltime_codes = frozenset({-11})  # JOB_EXEC_OVERLIMIT_WT
+    limit_codes = {-10: "JOB_EXEC_OVERLIMIT_MEM, over its memory limit"}
 
     def status_command(self, job_ids: Sequence[str]) -> list[str]:
         return ["qstat", "-f", *job_ids]
+
+    def readable(self, stdout: str) -> bool:
+        return bool(_records(stdout))
 
     def read_status(self, stdout: str) -> Mapping[str, RawJob]:
         return {
@@ -74,8 +90,9 @@ class TorqueDialect(PbsDialect):
                 used_walltime=attrs.get("resources_used.walltime"),
                 walltime_limit=attrs.get("Resource_List.walltime"),
                 comment=attrs.get("comment") or None,
+                complete=complete,
             )
-            for job_id, attrs in parse_qstat_full(stdout).items()
+            for job_id, attrs, complete in _records(stdout)
         }
 
 
