@@ -106,9 +106,9 @@ def refusals(found: Layout, *, root: Path, allow_outside: bool,
     if max_bytes is not None and found.declared > max_bytes:
         out.append((f"declares {found.describe()} voxels: {found.declared / 2**30:.1f} GiB in "
                     f"memory, more than the {max_bytes / 2**30:.1f} GiB one import worker may use",
-                    f"if it really is that large, pass fewer --workers or --max-gib "
-                    f"{math.ceil(found.declared / 2**30) + 1}; otherwise the header is wrong: "
-                    "export it again"))
+                    f"if it really is that large, pass --max-gib "
+                    f"{math.ceil(found.declared / 2**30) + 1} (and fewer --workers if memory is "
+                    "short); otherwise the header is wrong: export it again"))
     return out
 
 
