@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK = 1 << 20
 _NRRD_ENCODINGS = {"raw": "raw", "gzip": "gzip", "gz": "gzip", "bzip2": "bzip2", "bz2": "bzip2",
@@ -149,11 +150,8 @@ def verify(found: Layout) -> tuple[str, str] | None:
             f"bytes the header declares ({found.describe()})", fix)
 
 
-def _start(fh: object, found: Layout) -> int:
+def _start(fh: BinaryIO, found: Layout) -> int:
     """Seek ``fh`` to the data: past the attached header, ``line skip`` lines, ``byte skip``."""
-    import io
-
-    assert isinstance(fh, io.BufferedReader)
     if not found.detached:
         fh.seek(found.offset)
         return found.offset
@@ -164,14 +162,16 @@ def _start(fh: object, found: Layout) -> int:
     return fh.tell()
 
 
-def _inflate(fh: object, encoding: str) -> Iterator[bytes]:
+def _inflate(fh: BinaryIO, encoding: str) -> Iterator[bytes]:
+    """The decompressed data in chunks: gzip (CRC and length checked at the end of each
+    member) or zlib (MetaImage's CompressedData), which must reach its end-of-stream mark."""
     if encoding == "gzip":
-        with gzip.GzipFile(fileobj=fh, mode="rb") as gz:  # type: ignore[call-overload]
+        with gzip.GzipFile(fileobj=fh, mode="rb") as gz:
             while chunk := gz.read(CHUNK):
                 yield chunk
         return
     inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib or gzip header
-    while chunk := fh.read(CHUNK):  # type: ignore[attr-defined]
+    while chunk := fh.read(CHUNK):
         yield inflater.decompress(chunk)
         if inflater.eof:
             break
