@@ -88,6 +88,8 @@ Q='qsub -terse -cwd -S /bin/bash'
 # ---------------------------------------------- detection and submission
 cap qstat_help "qstat -help (dialect detection)" "qstat -help"
 cap qstat_version "qstat --version (the PBS dialects' probe)" "qstat --version"
+cap wrapper_qstat_help "Slurm's Torque-wrapper qstat -help (what the sge probe sees on the Slurm account)" \
+    "/usr/bin/qstat -help"
 cap qsub_terse "qsub -terse: the bare id" "$Q -N s_ok ok.sh"
 OK=$(jobid qsub_terse)
 cap qsub_plain "qsub without -terse (job exits 3)" "qsub -cwd -S /bin/bash -N s_fail fail.sh"
@@ -164,6 +166,10 @@ END=$(date +%s)
     echo "\`status_*\` captures are the sge dialect's own status call (\`sh -c ... qstat -xml ...\`)."
     echo
     echo "Job ids are those of this run only; the unknown id is $UNKNOWN. Whole capture $((END - START)) s."
+    echo
+    echo "\`states_doc.xml\` is NOT a capture: the state letters one host cannot hold still (t, Rr, Rq,"
+    echo "hRwq, S, T, dt, hr, Ehqw, w, dRr; qstat(1) of Son of Grid Engine 8.1.9, section \"-s\" and the"
+    echo "state column) written by hand in the captured \`qstat -xml\` format, ids 101-111."
     echo
     echo "## Job ids in this capture"
     echo

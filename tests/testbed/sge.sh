@@ -57,12 +57,23 @@ stop_daemons() {
     stop_pidfile "$QMASTER_PID" sge_qmaster
 }
 
+forget_env() {  # tests find the SGE account through these lines: gone while it is not up
+    local tmp
+    [ -f "$ENV_FILE" ] || return 0
+    tmp=$(mktemp)
+    grep -v '^TESTBED_SGE_' "$ENV_FILE" >"$tmp" || true
+    install -m 644 "$tmp" "$ENV_FILE"
+    rm -f "$tmp"
+}
+
 case "${1:-}" in
     "") ;;
     --down)
+        forget_env
         stop_daemons
         exit 0 ;;
     --purge)
+        forget_env
         stop_daemons
         rm -rf "$SGE_VAR"
         [ -L /usr/lib/gridengine ] && [ "$(readlink /usr/lib/gridengine)" = "$SGE_LIB" ] \
@@ -80,13 +91,7 @@ esac
 
 [ -s "$CLIENT_KEY.pub" ] || die "$CLIENT_KEY.pub missing: run up.sh (it calls this script last)"
 
-# Not up until the end: tests find the SGE account through these lines.
-if [ -f "$ENV_FILE" ]; then
-    tmp=$(mktemp)
-    grep -v '^TESTBED_SGE_' "$ENV_FILE" >"$tmp" || true
-    install -m 644 "$tmp" "$ENV_FILE"
-    rm -f "$tmp"
-fi
+forget_env  # not up until the end
 
 # ---------------------------------------------------------------- packages (unpacked)
 missing=()
