@@ -129,7 +129,7 @@ CASES: dict[str, Case] = {
                                exit_info={"signal": "TERM", "time": at(500)}),
         (S.RUNNING, None, "", None)),
     "exit marker in the same second as started": Case(
-        sj(S.COMPLETED, 0), Markers(started=begun(), exit_code=0, exit_info={"time": T0}),
+        None, Markers(started=begun(), exit_code=0, exit_info={"time": T0}),
         (S.COMPLETED, 0, "", None)),
     # --- no exit marker: the scheduler's word, or the lost clock
     "no answer": Case(None, marks(), (S.UNKNOWN, None, "scheduler did not answer", 123.0),
@@ -144,6 +144,8 @@ CASES: dict[str, Case] = {
                                 (S.UNKNOWN, None, "cut off", None)),
     "scheduler completed with exit 3": Case(
         sj(S.COMPLETED, 3, "NonZeroExitCode"), marks(), (S.FAILED, 3, "NonZeroExitCode", None)),
+    "scheduler completed with exit 3, no reason": Case(sj(S.COMPLETED, 3), marks(),
+                                                       (S.FAILED, 3, "", None)),
     "scheduler completed with exit 0": Case(sj(S.COMPLETED, 0), marks(),
                                             (S.COMPLETED, 0, "", None)),
     "scheduler completed without a code": Case(sj(S.COMPLETED), marks(),
@@ -209,9 +211,13 @@ def test_decide_reads_the_clock_when_not_given_one() -> None:
 
 
 def test_this_start_keeps_markers_of_the_current_start() -> None:
-    current = marks(3, ran=100)
+    current = marks(3, ran=100, err="e")
     assert this_start(Observation(sj(S.COMPLETED, 3), current)) == current
     assert this_start(Observation(sj(S.QUEUED), current)) == Markers()
+    requeued = Markers(started=begun(time=at(600)), exit_code=3, exit_info={"time": at(500)},
+                       err_tail="e")
+    assert this_start(Observation(sj(S.RUNNING), requeued)) == Markers(
+        started=begun(time=at(600)), exit_code=None, exit_info={}, err_tail="e")
 
 
 SEP = "__HPCNN_{}__"
