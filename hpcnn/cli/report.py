@@ -1,0 +1,45 @@
+"""``hpcnn report``: training curves and validation Dice of all folds in one PNG (or HTML)."""
+
+from __future__ import annotations
+
+import click
+
+_MODEL_HELP = "Trained model folder: nnUNet_results/DatasetNNN_Name/Trainer__Plans__config."
+
+
+@click.command("report")
+@click.option("--model", "model", type=click.Path(file_okay=False), required=True,
+              help=_MODEL_HELP)
+@click.option("--out", "-o", "out", type=click.Path(dir_okay=False),
+              help="PNG to write [default: ./report-<Dataset>-<Trainer__Plans__config>.png].")
+@click.option("--html", "with_html", is_flag=True,
+              help="Also write a self-contained HTML page (the PNG embedded) beside the PNG.")
+def report_command(model: str, out: str | None, with_html: bool) -> None:
+    """Plot every fold's training curves side by side and tabulate validation Dice.
+
+    Per fold (one column each): train and validation loss, pseudo-Dice per class and epoch
+    time, from all of the fold's training logs (continued runs merged); below, the Dice per
+    class from each fold's validation/summary.json and the mean over folds. Works on a synced
+    model folder; needs matplotlib, not torch.
+    """
+    from pathlib import Path
+
+    from hpcnn.services.report import write_report
+
+    written = write_report(Path(model), Path(out) if out else None, with_html=with_html)
+    _, rows = written.report.dice_table()
+    for fold in written.report.folds:
+        log, note = fold.log, fold.summary_problem
+        last = log.last
+        line = f"fold {fold.fold}: {len(log.epochs)} epochs"
+        if last and last.pseudo_dice:
+            line += f", last pseudo-Dice {' / '.join(f'{v:.3f}' for v in last.pseudo_dice)}"
+        line += f", {note}" if note else f", validation Dice {fold.mean_dice:.3f}"
+        click.echo(line)
+    if len(rows) > len(written.report.folds):
+        click.echo(f"{rows[-1][0]}: validation Dice {rows[-1][-1]}")
+    for path in written.paths:
+        click.echo(f"wrote {path}")
+
+
+COMMANDS = [report_command]
