@@ -281,15 +281,15 @@ def guard(trainer: Any, stopper: Stopper, agree: Callable[[bool], bool]) -> dict
     """Patches this trainer instance: atomic checkpoints, and a stop check at every epoch end.
 
     ``agree`` turns one rank's wish to stop into the decision of all ranks (identity without
-    DDP). Returns a dict the patches fill in: ``stopped`` (the reason) and ``epoch``."""
+    DDP). Returns the patches' state: ``stopped`` is the reason once they stopped training."""
     state: dict[str, Any] = {"stopped": None, "epoch_started": 0.0}
     save, epoch_start, epoch_end = (trainer.save_checkpoint, trainer.on_epoch_start,
                                     trainer.on_epoch_end)
 
     def save_checkpoint(filename: str) -> None:
         tmp = filename + TMP_SUFFIX
-        save(tmp)
-        if os.path.exists(tmp):  # rank 0 with checkpointing enabled
+        save(tmp)  # writes on rank 0 only, and only with checkpointing enabled
+        if trainer.local_rank == 0 and os.path.exists(tmp):
             os.replace(tmp, filename)
 
     def on_epoch_start() -> None:
@@ -337,8 +337,9 @@ def run_fold(args: argparse.Namespace, stopper: Stopper, device: Any,
     trainer = build_trainer(find_trainer(args.trainer), args, device)
     state = guard(trainer, stopper, agree)
     final = os.path.join(trainer.output_folder, FINAL)
-    for leftover in Path(trainer.output_folder).glob(f"*{TMP_SUFFIX}"):
-        leftover.unlink()  # a checkpoint write that a kill interrupted
+    if trainer.local_rank == 0:
+        for leftover in Path(trainer.output_folder).glob(f"*{TMP_SUFFIX}"):
+            leftover.unlink()  # a checkpoint write that a kill interrupted
     if os.path.isfile(final):
         trainer.load_checkpoint(final)  # trained: only validation is left, as with --c
     else:
@@ -394,18 +395,20 @@ def _run_ddp(args: argparse.Namespace, stopper: Stopper) -> dict[str, Any]:
 
     os.environ["MASTER_ADDR"] = "localhost"
     os.environ.setdefault("MASTER_PORT", str(find_free_network_port()))
-    context = mp.start_processes(_ddp_rank, args=(args, args.num_gpus), nprocs=args.num_gpus,
-                                 join=False, start_method="spawn")
+    ranks: list[Any] = []
+    stopper.interruptible = False  # the ranks decide when to stop; this process waits for them
 
     def forward(signum: int, frame: object) -> None:
-        stopper.interruptible = False
         stopper.on_signal(signum, frame)
-        for process in context.processes:
+        for process in ranks:
             if process.is_alive():
                 os.kill(process.pid, signum)
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, forward)
+    context = mp.start_processes(_ddp_rank, args=(args, args.num_gpus), nprocs=args.num_gpus,
+                                 join=False, start_method="spawn")
+    ranks.extend(context.processes)
     while not context.join():
         pass
     # The ranks stop together; without a signal only the deadline stops them.
