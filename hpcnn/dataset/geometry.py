@@ -41,6 +41,12 @@ class Geometry:
         return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
                    tuple(image.GetDirection()))
 
+    def apply(self, image: sitk.Image) -> None:
+        """Give ``image`` this geometry (its size must already match)."""
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+
     @property
     def matrix(self) -> np.ndarray:
         n = len(self.size)

@@ -582,34 +582,28 @@ def _write(task: _WriteTask) -> list[Finding]:
     import SimpleITK as sitk
 
     findings: list[Finding] = []
-    reference = None
+    reference: Geometry | None = None
     outputs = zip(task.images, task.image_outputs, strict=True)
     for index, ((path, display), output) in enumerate(outputs):
-        try:
-            image = sitk.ReadImage(path)
-        except RuntimeError as exc:
-            findings.append(_unreadable(display, exc))
-            continue
-        if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
-            bad = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
-            if bad:
-                findings.append(error(display, f"{bad} voxel(s) are NaN or infinite",
-                                      hint="fill them (e.g. with the background intensity) "
-                                           "before importing; nnU-Net cannot normalise them"))
-                continue
         copy = task.copy_images
+        image = _read_image(path, display, copy, findings)
+        if image is None:
+            continue
+        geometry = Geometry.of(image)
         if reference is None:
-            reference = image
+            reference = geometry
         else:
-            kind, _ = relation(Geometry.of(image), Geometry.of(reference))
+            kind, _ = relation(geometry, reference)
             if kind in ("shifted", "resampled"):
                 findings.append(error(display, f"channel {index} is on another grid than channel "
-                                      f"0 ({Geometry.of(image).describe(Geometry.of(reference))} "
-                                      f"vs {Geometry.of(reference).describe(Geometry.of(image))})",
+                                      f"0 ({geometry.describe(reference)} vs "
+                                      f"{reference.describe(geometry)})",
                                       hint="resample the channels of a case onto one grid"))
                 continue
             if kind == "copied":
-                image.CopyInformation(reference)
+                if not isinstance(image, sitk.Image):
+                    image = sitk.ReadImage(path)
+                reference.apply(image)
                 copy = False
                 findings.append(fix(display, "geometry differs slightly from channel 0's: "
                                              "copied channel 0's geometry"))
@@ -625,12 +619,43 @@ def _write(task: _WriteTask) -> list[Finding]:
     labels = _labels(task, reference, findings)
     if labels is not None:
         out = sitk.GetImageFromArray(labels)
-        out.CopyInformation(reference)
+        reference.apply(out)
         sitk.WriteImage(out, task.label_output, True)
     return findings
 
 
-def _labels(task: _WriteTask, reference: Any, findings: list[Finding]) -> np.ndarray | None:
+def _read_image(path: str, display: str, copy: bool, findings: list[Finding]) -> Any:
+    """The image, checked for NaN and infinite voxels; or only its header (a reader) for a file
+    that is copied as it is and has nothing to look for in its voxels: whole-number voxels
+    whose raw or gzip data the scan verified (payload.verify), so they are not decompressed a
+    second time. None after an error."""
+    import SimpleITK as sitk
+
+    floats = (sitk.sitkFloat32, sitk.sitkFloat64)
+    try:
+        if copy:
+            header = sitk.ImageFileReader()
+            header.SetFileName(path)
+            header.ReadImageInformation()
+            found = payload.layout(Path(path))
+            if (header.GetPixelID() not in floats and found is not None
+                    and found.encoding in ("raw", "gzip")):
+                return header
+        image = sitk.ReadImage(path)
+    except RuntimeError as exc:
+        findings.append(_unreadable(display, exc))
+        return None
+    if image.GetPixelID() in floats:
+        bad = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
+        if bad:
+            findings.append(error(display, f"{bad} voxel(s) are NaN or infinite",
+                                  hint="fill them (e.g. with the background intensity) before "
+                                       "importing; nnU-Net cannot normalise them"))
+            return None
+    return image
+
+
+def _labels(task: _WriteTask, image: Geometry, findings: list[Finding]) -> np.ndarray | None:
     """The case's class map on the reference image's grid, or None after an error."""
     import SimpleITK as sitk
 
@@ -664,7 +689,6 @@ def _labels(task: _WriteTask, reference: Any, findings: list[Finding]) -> np.nda
             return None
     else:
         labels = lookup(data, dict(task.values), dtype)
-    image = Geometry.of(reference)
     if not labels.any():
         findings.append(warning(display, "empty segmentation: no labelled voxels"
                                 + (" of any class" if np.any(data) else ""),
