@@ -240,8 +240,9 @@ def _run_predictor(model: ModelFolder, folds: Sequence[str], device: str, fast: 
 
     from hpcnn.dataset.workers import available_cpus
 
-    if device == "cpu":
-        torch.set_num_threads(available_cpus())  # as nnUNetv2_predict does on the CPU
+    # As nnUNetv2_predict: every core for the network on the CPU, one thread beside CUDA.
+    if device in ("cpu", "cuda"):
+        torch.set_num_threads(available_cpus() if device == "cpu" else 1)
     predictor = nnUNetPredictor(use_mirroring=not fast, device=torch.device(device),
                                 verbose=False, allow_tqdm=sys.stderr.isatty())
     with trainers_visible():
