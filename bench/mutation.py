@@ -30,15 +30,23 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINE = "hpcnn.jobs.engine."
+PBS = "hpcnn.schedulers.batch."
 SCOPES: dict[str, tuple[list[str], float]] = {
     # decide and what it relies on: the markers' parsing, the start they belong to, the clock
     "decide": ([ENGINE + f"x_{name}__mutmut_*" for name in (
         "decide", "_decide", "_ended", "this_start", "_when", "_ran_to_walltime",
         "_scheduler_says", "_parse_markers", "_kv")], 0.90),
-    "batch": (["hpcnn.schedulers.batch.*"], 0.90),
-    "torque": (["hpcnn.schedulers.torque.*"], 0.90),
-    "pbspro": (["hpcnn.schedulers.pbspro.*"], 0.90),
-    "slurm": (["hpcnn.schedulers.slurm.*"], 0.90),
+    # each dialect's parse path: status and submit answers (detection and header filters have
+    # their own tests, outside the fast selection)
+    "batch": ([PBS + "x_hms_seconds*", PBS + "x_qstat_failure*", PBS + "x__as_asked*",
+               PBS + "xǁPbsDialectǁparse_*", PBS + "xǁPbsDialectǁ_finished*"], 0.90),
+    "torque": (["hpcnn.schedulers.torque.x_*", "hpcnn.schedulers.torque.xǁTorqueDialectǁ*"],
+               0.90),
+    "pbspro": (["hpcnn.schedulers.pbspro.x_*", "hpcnn.schedulers.pbspro.xǁPbsProDialectǁ*"],
+               0.90),
+    "slurm": (["hpcnn.schedulers.slurm.x_exit_code*",
+               *(f"hpcnn.schedulers.slurm.xǁSlurmDialectǁ{name}*"
+                 for name in ("parse_status", "parse_submit", "status_command"))], 0.90),
     "units": (["hpcnn.units.*"], 0.80),
     "config": (["hpcnn.config.*"], 0.80),
 }

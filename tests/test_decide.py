@@ -83,6 +83,10 @@ CASES: dict[str, Case] = {
         sj(S.COMPLETED, 0), marks(0, ran=3590), (S.COMPLETED, 0, "", None)),
     "SIGTERM, walltime unknown": Case(
         None, marks(143, signal="TERM", ran=3590, walltime=""), (S.FAILED, 143, SIGTERM, None)),
+    "SIGTERM, no walltime recorded": Case(
+        None, Markers(started={"time": T0}, exit_code=143,
+                      exit_info={"signal": "TERM", "time": at(3590)}),
+        (S.FAILED, 143, SIGTERM, None)),
     "SIGTERM, start time unreadable": Case(
         None, Markers(started={**begun(), "time": "soon"}, exit_code=143,
                       exit_info={"signal": "TERM", "time": at(3590)}),
