@@ -23,7 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from hpcnn.nnunet import TINY_TRAINER, launcher_path, trainer_dir, trainer_files
+from hpcnn.nnunet import (
+    DEMO_TRAINER,
+    EPOCHS_VARIABLE,
+    TINY_TRAINER,
+    launcher_path,
+    trainer_dir,
+    trainer_files,
+)
 from hpcnn.nnunet import launcher as launcher_module
 from hpcnn.nnunet.launcher import EXIT_CONTINUE, Stopper, StopRequest, validation_is_done
 from hpcnn.nnunet.training_log import parse_text, read_fold
@@ -112,6 +119,37 @@ def test_finds_the_trainer_in_nnunet_exttrainer_first(tmp_path: Path,
 
 
 # ---- real training ---------------------------------------------------------------------------
+
+
+def test_the_packaged_trainers_and_their_epoch_override(tiny_model: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("hpcnn_trainers_under_test", trainer_files()[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    preprocessed = tiny_model.parents[2] / "nnUNet_preprocessed" / tiny_model.parent.name
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    monkeypatch.delenv(EPOCHS_VARIABLE, raising=False)
+
+    def make(name: str):
+        plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+        plans["continue_training"] = False
+        dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+        return getattr(module, name)(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+
+    tiny, demo = make(TINY_TRAINER), make(DEMO_TRAINER)
+    assert (tiny.num_epochs, tiny.num_iterations_per_epoch, tiny.save_every) == (2, 3, 1)
+    assert demo.num_epochs * demo.num_iterations_per_epoch >= 40, "enough steps to learn"
+    assert tiny.my_init_kwargs["configuration"] == "3d_fullres", "checkpoints can rebuild it"
+    monkeypatch.setenv(EPOCHS_VARIABLE, "7")
+    assert make(TINY_TRAINER).num_epochs == make(DEMO_TRAINER).num_epochs == 7
+    monkeypatch.setenv(EPOCHS_VARIABLE, "0")
+    with pytest.raises(ValueError, match=EPOCHS_VARIABLE):
+        make(TINY_TRAINER)
+
 
 
 @pytest.fixture
