@@ -93,14 +93,14 @@ def test_pbspro_salvage_reads_each_job_of_a_broken_document() -> None:
     broken = ('{"pbs_version": "20.0.1", "Jobs": {\n'
               '"1.p": {"job_state": "R",\n'
               '  "Variable_List": {"BASH_FUNC_x%%": "() { echo "hi"\n}"}},\n'
-              '"2.p": {"job_state": "X", "Exit_status": -29, "comment": "killed",\n'
+              '"2.p": {"job_state": "X", "Exit_status": -29,\n'
               '  "resources_used": {"cput": "00:01:00", "walltime": "05:00:04"},\n'
               '  "Resource_List": {"ncpus": 4, "walltime": "05:00:00"}},\n'
               '"3.p": {"job_state": "F", "Exit_status": 0, "comment": "done"}}}\n')
     assert parse_qstat_json(broken, salvage=False) == {}
     assert parse_qstat_json(broken) == {
         "1.p": {"job_state": "R"},
-        "2.p": {"job_state": "X", "Exit_status": "-29", "comment": "killed",
+        "2.p": {"job_state": "X", "Exit_status": "-29",
                 "resources_used": {"walltime": "05:00:04"},
                 "Resource_List": {"walltime": "05:00:00"}},
         "3.p": {"job_state": "F", "Exit_status": "0", "comment": "done"},
