@@ -34,6 +34,7 @@ from hpcnn.dataset.findings import Finding, error, notice, shorten, summary_line
 from hpcnn.errors import DataError
 
 _NNUNET_CHANNEL = re.compile(r".+_(\d{4})")
+_ONE_FILE = {".nhdr": ".nrrd", ".mhd": ".mha"}
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,10 @@ class PredictCase:
 
     @property
     def extension(self) -> str:
-        """The input's format, which the result keeps unless ``--format`` says otherwise."""
-        return self.images[0].extension
+        """The input's format, which the result keeps unless ``--format`` says otherwise (a
+        detached header's result is one file of the same format: it is renamed into place)."""
+        ext = self.images[0].extension
+        return _ONE_FILE.get(ext, ext)
 
     def output(self, extension: str | None) -> str:
         ext = extension or self.extension
