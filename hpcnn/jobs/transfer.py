@@ -20,7 +20,9 @@ from hpcnn.remote.base import Connection
 from hpcnn.state import Registry
 from hpcnn.workspace import PREPROCESSED, RAW, RemoteLayout, Workspace
 
-_SKIP = ("__pycache__", "*.pyc", "*.tmp-hpcnn", ".rsync-partial")
+_SKIP = ("__pycache__", "*.pyc", "*.tmp-hpcnn", ".rsync-partial", "cases.csv")
+"""Never pushed: caches, temporaries, and ``cases.csv`` (the map from case ids back to the
+original, possibly identifying, file names stays on the laptop)."""
 FREE_MARGIN = 1.05
 """Room asked for on the cluster beyond the bytes still to send."""
 

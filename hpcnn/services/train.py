@@ -62,6 +62,8 @@ class Chain:
     first: int
     length: int
     why: str
+    after: str | None = None
+    """The scheduler id of the attempt this chain continues (``afterany``), if any."""
 
 
 @dataclass
@@ -105,6 +107,25 @@ def plan(views: dict[int, FoldView], folds: list[int], opts: TrainOptions,
         else:
             kept.append(view)
     return chains, kept
+
+
+def unfinished_chains(session: Session, rows: list[JobRow], kept: list[FoldView],
+                      chain_length: int) -> list[Chain]:
+    """The rest of a chain whose continuations were never submitted (hpcnn stopped in the
+    middle of submitting it): a fold still waiting or running with fewer attempts queued after
+    its chain's first attempt than ``chain_length``."""
+    rests = []
+    for view in kept:
+        if view.state.finished:
+            continue
+        chain = sorted((r for r in rows if r.fold == view.fold), key=lambda r: r.attempt)
+        starts = [r.attempt for r in chain if not any(
+            kind == "afterany" for _, kind in session.registry.dependencies(r.name))]
+        present = chain[-1].attempt - (max(starts) if starts else chain[0].attempt) + 1
+        if present < chain_length and chain[-1].scheduler_id:
+            rests.append(Chain(view.fold, chain[-1].attempt + 1, chain_length - present,
+                               "rest of its chain", after=chain[-1].scheduler_id))
+    return rests
 
 
 def check_local_data(session: Session, run: Run, remote_prep: bool) -> dict | None:
@@ -267,6 +288,7 @@ def _train(session: Session, cfg: Config, run: Run, folds: list[int], remote_pre
         rows = [r for r in _reconcile(session, rows, echo) if r.kind == FOLD]
     views = {v.fold: v for v in fold_views(rows)}
     chains, kept = plan(views, folds, opts, 1 + cfg.training.max_resubmits)
+    chains += unfinished_chains(session, rows, kept, 1 + cfg.training.max_resubmits)
     result = TrainResult(run, kept=kept)
     if not chains:
         return result
@@ -283,7 +305,7 @@ def _train(session: Session, cfg: Config, run: Run, folds: list[int], remote_pre
         result.submitted.append(prep)
         prep_dep = [Dependency(prep.scheduler_id or "", "afterok")]
     for chain in chains:
-        deps = prep_dep
+        deps = [Dependency(chain.after, "afterany")] if chain.after else prep_dep
         for attempt in range(chain.first, chain.first + chain.length):
             spec = fold_spec(cfg, layout, run, chain.fold, attempt, npz=opts.npz)
             row = _submit(session, cfg, spec, deps, echo)
