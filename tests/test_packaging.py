@@ -29,8 +29,9 @@ def test_wheel_without_nnunet(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     (work / "cluster.yaml").write_text((REPO / "cluster.yaml.example").read_text())
+    (work / "nnUNet_preprocessed" / "Dataset501_Liver").mkdir(parents=True)  # no cluster call
     out = subprocess.run([str(hpcnn), "render", "-s", "slurm", "-f", "0"], cwd=work,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "#SBATCH --gres=gpu:2" in out.stdout and "nnUNetv2_train 501" in out.stdout
+    assert "#SBATCH --gres=gpu:2" in out.stdout and "Dataset501_Liver 3d_fullres 0" in out.stdout
     assert str(REPO) not in out.stdout  # templates came from the installed package
