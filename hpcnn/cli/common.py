@@ -9,6 +9,8 @@ import click
 from hpcnn.errors import EXIT_USAGE, HpcnnError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from hpcnn.config import Config
     from hpcnn.services.session import Session
 
@@ -27,6 +29,17 @@ class AppContext:
 
             self._config = load_config(self.config_path)
         return self._config
+
+    def model_folder(self, model: str | None, run_id: str | None) -> Path:
+        """A trained model's folder: ``--model DIR``, else the local results of ``--run`` (the
+        most recent run by default), where ``hpcnn sync`` puts them."""
+        from pathlib import Path
+
+        if model:
+            return Path(model)
+        with self.session() as session:
+            run, _ = session.find_run(run_id)
+            return session.workspace.results / run.results_folder
 
     def session(self, *, scheduler: str | None = None) -> Session:
         """The command's one session (use it in a ``with`` block: it closes the connection)."""

@@ -8,7 +8,7 @@ import sys
 import click
 
 from hpcnn import __version__
-from hpcnn.cli import dataset, doctor, init, monitor, predict, render, report, train
+from hpcnn.cli import dataset, demo, doctor, init, monitor, predict, render, report, train
 from hpcnn.cli.common import AppContext
 
 
@@ -27,6 +27,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     """Train nnU-Net v2 on a PBS/Torque/Slurm cluster from your laptop.
 
     \b
+    Try it first (no cluster needed, a few minutes):
+      hpcnn demo
+    \b
     Typical day:
       hpcnn init                       describe your cluster once
       hpcnn doctor --probe             check SSH, scheduler and nnU-Net
@@ -41,7 +44,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     ctx.obj = AppContext(config_path)
 
 
-for module in (init, doctor, render, dataset, train, monitor, predict, report):
+for module in (init, doctor, render, dataset, train, monitor, predict, report, demo):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -7,7 +7,10 @@ import click
 
 from hpcnn.cli.common import AppContext, pass_app
 
-_MODEL_HELP = ("Trained model folder: nnUNet_results/DatasetNNN_Name/Trainer__Plans__config.")
+_MODEL_HELP = ("Trained model folder: nnUNet_results/DatasetNNN_Name/Trainer__Plans__config "
+               "[default: the synced results of --run].")
+_RUN = click.option("--run", "run_id",
+                    help="Run whose synced model to use [default: the most recent run].")
 
 
 def _echo(line: str) -> None:
@@ -19,17 +22,11 @@ def _echo(line: str) -> None:
     click.echo(line)
 
 
-def _need_model(model: str | None) -> str:
-    if model is None:
-        raise click.UsageError("which model? pass --model nnUNet_results/DatasetNNN_Name/"
-                               "Trainer__Plans__config")
-    return model
-
-
 @click.command("predict")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.argument("output", metavar="OUTPUT")
 @click.option("--model", "model", type=click.Path(file_okay=False), help=_MODEL_HELP)
+@_RUN
 @click.option("--folds", "-f", multiple=True, metavar="K[,K...]",
               help="Folds to use (repeatable or comma-separated) [default: every fold with "
                    "checkpoint_final.pth].")
@@ -41,8 +38,10 @@ def _need_model(model: str | None) -> str:
 @click.option("--format", "fmt", type=click.Choice(["nii.gz", "nrrd", "seg.nrrd"]),
               help="Result format [default: each input's own]; seg.nrrd: a 3D Slicer "
                    "segmentation with the model's class names.")
-def predict_command(inputs: tuple[str, ...], output: str, model: str | None,
-                    folds: tuple[str, ...], device: str, fast: bool, fmt: str | None) -> None:
+@pass_app
+def predict_command(app: AppContext, inputs: tuple[str, ...], output: str, model: str | None,
+                    run_id: str | None, folds: tuple[str, ...], device: str, fast: bool,
+                    fmt: str | None) -> None:
     """Segment images with a trained model; results keep the images' names.
 
     INPUT is folders (searched recursively), files or quoted globs, in any format `dataset
@@ -56,8 +55,8 @@ def predict_command(inputs: tuple[str, ...], output: str, model: str | None,
     from hpcnn.nnunet.predict import predict
 
     wanted = [f.strip() for text in folds for f in text.split(",") if f.strip()]
-    result = predict(Path(_need_model(model)), list(inputs), Path(output), wanted or None,
-                     device, fast, fmt, _echo)
+    result = predict(app.model_folder(model, run_id), list(inputs), Path(output),
+                     wanted or None, device, fast, fmt, _echo)
     click.secho(f"{len(result.outputs)} result(s) in {output} ({len(result.folds)} fold(s), "
                 f"{result.device}, {result.seconds:.1f} s)", fg="green")
 
@@ -103,15 +102,18 @@ def _dice(value: float | None) -> str:
 @click.command("export")
 @click.argument("zip_file", metavar="FILE.zip", type=click.Path(dir_okay=False))
 @click.option("--model", "model", type=click.Path(file_okay=False), help=_MODEL_HELP)
+@_RUN
 @click.option("--force", is_flag=True, help="Replace FILE.zip if it exists.")
-def export_command(zip_file: str, model: str | None, force: bool) -> None:
+@pass_app
+def export_command(app: AppContext, zip_file: str, model: str | None, run_id: str | None,
+                   force: bool) -> None:
     """Write a model zip that `hpcnn import-model` and nnU-Net's
     nnUNetv2_install_pretrained_model_from_zip read, with every finished fold."""
     from pathlib import Path
 
     from hpcnn.nnunet.model_zip import export_model
 
-    done = export_model(Path(_need_model(model)), Path(zip_file), force=force)
+    done = export_model(app.model_folder(model, run_id), Path(zip_file), force=force)
     click.secho(f"{zip_file}: {done.identifier}, fold(s) {', '.join(done.folds)}, "
                 f"{done.size / 2**20:.1f} MiB", fg="green")
     if done.skipped:

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import click
 
-_MODEL_HELP = "Trained model folder: nnUNet_results/DatasetNNN_Name/Trainer__Plans__config."
+from hpcnn.cli.common import AppContext, pass_app
+
+_MODEL_HELP = ("Trained model folder: nnUNet_results/DatasetNNN_Name/Trainer__Plans__config "
+               "[default: the synced results of --run].")
 
 
 @click.command("report")
-@click.option("--model", "model", type=click.Path(file_okay=False), required=True,
-              help=_MODEL_HELP)
+@click.option("--model", "model", type=click.Path(file_okay=False), help=_MODEL_HELP)
+@click.option("--run", "run_id", help="Run to report [default: the most recent run].")
 @click.option("--out", "-o", "out", type=click.Path(dir_okay=False),
               help="PNG to write [default: ./report-<Dataset>-<Trainer__Plans__config>.png].")
 @click.option("--html", "with_html", is_flag=True,
               help="Also write a self-contained HTML page (the PNG embedded) beside the PNG.")
-def report_command(model: str, out: str | None, with_html: bool) -> None:
+@pass_app
+def report_command(app: AppContext, model: str | None, run_id: str | None, out: str | None,
+                   with_html: bool) -> None:
     """Plot every fold's training curves side by side and tabulate validation Dice.
 
     Per fold (one column each): train and validation loss, pseudo-Dice per class and epoch
@@ -26,7 +31,8 @@ def report_command(model: str, out: str | None, with_html: bool) -> None:
 
     from hpcnn.services.report import write_report
 
-    written = write_report(Path(model), Path(out) if out else None, with_html=with_html)
+    written = write_report(app.model_folder(model, run_id), Path(out) if out else None,
+                           with_html=with_html)
     _, rows = written.report.dice_table()
     for fold in written.report.folds:
         log, note = fold.log, fold.summary_problem
