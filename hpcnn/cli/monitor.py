@@ -190,9 +190,13 @@ def logs_cmd(app: AppContext, fold: int, run_id: str | None, err: bool, training
 @click.option("--install-cron", metavar="SCHEDULE",
               help='Add a crontab line running this sync, e.g. "*/30 * * * *".')
 @click.option("--uninstall-cron", is_flag=True, help="Remove this workspace's crontab line.")
+@click.option("--then-predict", nargs=2, metavar="INPUT OUTPUT",
+              help="Once every fold is synced, predict INPUT into OUTPUT with the ensemble "
+                   "(once: an OUTPUT that exists is left alone).")
 @pass_app
 def sync_cmd(app: AppContext, run_id: str | None, with_latest: bool, with_validation_npz: bool,
-             everything: bool, install_cron: str | None, uninstall_cron: bool) -> None:
+             everything: bool, install_cron: str | None, uninstall_cron: bool,
+             then_predict: tuple[str, str] | None) -> None:
     """Pull the finished folds' results into the local nnUNet_results (safe under cron).
 
     Quiet unless something changed. Never deletes a local file; an interrupted download never
@@ -206,7 +210,7 @@ def sync_cmd(app: AppContext, run_id: str | None, with_latest: bool, with_valida
         line = (install(cfg, install_cron, run_id) if install_cron else uninstall(cfg))
         click.echo(line)
         return
-    from hpcnn.services.sync import sync_run
+    from hpcnn.services.sync import all_synced, sync_run
 
     with app.session() as session:
         result = sync_run(session, run_id, latest=with_latest, npz=with_validation_npz,
@@ -215,6 +219,16 @@ def sync_cmd(app: AppContext, run_id: str | None, with_latest: bool, with_valida
         click.echo(f"run {result.status.run.id}: {len(result.pulled)} file(s), "
                    f"{result.nbytes / 1e6:.1f} MB into {result.model_dir}; folds synced: "
                    f"{', '.join(map(str, result.synced_folds)) or 'none'}")
+    if then_predict and all_synced(result):
+        from pathlib import Path
+
+        from hpcnn.nnunet.predict import predict
+
+        source, target = then_predict
+        if not Path(target).exists():
+            done = predict(result.model_dir, [source], Path(target), echo=click.echo)
+            click.echo(f"predicted {len(done.outputs)} case(s) into {target} with fold(s) "
+                       f"{', '.join(done.folds)}")
     raise click.exceptions.Exit(result.exit_code)
 
 
