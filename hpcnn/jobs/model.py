@@ -126,9 +126,12 @@ def fold_spec(cfg: Config, layout: RemoteLayout, run: Run, fold: int, attempt: i
     (attempt > 1) first checks that the attempt before it stopped for its walltime."""
     name = job_name(run.id, fold, attempt)
     gpus = cfg.resources.gpus
+    # walltime_margin 0: no deadline of its own (the launcher keeps a reserve before one); the
+    # scheduler's SIGTERM at the walltime stops the launcher at the end of its epoch.
+    margin = cfg.training.walltime_margin
+    deadline = ["bash", "-c", _WITH_DEADLINE, "hpcnn-launch"] if margin else []
     argv = [
-        "bash", "-c", _WITH_DEADLINE, "hpcnn-launch",
-        job_python(cfg), layout.launcher, run.dataset, run.configuration, str(fold),
+        *deadline, job_python(cfg), layout.launcher, run.dataset, run.configuration, str(fold),
         "-tr", run.trainer, "-p", run.plans, "-device", cfg.training.device,
     ]
     if npz:
