@@ -218,6 +218,19 @@ def _reconcile(session: Session, rows: list[JobRow], echo: Echo) -> list[JobRow]
     return session.registry.jobs(rows[0].run)
 
 
+def anchor_remote_dir(session: Session) -> None:
+    """Record cluster.yaml's remote_dir as the absolute path it names on the cluster (what
+    doctor records): job scripts run in their job folder, where the launcher's and trainers'
+    paths in the commands would not resolve if relative to the cluster home."""
+    if session.is_local:
+        return
+    q = shlex.quote(session.cfg.remote_dir)
+    res = session.conn.run_shell(f"mkdir -p {q} && cd {q} && pwd")
+    absolute = res.stdout.strip().splitlines()[-1]
+    if absolute != session.remote.root:
+        session.registry.save_facts(session.host, remote_dir=absolute)
+
+
 def _move_results_aside(session: Session, run: Run, folds: list[int], echo: Echo) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = session.remote.path(RESULTS, run.results_folder)
@@ -282,7 +295,7 @@ def train_all_folds(session: Session, opts: TrainOptions, echo: Echo = print) ->
 
 def _train(session: Session, cfg: Config, run: Run, folds: list[int], remote_prep: bool,
            provenance: dict | None, opts: TrainOptions, echo: Echo) -> TrainResult:
-    registry, layout = session.registry, session.remote
+    registry = session.registry
     rows = [r for r in registry.jobs(run.id) if r.kind == FOLD]
     if rows and not opts.dry_run:
         rows = [r for r in _reconcile(session, rows, echo) if r.kind == FOLD]
@@ -295,6 +308,8 @@ def _train(session: Session, cfg: Config, run: Run, folds: list[int], remote_pre
     if opts.dry_run:
         return _dry_run(session, cfg, run, chains, remote_prep, result)
     check_versions(session, provenance)
+    anchor_remote_dir(session)
+    layout = session.remote
     push_run(session, run, raw=remote_prep, echo=echo)
     if opts.fresh:
         _move_results_aside(session, run, [c.fold for c in chains], echo)
