@@ -53,6 +53,8 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 _DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2", "/etc/ssh/ssh_known_hosts")
 _READ_SIZE = 65536
+_TYPING_S = 120
+"""How long a person has to type a password or code at a prompt: sshd's LoginGraceTime."""
 
 
 def _fingerprint(key: paramiko.PKey) -> str:
@@ -80,6 +82,25 @@ def _prompt(title: str, instructions: str, prompts: Sequence[tuple[str, bool]]) 
         if text.strip():
             print(text.strip(), file=sys.stderr)
     return [input(p) if echo else getpass.getpass(p) for p, echo in prompts]
+
+
+class _CodeNeeded(paramiko.SSHException):
+    """The key was accepted, a one-time code is asked for, and there is no terminal."""
+
+
+class _Transport(paramiko.Transport):
+    """After a key with partial success paramiko asks for the second factor through
+    auth_interactive_dumb, which prints the prompt on stdout, echoes the code and reads
+    stdin. Here the code is asked for as every prompt is (_prompt: stderr, hidden), with as
+    long to type it as sshd gives (LoginGraceTime, 120 s) rather than the connect timeout;
+    with no terminal the login stops at once with the one-time-code message."""
+
+    def auth_interactive_dumb(self, username: str, handler: Any = None,
+                              submethods: str = "") -> list[str]:
+        if not sys.stdin.isatty():
+            raise _CodeNeeded("the cluster asks for a one-time code and there is no terminal")
+        self.auth_timeout = max(self.auth_timeout or 0, _TYPING_S)
+        return self.auth_interactive(username, _prompt, submethods)
 
 
 def _known_hosts_files(ssh_config: dict[str, Any]) -> list[str]:
@@ -111,7 +132,8 @@ class FabricConnection(SshConnection):
         # The banner and auth waits get the same limit: a server that accepts the TCP
         # connection and never speaks is as unreachable as one that never accepts it.
         wait = max(1, round(cluster.connect_timeout))
-        kwargs: dict[str, Any] = {"banner_timeout": wait, "auth_timeout": wait}
+        kwargs: dict[str, Any] = {"banner_timeout": wait, "auth_timeout": wait,
+                                  "transport_factory": _Transport}
         if cluster.identity_file:
             kwargs["key_filename"] = [os.path.expanduser(cluster.identity_file)]
         self._conn = fabric.Connection(
@@ -144,7 +166,7 @@ class FabricConnection(SshConnection):
             except paramiko.AuthenticationException:
                 if not (sys.stdin.isatty() and self._conn.client.get_transport()):
                     raise
-                self._conn.client.get_transport().auth_interactive(self._conn.user, _prompt)
+                self._conn.client.get_transport().auth_interactive_dumb(self._conn.user)
                 self._conn.transport = self._conn.client.get_transport()
         except HpcnnError:
             raise
@@ -172,6 +194,8 @@ class FabricConnection(SshConnection):
         error, or (its handshake wait ending first) as "No existing session"."""
         if isinstance(exc, _UnknownHostKey):
             return Failure.HOSTKEY_UNKNOWN, exc.offered
+        if isinstance(exc, _CodeNeeded):
+            return Failure.ONE_TIME_CODE, ""
         if isinstance(exc, paramiko.BadHostKeyException):
             return Failure.HOSTKEY_CHANGED, f"it now offers {_fingerprint(exc.key)}"
         if isinstance(exc, paramiko.AuthenticationException):

@@ -2,7 +2,9 @@
 
 Every command of one hpcnn invocation rides ONE ssh ControlMaster connection (socket in a
 private 0700 temp folder, closed in close() and on SIGTERM), so a 2FA login is typed once, and
-rsync rides it too. When the user's ssh config already sets ControlMaster, that is honoured
+rsync rides it too. A live master of ``hpcnn login`` (login_master.py) comes first: it is
+ridden and left open, which is how cron jobs reach a cluster that asks for a one-time code.
+When the user's ssh config already sets ControlMaster, that is honoured
 instead (their master may outlive hpcnn, which is how cron jobs reuse a morning's 2FA login),
 unless its ControlPath is in a folder other users can write. Output goes
 to temporary files, not pipes: a master that backgrounds itself can hold inherited pipes open,
@@ -25,9 +27,10 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING
 
-from hpcnn.errors import ConnectionFailed, HpcnnError, RemoteCommandError
+from hpcnn.errors import ConfigError, ConnectionFailed, HpcnnError, RemoteCommandError
 from hpcnn.remote.base import Result, login_wrap
 from hpcnn.remote.host_keys import KeyState, OfferedKey
+from hpcnn.remote.login_master import LoginMaster
 from hpcnn.remote.ssh_common import (
     TIMED_OUT,
     Failure,
@@ -80,6 +83,23 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 _SIGTERM = _SigtermExit()
 
 
+def _login_ssh(argv: list[str]) -> tuple[int, str]:
+    """Run the ssh that opens a login master: it asks for the code on the terminal (/dev/tty),
+    and what the cluster says (instructions, a menu, a refusal) reaches stderr as it comes; a
+    copy is kept to name a failure. The master, once in the background, holds no stdio."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    seen: list[str] = []
+    assert proc.stderr is not None
+    with proc.stderr:
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace")
+            seen.append(line)
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    return proc.wait(), "".join(seen)
+
+
 def _read(handle: IO[bytes]) -> str:
     handle.seek(0)
     return handle.read().decode(errors="replace")
@@ -109,7 +129,12 @@ class OpenSSHConnection(SshConnection):
         self._control_dir: str | None = None
         self._mux: list[str] = []
         self._holds_sigterm = False
-        if settings.get("controlmaster", "false") not in ("false", "no"):
+        self._login = LoginMaster.for_target(self.target)
+        self.rides_login = self._login_alive()
+        """Whether the commands ride the master of ``hpcnn login`` (and leave it open)."""
+        if self.rides_login:
+            self._mux = self._login.client_options()
+        elif settings.get("controlmaster", "false") not in ("false", "no"):
             refuse_shared_control_path(settings.get("controlpath", "none"))
         else:
             # /tmp, not $TMPDIR: macOS's long TMPDIR can exceed the socket path limit (104).
@@ -134,6 +159,76 @@ class OpenSSHConnection(SshConnection):
             settings.setdefault(key.lower(), value)
         return settings
 
+    def _control(self, operation: str) -> bool:
+        """``ssh -O check|exit`` on the login master; True when ssh says it worked."""
+        argv = ["ssh", *self._options, "-o", f"ControlPath={self._login.socket}",
+                "-O", operation, self.host]
+        try:
+            return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, timeout=30,
+                                  check=False).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def _login_alive(self) -> bool:
+        """A login master to ride: there, answering, and not past its end. One past its end
+        is closed here, so that cron asks for a new login instead of riding an old one."""
+        if not self._login.exists():
+            return False
+        if self._login.expired():
+            self._control("exit")
+            self._login.forget()
+            return False
+        if self._control("check"):
+            return True
+        self._login.forget()  # it ended (idle ControlPersist, reboot, network): a stale socket
+        return False
+
+    def login_until(self) -> float | None:
+        """When the ridden login ends (epoch seconds); None when none is ridden."""
+        return self._login.until() if self.rides_login else None
+
+    def login(self, persist_s: int) -> bool:
+        """Open the login master from this terminal: ssh asks for the one-time code (on
+        /dev/tty) and the master stays up to ``persist_s`` seconds for later commands.
+        False when one is open already (it is kept, with its own end)."""
+        if self.rides_login:
+            return False
+        if not sys.stdin.isatty():
+            raise ConfigError("`hpcnn login` asks for the cluster's one-time code, so it needs "
+                              "a terminal", hint="run `hpcnn login` in a terminal; cron and "
+                              "scripts then ride the connection it opens")
+        self._login.prepare()
+        argv = ["ssh", *self._options, *self._login.master_options(persist_s), "-T",
+                self.host, "true"]
+        code, stderr = _login_ssh(argv)
+        if code != 0:
+            self._login.forget()
+            found = classify_ssh_stderr(stderr) if code == 255 else None
+            if found and found[0] == Failure.ONE_TIME_CODE:
+                raise ConnectionFailed(
+                    f"{self.description} took your key but refused the one-time code",
+                    hint="type the code your authenticator shows now; each code is accepted "
+                         "once, so after a refusal wait for the next one")
+            self._raise_connection_failure(code, stderr)
+            raise ConnectionFailed(f"ssh could not log in to {self.description} (exit {code}): "
+                                   f"{stderr.strip()[-300:]}",
+                                   hint=f"try `ssh -v {self.host}` to see why")
+        self._login.record(persist_s)
+        self.close()  # our own per-command master, never started
+        self._mux = self._login.client_options()
+        self.rides_login = True
+        return True
+
+    def logout(self) -> bool:
+        """End the login master now; False when none was open."""
+        if not self._login.exists():
+            return False
+        ended = self._control("exit")
+        self._login.forget()
+        self.rides_login = False
+        return ended
+
     def _ssh(self, remote_line: str, *, stdin: IO[bytes] | int | None, stdout: IO[bytes],
              timeout: float | None = None) -> tuple[int, str]:
         """Run one remote command line through the master; (exit status, stderr).
@@ -149,13 +244,16 @@ class OpenSSHConnection(SshConnection):
             except subprocess.TimeoutExpired:
                 return TIMED_OUT, f"timed out after {timeout:g} s"
             stderr = _read(err)
+        self._raise_connection_failure(code, stderr)
+        return code, stderr
+
+    def _raise_connection_failure(self, code: int, stderr: str) -> None:
         found = classify_ssh_stderr(stderr) if code == 255 else None
         if found:
             kind, line = found
             if kind == Failure.HOSTKEY_UNKNOWN:
                 line = self._offered_fingerprint()
             raise failure(kind, self.target, line, timeout=self.cluster.connect_timeout)
-        return code, stderr
 
     def _offered_fingerprint(self) -> str:
         """The unknown key's fingerprint for the error message; empty when it cannot be had."""

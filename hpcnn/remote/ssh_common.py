@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from hpcnn.errors import ConfigError, ConnectionFailed, RemoteCommandError
 from hpcnn.remote.base import Connection, excluded
+from hpcnn.remote.login_master import DEFAULT_PERSIST
 
 if TYPE_CHECKING:
     from hpcnn.config import ClusterSection
@@ -47,6 +48,11 @@ class Failure(str, Enum):
     HOSTKEY_UNKNOWN = "hostkey-unknown"
     HOSTKEY_CHANGED = "hostkey-changed"
     CLOSED = "closed"
+    ONE_TIME_CODE = "one-time-code"
+    """The key was accepted and the cluster asks for a code too, with no terminal to type it."""
+
+
+ONE_TIME_CODE_MESSAGE = "this cluster asks for a one-time code: run `hpcnn login` in a terminal"
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,13 @@ def _failure(kind: Failure, target: Target, detail: str = "", *,
         return ConnectionFailed(
             f"no answer from {where}{waited}" + (f" ({detail})" if detail else ""),
             hint="check cluster.host, your network or VPN, or raise cluster.connect_timeout")
+    if kind == Failure.ONE_TIME_CODE:
+        return ConnectionFailed(
+            ONE_TIME_CODE_MESSAGE,
+            hint=f"{target} took your key and then asked for a code that only a person can "
+                 "type; `hpcnn login` asks for it once and keeps the connection open "
+                 f"({DEFAULT_PERSIST} by default) for every later command and cron; "
+                 "`hpcnn logout` closes it")
     if kind == Failure.AUTH:
         return ConnectionFailed(
             f"{target} refused the login" + (f": {detail}" if detail else ""),
@@ -153,6 +166,9 @@ _SSH_MESSAGES: list[tuple[Failure, re.Pattern[str]]] = [
     (Failure.HOSTKEY_CHANGED, re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|"
                                          r"Host key for .* has changed")),
     (Failure.HOSTKEY_UNKNOWN, re.compile(r"host key is known for|Host key verification failed")),
+    # After the key (partial success) the server lists only what is still missing.
+    (Failure.ONE_TIME_CODE, re.compile(r"Permission denied \((?![^)]*publickey)"
+                                       r"[^)]*keyboard-interactive[^)]*\)")),
     (Failure.AUTH, re.compile(r"Permission denied \(|Too many authentication failures|"
                               r"Authentication failed")),
     (Failure.REFUSED, re.compile(r"Connection refused")),

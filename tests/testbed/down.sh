@@ -26,6 +26,7 @@ rm -f "$TB_ETC/testbed.env"
 # Only the listener is stopped; open sessions end when their clients do.
 stop_pidfile "$TB_VAR/sshd.pid" sshd
 bash "$(dirname "${BASH_SOURCE[0]}")/sge.sh" "$([ -n "$purge" ] && echo --purge || echo --down)"
+bash "$(dirname "${BASH_SOURCE[0]}")/twofactor.sh" "$([ -n "$purge" ] && echo --purge || echo --down)"
 stop_pidfile "$SLURM_VAR/slurmd.pid" slurmd
 stop_pidfile "$SLURM_VAR/slurmctld.pid" slurmctld
 

@@ -359,3 +359,4 @@ log "test bed is up; settings in $ENV_FILE"
 
 # Grid Engine beside Slurm, as the second cluster account (adds TESTBED_SGE_* to $ENV_FILE).
 bash "$(dirname "${BASH_SOURCE[0]}")/sge.sh"
+bash "$(dirname "${BASH_SOURCE[0]}")/twofactor.sh"  # a second sshd: key + one-time code (TESTBED_2FA_*)
