@@ -106,10 +106,12 @@ def cron(args: list[str], home: Path, configs: dict[str, Path], transport: str =
 
 
 def on_terminal(args: list[str], home: Path, configs: dict[str, Path], twofactor: dict[str, str],
-                transport: str = "openssh", timeout: float = 120) -> tuple[int, str, list[str]]:
-    """An hpcnn command on a pseudo-terminal, as a person runs it; each code prompt is
-    answered with a fresh code. Returns (exit status, all the terminal showed, codes typed)."""
-    argv = [*HPCNN, "-c", str(configs[transport]), *args]
+                transport: str = "openssh", timeout: float = 120,
+                argv: list[str] | None = None) -> tuple[int, str, list[str]]:
+    """An hpcnn command (or ``argv``) on a pseudo-terminal, as a person runs it; each code
+    prompt is answered with a fresh code. Returns (exit status, all the terminal showed,
+    the codes typed)."""
+    argv = argv or [*HPCNN, "-c", str(configs[transport]), *args]
     env = environment(home, configs)
     pid, fd = pty.fork()
     if pid == 0:  # the child, whose controlling terminal is the pty
@@ -125,7 +127,7 @@ def on_terminal(args: list[str], home: Path, configs: dict[str, Path], twofactor
             if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-                pytest.fail(f"hpcnn {' '.join(args)} still running after {timeout} s:\n"
+                pytest.fail(f"{' '.join(argv)} still running after {timeout} s:\n"
                             + shown.decode(errors="replace"))
             chunk = b""
             if select.select([fd], [], [], 0.2)[0]:
@@ -225,6 +227,34 @@ def test_a_person_types_the_code_once_per_command(
     assert len(typed) == 1, shown
     assert not re.search(rf"One-time password[^\n]*{typed[0]}", shown)
     assert logins(twofactor) == before + 1
+
+
+_PUSH = """
+import sys
+from pathlib import Path
+from hpcnn.config import load_config_file
+from hpcnn.remote import connect
+cfg = load_config_file(Path(sys.argv[1]))
+with connect(cfg) as conn:
+    conn.push_tree(Path(sys.argv[2]), f"{cfg.remote_dir}/pushed")
+    print("remote:", conn.run(["cat", f"{cfg.remote_dir}/pushed/a.txt"]).stdout)
+"""
+
+
+def test_fabric_copies_files_on_the_one_login(twofactor: dict[str, str],
+                                              configs: dict[str, Path], home: Path,
+                                              tmp_path: Path) -> None:
+    """rsync would log in again through the system ssh and ask for a second code (the next
+    one, up to 30 s later): after a typed code, Fabric copies over SFTP on its connection."""
+    local = tmp_path / "to-push"
+    local.mkdir()
+    (local / "a.txt").write_text("pushed with one code\n")
+    status, shown, typed = on_terminal(
+        [], home, configs, twofactor,
+        argv=[sys.executable, "-c", _PUSH, str(configs["fabric"]), str(local)])
+    assert status == 0, shown
+    assert "remote: pushed with one code" in shown
+    assert len(typed) == 1, shown
 
 
 def test_login_then_cron_rides_it_until_logout(twofactor: dict[str, str],

@@ -95,11 +95,15 @@ class _Transport(paramiko.Transport):
     long to type it as sshd gives (LoginGraceTime, 120 s) rather than the connect timeout;
     with no terminal the login stops at once with the one-time-code message."""
 
+    typed_at_prompt = False
+    """Whether a person typed a code or password to open this transport."""
+
     def auth_interactive_dumb(self, username: str, handler: Any = None,
                               submethods: str = "") -> list[str]:
         if not sys.stdin.isatty():
             raise _CodeNeeded("the cluster asks for a one-time code and there is no terminal")
         self.auth_timeout = max(self.auth_timeout or 0, _TYPING_S)
+        self.typed_at_prompt = True
         return self.auth_interactive(username, _prompt, submethods)
 
 
@@ -313,6 +317,15 @@ class FabricConnection(SshConnection):
 
     def get(self, remote: str, local: Path) -> None:
         self._download(remote, Path(local))
+
+    def use_rsync(self) -> bool:
+        """rsync runs the system ssh, a login of its own: where this one needed a code typed
+        at a prompt, that would be a second code (and a one-time code is taken only once, so
+        the person would wait for the next one). Files then go over SFTP on this connection,
+        unless cluster.transfer asks for rsync by name."""
+        chosen = super().use_rsync()
+        typed = getattr(self._conn.transport, "typed_at_prompt", False)
+        return chosen and not (typed and self.cluster.transfer != "rsync")
 
     def rsync_ssh_command(self) -> list[str]:
         return ["ssh", *ssh_options(self.cluster, batch=not sys.stdin.isatty(),
