@@ -1,0 +1,147 @@
+"""Workspaces on the real test bed (sshd + Slurm with its Torque wrappers) for the
+train-all-folds tests: the tiny preprocessed dataset, a cluster.yaml, and the CLI run in a
+fresh process as a user runs it. Module-scoped, so one training is shared by many tests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import need, testbed_ssh
+from models import prepare_tiny_dataset
+
+HPCNN = [sys.executable, "-m", "hpcnn.cli.main"]
+TINY = "hpcnnTinyTrainer"
+MODEL = f"Dataset501_Tiny/{TINY}__nnUNetPlans__3d_fullres"
+
+
+def ssh_config_text(testbed: dict[str, str]) -> str:
+    """The Host alias ``testbed`` and the test bed's known_hosts (as conftest's fixture)."""
+    return ("Host testbed\n"
+            f"  HostName {testbed['TESTBED_HOST']}\n  Port {testbed['TESTBED_PORT']}\n"
+            f"  User {testbed['TESTBED_USER']}\n  IdentityFile {testbed['TESTBED_KEY']}\n"
+            "  IdentitiesOnly yes\n"
+            "Host *\n"
+            f"  UserKnownHostsFile {testbed['TESTBED_KNOWN_HOSTS']}\n"
+            "  GlobalKnownHostsFile /dev/null\n")
+
+
+@dataclass
+class Bed:
+    """One workspace whose jobs run on the test bed."""
+
+    ws: Path
+    remote_dir: str
+    testbed: dict[str, str]
+    ssh_config: Path
+
+    @property
+    def config(self) -> Path:
+        return self.ws / "cluster.yaml"
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "HPCNN_SSH_CONFIG": str(self.ssh_config)}
+        return subprocess.run([*HPCNN, "--config", str(self.config), *args], cwd=self.ws,
+                              env=env, capture_output=True, text=True, timeout=timeout,
+                              check=False, stdin=subprocess.DEVNULL)
+
+    def remote(self, command: str) -> str:
+        """``command`` run in the remote_dir over a plain ssh; its stdout."""
+        line = f"cd {shlex.quote(self.remote_dir)} && {command}"
+        res = subprocess.run([*testbed_ssh(self.testbed), line], capture_output=True, text=True,
+                             check=False, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    def status(self) -> tuple[int, dict]:
+        res = self.cli("status", "--json")
+        assert res.stdout.startswith("{"), res.stdout + res.stderr
+        return res.returncode, json.loads(res.stdout)
+
+    def wait(self, done: set[int], timeout: float) -> dict:
+        """Poll ``status --json`` until its exit code is in ``done``."""
+        deadline = time.time() + timeout
+        while True:
+            code, status = self.status()
+            if code in done:
+                return status
+            assert time.time() < deadline, f"not finished after {timeout} s: {status}"
+            time.sleep(5)
+
+    def remove_remote(self) -> None:
+        subprocess.run([*testbed_ssh(self.testbed), f"rm -rf {shlex.quote(self.remote_dir)}"],
+                       capture_output=True, check=False, timeout=60)
+
+
+def make_bed(root: Path, dataset: Path | None, testbed: dict[str, str], ssh_config: Path,
+             setup: list[str], *, scheduler: str = "torque", ssh: str = "fabric",
+             remote_dir: str | None = None, **sections: dict[str, object]) -> Bed:
+    """A workspace under ``root`` with a copy of the tiny dataset (``dataset``: a workspace of
+    prepare_tiny_dataset; None: none) and a cluster.yaml for the test bed."""
+    ws = root / "ws"
+    ws.mkdir(parents=True)
+    if dataset is not None:
+        for tree in ("nnUNet_raw", "nnUNet_preprocessed"):
+            shutil.copytree(dataset / tree, ws / tree)
+    remote_dir = remote_dir or f"hpcnn-tests/train-{root.name}"
+    data: dict[str, object] = {
+        "workspace": str(ws),
+        "cluster": {"scheduler": scheduler, "ssh": ssh, "host": "testbed",
+                    "remote_dir": remote_dir},
+        # Memory is not enforced on the test bed (task/none); ask little so jobs always fit.
+        "resources": {"cpus": 1, "gpus": 0, "mem": "200mb", "walltime": "1:00:00"},
+        "environment": {"setup": setup},
+        "training": {"dataset": "Tiny", "trainer": TINY, "device": "cpu", "max_resubmits": 1,
+                     "walltime_margin": "5m"},
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}  # type: ignore[dict-item]
+    (ws / "cluster.yaml").write_text(yaml.safe_dump(data))
+    return Bed(ws, remote_dir, testbed, ssh_config)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def remote_sha256(bed: Bed, folder: str) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``folder`` (relative to remote_dir)."""
+    out = bed.remote(f"cd {shlex.quote(folder)} && find . -type f -print0 | xargs -0 sha256sum")
+    return {name.removeprefix("./"): digest
+            for digest, name in (line.split("  ", 1) for line in out.splitlines())}
+
+
+_made: dict[str, Path] = {}  # pytest keeps a fixture per importing module: make each once
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny dataset preprocessed once per session; each workspace copies it."""
+    import importlib.util
+
+    need(importlib.util.find_spec("nnunetv2") is not None, "nnunetv2 is not installed")
+    if "dataset" not in _made:
+        _made["dataset"] = prepare_tiny_dataset(tmp_path_factory.mktemp("tiny-dataset"))
+    return _made["dataset"]
+
+
+@pytest.fixture(scope="session")
+def ssh_config(testbed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ssh config as ``~/.ssh/config`` of a home of its own (cron's HOME, too)."""
+    if "ssh_config" not in _made:
+        home = tmp_path_factory.mktemp("home")
+        (home / ".ssh").mkdir(mode=0o700)
+        path = home / ".ssh" / "config"
+        path.write_text(ssh_config_text(testbed))
+        _made["ssh_config"] = path
+    return _made["ssh_config"]
