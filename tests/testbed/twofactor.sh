@@ -37,23 +37,22 @@ die() { echo "[testbed 2fa] ERROR: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root"
 
-forget_env() {  # tests find the 2FA sshd through these lines: gone while it is not up
-    local tmp
+# set_env [LINE...]: testbed.env without its TESTBED_2FA_* lines (tests find the 2FA sshd
+# through them: gone while it is not up), then LINE... appended (sed -i renames a new file).
+set_env() {
     [ -f "$ENV_FILE" ] || return 0
-    tmp=$(mktemp)
-    grep -v '^TESTBED_2FA_' "$ENV_FILE" >"$tmp" || true
-    install -m 644 "$tmp" "$ENV_FILE"
-    rm -f "$tmp"
+    sed -i '/^TESTBED_2FA_/d' "$ENV_FILE"
+    [ $# -eq 0 ] || printf '%s\n' "$@" >>"$ENV_FILE"
 }
 
 case "${1:-}" in
     "") ;;
     --down)
-        forget_env
+        set_env
         stop_pidfile "$TF_PID" "$TF_NAME"
         exit 0 ;;
     --purge)
-        forget_env
+        set_env
         stop_pidfile "$TF_PID" "$TF_NAME"
         rm -f "$TF_PROG" "$TF_PAM" "$TF_CONFIG" "$TF_LOG" "$TF_USERS" "$TF_SECRET" "$TF_KNOWN_HOSTS"
         exit 0 ;;
@@ -62,20 +61,15 @@ case "${1:-}" in
 esac
 
 [ -s "$CLIENT_KEY" ] && [ -s "$HOST_KEY.pub" ] || die "the test bed's keys are missing: run up.sh"
-forget_env  # not up until the end
+set_env  # not up until the end
 
 # ---------------------------------------------------------------- packages
-missing=()
-for p in "${PACKAGES[@]}"; do
-    if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then
-        missing+=("$p")
-    fi
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    log "installing missing packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q || die "apt-get update failed"
-    apt-get install -y -q --no-install-recommends "${missing[@]}" || die "apt-get install ${missing[*]} failed"
+installed=$(dpkg-query -W -f='${Status}\n' "${PACKAGES[@]}" 2>/dev/null | grep -c '^install ok installed$' || true)
+if [ "$installed" != ${#PACKAGES[@]} ]; then
+    log "installing ${PACKAGES[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${PACKAGES[@]}" \
+        || die "apt-get install ${PACKAGES[*]} failed"
 fi
 
 # ---------------------------------------------------------------- secret and PAM
@@ -114,27 +108,18 @@ auth     required  pam_oath.so usersfile=$TF_USERS window=20 digits=6
 account  required  pam_permit.so
 session  required  pam_permit.so" "$TF_PAM" && changed=1
 
-write_if_changed "# Written by hpcnn tests/testbed/twofactor.sh -- test bed only, do not edit.
-Port $TF_PORT
-ListenAddress $TB_HOST
-HostKey $HOST_KEY
-PidFile $TF_PID
-AuthorizedKeysFile $AUTH_DIR/%u
-StrictModes no
-UsePAM yes
-PermitRootLogin no
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication yes
-AuthenticationMethods publickey,keyboard-interactive:pam
-LogLevel VERBOSE
-MaxStartups 50
-MaxSessions 50
-UseDNS no
-PrintMotd no
-PrintLastLog no
-X11Forwarding no
-Subsystem sftp internal-sftp" "$TF_CONFIG" && changed=1
+# The main test sshd's config (up.sh), with its own port and pid file, and PAM asking for a
+# code after the key.
+[ -s "$SSHD_CONFIG" ] || die "$SSHD_CONFIG missing: run up.sh"
+TF_CONF="# Written by hpcnn tests/testbed/twofactor.sh from $SSHD_CONFIG -- test bed only.
+$(sed -e '/^#/d' -e "s|^Port .*|Port $TF_PORT|" -e "s|^PidFile .*|PidFile $TF_PID|" \
+      -e 's|^UsePAM .*|UsePAM yes|' \
+      -e 's|^KbdInteractiveAuthentication .*|KbdInteractiveAuthentication yes|' "$SSHD_CONFIG")
+AuthenticationMethods publickey,keyboard-interactive:pam"
+for line in "Port $TF_PORT" "PidFile $TF_PID" "UsePAM yes" "KbdInteractiveAuthentication yes"; do
+    grep -qx "$line" <<<"$TF_CONF" || die "$SSHD_CONFIG has no line to turn into '$line'"
+done
+write_if_changed "$TF_CONF" "$TF_CONFIG" && changed=1
 
 write_if_changed "[$TB_HOST]:$TF_PORT $(cut -d' ' -f1,2 "$HOST_KEY.pub")" "$TF_KNOWN_HOSTS" || true
 
@@ -188,15 +173,8 @@ out=$(SSH_ASKPASS=$askpass SSH_ASKPASS_REQUIRE=force DISPLAY=none \
 log "a login with key + code works"
 
 # ---------------------------------------------------------------- up
-tmp=$(mktemp)
-{
-    grep -v '^TESTBED_2FA_' "$ENV_FILE" || true
-    echo "TESTBED_2FA_PORT=$TF_PORT"
-    echo "TESTBED_2FA_SECRET_FILE=$TF_SECRET"
-    echo "TESTBED_2FA_USERS_FILE=$TF_USERS"
-    echo "TESTBED_2FA_KNOWN_HOSTS=$TF_KNOWN_HOSTS"
-    echo "TESTBED_2FA_SSHD_LOG=$TF_LOG"
-} >"$tmp"
-install -m 644 "$tmp" "$ENV_FILE"
-rm -f "$tmp"
+[ -f "$ENV_FILE" ] || die "$ENV_FILE missing: up.sh writes it before calling this script"
+set_env "TESTBED_2FA_PORT=$TF_PORT" "TESTBED_2FA_SECRET_FILE=$TF_SECRET" \
+        "TESTBED_2FA_USERS_FILE=$TF_USERS" "TESTBED_2FA_KNOWN_HOSTS=$TF_KNOWN_HOSTS" \
+        "TESTBED_2FA_SSHD_LOG=$TF_LOG"
 log "the 2FA sshd is up; its facts are in $ENV_FILE"
