@@ -96,10 +96,11 @@ def environment(home: Path, configs: dict[str, Path]) -> dict[str, str]:
             "HPCNN_SSH_CONFIG": str(configs["ssh_config"])}
 
 
-def cron(args: list[str], home: Path, configs: dict[str, Path], transport: str = "openssh"
-         ) -> subprocess.CompletedProcess[str]:
-    """An hpcnn command run the way cron runs it: no terminal, no session of the user's."""
-    return subprocess.run([*HPCNN, "-c", str(configs[transport]), *args], cwd="/",
+def cron(args: list[str], home: Path, configs: dict[str, Path], transport: str = "openssh",
+         argv: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """An hpcnn command (or ``argv``) run the way cron runs it: no terminal, no session of
+    the user's."""
+    return subprocess.run(argv or [*HPCNN, "-c", str(configs[transport]), *args], cwd="/",
                           env=environment(home, configs), stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, start_new_session=True, timeout=120,
                           check=False)
@@ -258,7 +259,8 @@ def test_fabric_copies_files_on_the_one_login(twofactor: dict[str, str],
 
 
 def test_login_then_cron_rides_it_until_logout(twofactor: dict[str, str],
-                                               configs: dict[str, Path], home: Path) -> None:
+                                               configs: dict[str, Path], home: Path,
+                                               tmp_path: Path) -> None:
     code, shown, typed = on_terminal(["login", "--persist", "10m"], home, configs, twofactor)
     assert code == 0, shown
     assert len(typed) == 1 and "logged in to hpcuser@127.0.0.1:" in shown, shown
@@ -275,6 +277,12 @@ def test_login_then_cron_rides_it_until_logout(twofactor: dict[str, str],
         res = cron(["doctor"], home, configs, transport)
         assert res.returncode == 0, res.stdout + res.stderr
         assert "all checks passed" in res.stdout
+    local = tmp_path / "to-push"
+    local.mkdir()
+    (local / "a.txt").write_text("copied by cron\n")
+    res = cron([], home, configs, argv=[sys.executable, "-c", _PUSH, str(configs["fabric"]),
+                                        str(local)])
+    assert res.returncode == 0 and "remote: copied by cron" in res.stdout, res.stderr
     assert logins(twofactor) == before, "a command logged in again instead of riding the login"
     again = cron(["login"], home, configs, "fabric")
     assert again.returncode == 0 and "already logged in" in again.stdout, again.stderr
