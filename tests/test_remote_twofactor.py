@@ -108,10 +108,11 @@ def cron(args: list[str], home: Path, configs: dict[str, Path], transport: str =
 
 def on_terminal(args: list[str], home: Path, configs: dict[str, Path], twofactor: dict[str, str],
                 transport: str = "openssh", timeout: float = 120,
-                argv: list[str] | None = None) -> tuple[int, str, list[str]]:
+                argv: list[str] | None = None, wrong: bool = False
+                ) -> tuple[int, str, list[str]]:
     """An hpcnn command (or ``argv``) on a pseudo-terminal, as a person runs it; each code
-    prompt is answered with a fresh code. Returns (exit status, all the terminal showed,
-    the codes typed)."""
+    prompt is answered with a fresh code (``wrong``: a code that is never right). Returns
+    (exit status, all the terminal showed, the codes typed)."""
     argv = argv or [*HPCNN, "-c", str(configs[transport]), *args]
     env = environment(home, configs)
     pid, fd = pty.fork()
@@ -138,7 +139,7 @@ def on_terminal(args: list[str], home: Path, configs: dict[str, Path], twofactor
                     time.sleep(0.05)
             shown += chunk
             if shown.count(b"One-time password") > len(typed):
-                typed.append(fresh_code(twofactor))
+                typed.append("000000" if wrong else fresh_code(twofactor))
                 os.write(fd, typed[-1].encode() + b"\n")
             if not chunk:
                 done, wait_status = os.waitpid(pid, os.WNOHANG)
@@ -311,6 +312,16 @@ def test_a_login_past_its_end_is_closed_not_ridden(twofactor: dict[str, str],
     assert res.returncode == 3 and ONE_TIME_CODE_MESSAGE in res.stdout, res.stdout
     assert not sock.exists()
     assert subprocess.run(["pgrep", "-f", str(sock)], capture_output=True).returncode == 1
+
+
+def test_a_refused_code_is_said_so(twofactor: dict[str, str], configs: dict[str, Path],
+                                   home: Path) -> None:
+    """A wrong code at `hpcnn login` is a refused code, not a key problem, and leaves no
+    socket behind."""
+    code, shown, typed = on_terminal(["login"], home, configs, twofactor, wrong=True)
+    assert code == 3, shown
+    assert typed and "took your key but refused the one-time code" in shown, shown
+    assert not any(p.is_socket() for p in (home / ".ssh" / "hpcnn").iterdir())
 
 
 def test_login_needs_a_terminal_and_a_duration(configs: dict[str, Path], home: Path) -> None:

@@ -86,18 +86,26 @@ _SIGTERM = _SigtermExit()
 def _login_ssh(argv: list[str]) -> tuple[int, str]:
     """Run the ssh that opens a login master: it asks for the code on the terminal (/dev/tty),
     and what the cluster says (instructions, a menu, a refusal) reaches stderr as it comes; a
-    copy is kept to name a failure. The master, once in the background, holds no stdio."""
+    copy is kept to name a failure. The pipe is read by a thread and left once ssh has exited
+    (and a moment more for its last lines): the master in the background must not be waited
+    for, should it keep the pipe."""
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     seen: list[str] = []
-    assert proc.stderr is not None
-    with proc.stderr:
-        for raw in proc.stderr:
+
+    def relay(pipe: IO[bytes]) -> None:
+        for raw in pipe:
             line = raw.decode(errors="replace")
             seen.append(line)
             sys.stderr.write(line)
             sys.stderr.flush()
-    return proc.wait(), "".join(seen)
+
+    assert proc.stderr is not None
+    reader = threading.Thread(target=relay, args=(proc.stderr,), daemon=True)
+    reader.start()
+    code = proc.wait()
+    reader.join(timeout=2)
+    return code, "".join(seen)
 
 
 def _read(handle: IO[bytes]) -> str:
