@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import stat
 import time
 from dataclasses import dataclass
@@ -76,10 +77,11 @@ class LoginMaster:
     @classmethod
     def for_target(cls, target: Target) -> LoginMaster:
         """Keyed by where ssh really goes (after the ssh config), so an alias and the spelled
-        out host share one login; hashed so that the socket path stays short (ssh refuses
-        paths longer than about 100 characters)."""
-        key = hashlib.sha256(f"{target}|{target.jump}".encode()).hexdigest()[:16]
-        return cls(login_dir() / key, str(target))
+        out host share one login, and by this machine's name, as ssh's own ``%C`` is (a home
+        folder shared by several machines holds a socket per machine); hashed so that the
+        path stays short (ssh refuses socket paths longer than about 100 characters)."""
+        where = f"{socket.gethostname()}|{target}|{target.jump}"
+        return cls(login_dir() / hashlib.sha256(where.encode()).hexdigest()[:16], str(target))
 
     @property
     def facts(self) -> Path:
