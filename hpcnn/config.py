@@ -36,6 +36,18 @@ Walltime = Annotated[
 ]
 """Seconds; accepts ``5:00:00``, ``5h``, ``90m``."""
 
+
+def _margin(value: str | int) -> int:
+    """A walltime, or 0: a margin of none (``0``, ``0s``, ``0:00:00``)."""
+    if not isinstance(value, bool) and re.fullmatch(r"0+\s*[smhd]?|0+(:0+){1,2}",
+                                                    str(value).strip().lower()):
+        return 0
+    return parse_walltime(value)
+
+
+Margin = Annotated[int, BeforeValidator(_margin), PlainSerializer(format_hms, return_type=str)]
+"""Seconds, as a Walltime, or 0."""
+
 Memory = Annotated[int, BeforeValidator(parse_memory)]
 """Megabytes; accepts ``64gb``, ``64G``, ``64000mb``."""
 
@@ -197,7 +209,8 @@ class TrainingSection(_Section):
     plans: Line = "nnUNetPlans"
     folds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
     max_resubmits: int = Field(default=3, ge=0)
-    walltime_margin: Walltime = 600
+    walltime_margin: Margin = 600
+    """Stop this long before the walltime; 0: train until the scheduler's SIGTERM."""
     preprocess: Literal["local", "remote"] = "local"
     device: Literal["cuda", "cpu", "mps"] = "cuda"
     compile: bool = False
