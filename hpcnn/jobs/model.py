@@ -134,6 +134,11 @@ def fold_spec(cfg: Config, layout: RemoteLayout, run: Run, fold: int, attempt: i
         *deadline, job_python(cfg), layout.launcher, run.dataset, run.configuration, str(fold),
         "-tr", run.trainer, "-p", run.plans, "-device", cfg.training.device,
     ]
+    if margin:
+        # walltime_margin is the whole reserve before the walltime: the launcher's own default
+        # reserve (60 s) on top of it left no time to validate under short walltimes, so every
+        # continuation stopped before validation until max_resubmits was used up.
+        argv += ["--safety", "0"]
     if npz:
         argv.append("--npz")
     if gpus > 1:
