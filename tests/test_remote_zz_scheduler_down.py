@@ -64,3 +64,30 @@ def test_scheduler_down_means_unknown(cluster_config, hpcnn, slurmctld_stopped,
     assert verdict.state == JobState.UNKNOWN
     code, out, _ = hpcnn("--config", cfg.source, "doctor")
     assert code == 3 and "[FAIL] scheduler" in out and "did not answer" in out
+
+
+def test_hpcnn_status_with_the_controller_down_is_unknown_exit_3(cluster_config, hpcnn,
+                                                                 slurmctld_stopped) -> None:
+    """A run whose fold was running: `hpcnn status` says unknown (never failed) and exits 3."""
+    import json
+
+    from hpcnn.jobs.model import FOLD, Run, job_name
+    from hpcnn.services.session import Session
+    from hpcnn.state import JobRow
+
+    cfg = cluster_config("torque", "openssh")
+    cfg.workspace.mkdir(parents=True, exist_ok=True)
+    run = Run("Dataset501_Tiny", "hpcnnTinyTrainer", "nnUNetPlans", "3d_fullres")
+    with Session(cfg) as session:
+        session.record_run(run, folds=[0])
+        name = job_name(run.id, 0)
+        session.registry.add(JobRow(name=name, run=run.id, kind=FOLD, fold=0, scheduler="torque",
+                                    job_dir=session.remote.job_dir(run.id, name),
+                                    state="running", scheduler_id="4242",
+                                    submitted_at=time.time()))
+    code, out, _ = hpcnn("--config", cfg.source, "status", "--json")
+    status = json.loads(out)
+    assert code == 3 and status["exit_code"] == 3 and not status["scheduler_answered"], out
+    assert [f["state"] for f in status["folds"]] == ["unknown"]
+    code, out, _ = hpcnn("--config", cfg.source, "status")
+    assert code == 3 and "the scheduler did not answer" in out
