@@ -14,6 +14,7 @@ from conftest import need
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ten minutes on two idle cores; CI machines are shared
 def test_demo_runs_the_pipeline_and_learns(tmp_path: Path) -> None:
     import importlib.util
 
