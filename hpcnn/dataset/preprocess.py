@@ -46,7 +46,7 @@ from hpcnn.dataset.layout import (
 )
 from hpcnn.dataset.workers import Progress, available_cpus, available_memory
 from hpcnn.errors import DataError, HpcnnError
-from hpcnn.fsutil import ensure_dir
+from hpcnn.fsutil import atomic_write_text, ensure_dir
 from hpcnn.workspace import RAW, Workspace
 
 if TYPE_CHECKING:
@@ -296,7 +296,7 @@ def _ensure_splits(output: Path, cases: list[str]) -> str:
                                      n_splits=NNUNET_FOLDS)
     plain = [{"train": [str(c) for c in s["train"]], "val": [str(c) for c in s["val"]]}
              for s in splits]
-    _atomic_write(path, json.dumps(plain, indent=4) + "\n")
+    atomic_write_text(path, json.dumps(plain, indent=4) + "\n")
     return "regenerated" if existed else "written"
 
 
@@ -340,11 +340,6 @@ def _write_provenance(job: PreprocessJob, splits: str) -> Path:
         "workers": job.workers,
     }
     path = job.output / PROVENANCE
-    _atomic_write(path, json.dumps(data, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
