@@ -180,7 +180,8 @@ def walltime_beds(testbed, ssh_config, tiny_dataset, testbed_environment, traine
             bed.remove_remote()
 
 
-@pytest.mark.xfail(reason="the tiny fold can finish inside one 60 s attempt on an idle machine: epoch count to be tuned", strict=False)
+@pytest.mark.xfail(reason="a tiny fold can finish inside one 60 s attempt: epochs to be tuned",
+                   strict=False)
 @pytest.mark.parametrize("name,stop", [("margin", "deadline"), ("sigterm", "signal SIGTERM")])
 def test_a_fold_outlives_its_walltime(walltime_beds: dict[str, Bed], trained: dict[str, dict],
                                       name: str, stop: str) -> None:
