@@ -149,6 +149,12 @@ def test_the_packaged_trainers_and_their_epoch_override(tiny_model: Path, tmp_pa
     monkeypatch.setenv(EPOCHS_VARIABLE, "0")
     with pytest.raises(ValueError, match=EPOCHS_VARIABLE):
         make(TINY_TRAINER)
+    monkeypatch.setenv(EPOCHS_VARIABLE, "2")
+    assert make(TINY_TRAINER).min_epoch_seconds == 0
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv(module.EPOCH_SECONDS_VARIABLE, bad)
+        with pytest.raises(ValueError, match=module.EPOCH_SECONDS_VARIABLE):
+            make(TINY_TRAINER)
 
 
 
@@ -207,6 +213,7 @@ def _assert_completed(done: subprocess.CompletedProcess[str], fold: Path, epochs
 def test_deadline_stops_at_an_epoch_end_and_the_continuation_resumes(
         fold_env: dict[str, str]) -> None:
     fold_env["HPCNN_TINY_EPOCHS"] = "3"
+    fold_env["HPCNN_TINY_EPOCH_SECONDS"] = "2"  # the walltime tests' floor, in nnU-Net's log
     fold = Path(fold_env["nnUNet_results"], "Dataset501_Tiny", MODEL_FOLDER, "fold_0")
 
     # The deadline is past before the first epoch ends: an attempt still trains one epoch.
@@ -218,6 +225,7 @@ def test_deadline_stops_at_an_epoch_end_and_the_continuation_resumes(
     second = _launch(fold_env, 0, "--deadline", str(time.time() + 3600))
     _assert_completed(second, fold, epochs=3)
     assert _trained_epochs(fold) == [[0], [1, 2]]
+    assert all(e.epoch_time >= 2 for e in read_fold(fold).epochs), read_fold(fold).epochs
 
     started = time.monotonic()
     third = _launch(fold_env, 0)
