@@ -54,6 +54,16 @@ def format_hms(seconds: int) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}"
 
 
+def format_bytes(count: float) -> str:
+    """``2_500_000`` → ``2.5 MB``: decimal units, three significant digits, as ``df -H`` and
+    rsync's progress speak, so that a figure reads the same here and in their output."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(count) < 999.5 or unit == "TB":
+            break
+        count /= 1000
+    return f"{count:.3g} {unit}" if unit != "B" and abs(count) < 999.5 else f"{count:.0f} {unit}"
+
+
 def parse_memory(value: str | int) -> int:
     """Megabytes for ``64gb``, ``64G``, ``64000mb``, ``512M``, ``1.5tb``; plain numbers are MB."""
     if isinstance(value, bool):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpcnn.units import format_hms, format_memory, parse_memory, parse_walltime
+from hpcnn.units import format_bytes, format_hms, format_memory, parse_memory, parse_walltime
 
 
 @pytest.mark.parametrize(
@@ -40,3 +40,11 @@ def test_formats() -> None:
     assert format_hms(172800 + 61) == "48:01:01"
     assert format_memory(65536) == "64gb" and format_memory(500) == "500mb"
     assert format_memory(65536, "slurm") == "64G" and format_memory(500, "slurm") == "500M"
+
+
+@pytest.mark.parametrize("count,text", [(0, "0 B"), (999, "999 B"), (1000, "1 kB"),
+                                        (524_288, "524 kB"), (999_600, "1 MB"),
+                                        (1_650_000, "1.65 MB"), (2.5e9, "2.5 GB"),
+                                        (4.2e15, "4200 TB")])
+def test_format_bytes(count: float, text: str) -> None:
+    assert format_bytes(count) == text

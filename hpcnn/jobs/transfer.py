@@ -18,6 +18,7 @@ from pathlib import Path
 from hpcnn.errors import HpcnnError
 from hpcnn.remote.base import Connection
 from hpcnn.state import Registry
+from hpcnn.units import format_bytes
 from hpcnn.workspace import PREPROCESSED, RAW, RemoteLayout, Workspace
 
 _SKIP = ("__pycache__", "*.pyc", "*.tmp-hpcnn", ".rsync-partial", "cases.csv")
@@ -74,8 +75,8 @@ def prepare(conn: Connection, remote: RemoteLayout, items: list[PushItem]) -> No
     needed = max(0, sum(i.size for i in items) - there)
     if free is not None and needed * FREE_MARGIN > free:
         raise HpcnnError(
-            f"not enough room on {conn.description}: {remote.root} has {free / 1e9:.2f} GB free "
-            f"and the push needs about {needed / 1e9:.2f} GB more",
+            f"not enough room on {conn.description}: {remote.root} has {format_bytes(free)} free "
+            f"and the push needs about {format_bytes(needed)} more",
             hint="free space there (`hpcnn clean` removes hpcnn's copies of finished runs), or "
                  "choose another cluster.remote_dir")
 
@@ -92,7 +93,7 @@ def push(conn: Connection, registry: Registry, remote: RemoteLayout, items: list
     for item in items:
         size = item.size
         total += size
-        echo(f"push {item.what} ({size / 1e6:.1f} MB) → {conn.description}:{item.remote}")
+        echo(f"push {item.what} ({format_bytes(size)}) → {conn.description}:{item.remote}")
         tid = registry.start_transfer(run, "push", str(item.local), item.remote)
         ok = False
         try:
