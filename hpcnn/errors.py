@@ -82,3 +82,10 @@ class Locked(HpcnnError):
     """Another hpcnn process holds the lock of this workspace/run (cron-safe commands)."""
 
     exit_code = EXIT_LOCKED
+
+
+class JobsActive(HpcnnError):
+    """A command that must not act while a run's jobs are queued or running (``hpcnn clean``
+    would pull the data from under them); exits with the "still running" code."""
+
+    exit_code = EXIT_RUNNING

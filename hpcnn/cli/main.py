@@ -8,7 +8,19 @@ import sys
 import click
 
 from hpcnn import __version__
-from hpcnn.cli import dataset, demo, doctor, init, login, monitor, predict, render, report, train
+from hpcnn.cli import (
+    clean,
+    dataset,
+    demo,
+    doctor,
+    init,
+    login,
+    monitor,
+    predict,
+    render,
+    report,
+    train,
+)
 from hpcnn.cli.common import AppContext
 
 
@@ -44,7 +56,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     ctx.obj = AppContext(config_path)
 
 
-for module in (init, doctor, render, dataset, train, monitor, predict, report, demo, login):
+for module in (init, doctor, render, dataset, train, monitor, clean, predict, report, demo, login):
     for command in module.COMMANDS:
         cli.add_command(command)
 
