@@ -109,20 +109,15 @@ def test_a_second_sync_moves_nothing_and_says_nothing(beds, trained) -> None:
     assert {p: p.stat().st_mtime_ns for p in local_dir.rglob("*") if p.is_file()} == before
 
 
-def test_sync_as_cron_runs_it(beds, trained, ssh_config: Path) -> None:
+def test_sync_as_cron_runs_it(beds, trained) -> None:
     """``env -i``, working directory ``/``, no terminal, ``--config`` absolute: a fold removed
     here comes back identical to the remote one."""
     import shutil
-    import subprocess
 
     bed = beds["torque"]
     local_dir = bed.ws / "nnUNet_results" / MODEL
     shutil.rmtree(local_dir / "fold_3")
-    hpcnn = Path(__import__("sys").executable).with_name("hpcnn")
-    res = subprocess.run(["env", "-i", f"HOME={ssh_config.parent.parent}", "PATH=/usr/bin:/bin",
-                          str(hpcnn), "--config", str(bed.config), "sync"],
-                         cwd="/", capture_output=True, text=True, timeout=300, check=False,
-                         stdin=subprocess.DEVNULL, start_new_session=True)
+    res = bed.cron("sync")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "fold_3/checkpoint_final.pth" in res.stdout and "fold_0/" not in res.stdout
     remote = remote_sha256(bed, f"nnUNet_results/{MODEL}/fold_3")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from testbed_train import HPCNN, Bed, make_bed, remote_sha256, sha256
+from testbed_train import HPCNN, Bed, make_bed, remote_sha256, sha256, submit_fold_jobs
 
 pytestmark = pytest.mark.testbed
 pytest_plugins = ("testbed_train",)  # the shared fixtures
@@ -142,43 +142,11 @@ def test_status_tells_completed_failed_running_queued_and_lost_apart(bed, monkey
     """One run, built as train-all-folds builds it (registry rows, then the job engine), with
     tiny shell jobs: fold 0 completes, 1 fails (CUDA out of memory), 2 runs, 3 waits for 2,
     and 4's job left the scheduler without a marker (an id the scheduler no longer knows)."""
-    import random
-
-    from hpcnn.config import load_config_file
-    from hpcnn.jobs import engine
-    from hpcnn.jobs.model import FOLD, JobSpec, job_name
-    from hpcnn.jobs.script import render_job
-    from hpcnn.schedulers.base import Dependency
-    from hpcnn.services.session import Session
-    from hpcnn.services.train import anchor_remote_dir
-    from hpcnn.state import JobRow
-
     b = bed(status={"lost_grace": "5s"})
     monkeypatch.setenv("HPCNN_SSH_CONFIG", str(b.ssh_config))
-    cfg = load_config_file(b.config)
     oom = "echo 'torch.OutOfMemoryError: CUDA out of memory. Tried to allocate' >&2; exit 3"
-    with Session(cfg) as session:
-        anchor_remote_dir(session)
-        run, layout, dialect = session.new_run(), session.remote, session.dialect
-        session.record_run(run, folds=[0, 1, 2, 3, 4])
-        ids: dict[int, str] = {}
-        for fold, commands in ((0, [["true"]]), (1, [["sh", "-c", oom]]),
-                               (2, [["sleep", "600"]]), (3, [["true"]]), (4, None)):
-            name = job_name(run.id, fold)
-            spec = JobSpec(run=run.id, name=name, job_dir=layout.job_dir(run.id, name),
-                           commands=commands or [], kind=FOLD, fold=fold,
-                           path_env=layout.nnunet_env())
-            session.registry.add(JobRow(name=name, run=run.id, kind=FOLD, fold=fold,
-                                        job_dir=spec.job_dir, scheduler=dialect.name,
-                                        state="pending"))
-            if commands is None:
-                ids[fold] = str(random.randint(10**6, 10**7))  # gone, no marker
-            else:
-                deps = [Dependency(ids[2], "afterok")] if fold == 3 else []
-                ids[fold] = engine.submit(session.conn, dialect,
-                                          render_job(cfg, dialect, spec), spec.job_dir, deps)
-            session.registry.update(name, scheduler_id=ids[fold], state="queued",
-                                    submitted_at=time.time())
+    _, ids = submit_fold_jobs(b, {0: [["true"]], 1: [["sh", "-c", oom]], 2: [["sleep", "600"]],
+                                  3: [["true"]], 4: None}, after={3: 2})
     want = ["completed", "failed", "running", "queued", "lost"]
     deadline = time.time() + 120
     while True:
@@ -204,3 +172,152 @@ def test_status_tells_completed_failed_running_queued_and_lost_apart(bed, monkey
         assert "fix: the GPU ran out of memory" in table.stdout
     finally:
         b.cli("cancel", "--yes")
+
+
+# ---- submitting: two at once, the controller gone half-way, a full disk, names with spaces
+
+# True for hpcnn's own checks over SSH, false inside a Slurm job: the fold jobs end at once (a
+# failed environment line, exit 97) so that these tests submit real chains and train nothing.
+NO_TRAINING = '[ -z "${SLURM_JOB_ID:-}" ]'
+
+
+def _submitted(b: Bed) -> dict[str, str]:
+    """The run's job folders on the cluster and the id the scheduler gave each (its answer,
+    kept beside job.sh)."""
+    out = b.remote("for d in .hpcnn/runs/*/*/; do [ -f \"$d/submitted\" ] && printf '%s %s\\n' "
+                   "\"$(basename \"$d\")\" \"$(tr -d '\\n' < \"$d/submitted\")\"; done; true")
+    return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
+
+
+def _queue_names(b: Bed) -> list[str]:
+    """Every job the controller knows (finished ones too) submitted from a job folder of this
+    bed's remote_dir, by that folder's name (hpcnn's job name; torque's is cut to 15 chars)."""
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-u", b.testbed["TESTBED_USER"], "-o",
+                          "%Z"], capture_output=True, text=True, check=True).stdout
+    return [Path(line).name for line in out.split() if f"/{b.remote_dir}/.hpcnn/runs/" in line]
+
+
+def _assert_each_fold_submitted_once(b: Bed, folds: int = 5, attempts: int = 2) -> None:
+    jobs = _submitted(b)
+    runs = {name.rsplit("-f", 1)[0] for name in jobs}
+    assert len(runs) == 1, jobs
+    run = runs.pop()
+    want = {f"{run}-f{f}-a{a}" for f in range(folds) for a in range(1, attempts + 1)}
+    assert set(jobs) == want and len(set(jobs.values())) == len(want), jobs
+    names = _queue_names(b)
+    assert sorted(names) == sorted(want), "each job submitted exactly once"
+
+
+def test_two_train_all_folds_at_once_submit_each_fold_once(bed, testbed_environment) -> None:
+    b = bed(environment={"setup": [*testbed_environment, NO_TRAINING]})
+    env = {**os.environ, "HPCNN_SSH_CONFIG": str(b.ssh_config)}
+    procs = [subprocess.Popen([*HPCNN, "--config", str(b.config), "train-all-folds"], cwd=b.ws,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    try:
+        codes = sorted(p.returncode for p in procs)
+        assert codes == [0, 12], outs
+        second = outs[[p.returncode for p in procs].index(12)]
+        assert "another hpcnn is submitting run" in second[1], second
+        assert "submitted fold" not in second[0], second
+        _assert_each_fold_submitted_once(b)
+        again = b.cli("train-all-folds")
+        assert again.returncode == 0 and "submitted fold" not in again.stdout, again.stdout
+        _assert_each_fold_submitted_once(b)
+    finally:
+        b.cli("cancel", "--yes")
+
+
+def test_the_controller_stopping_mid_submit_is_named_and_the_rerun_submits_the_rest(
+        bed, testbed_environment) -> None:
+    """slurmctld shut down once the first jobs are in its queue: train-all-folds says the
+    scheduler did not answer; with the controller back, the next train-all-folds submits only the
+    jobs that are missing, each exactly once."""
+    from conftest import need
+    from test_remote_zz_scheduler_down import UP, controller_up
+
+    need(os.geteuid() == 0, "stopping slurmctld needs root (the test bed's SlurmUser)")
+    b = bed(environment={"setup": [*testbed_environment, NO_TRAINING]})
+    env = {**os.environ, "HPCNN_SSH_CONFIG": str(b.ssh_config)}
+    train = subprocess.Popen([*HPCNN, "--config", str(b.config), "train-all-folds"], cwd=b.ws,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while train.poll() is None and time.time() < deadline and len(_queue_names(b)) < 3:
+            time.sleep(0.05)
+        subprocess.run(["scontrol", "shutdown", "slurmctld"], check=True, capture_output=True)
+        out, err = train.communicate(timeout=300)
+        assert train.returncode != 0, out + err
+        assert re.search(r"slurm|torque", err, re.I) and "refused job" in err, err
+        accepted = len(_submitted(b))
+        assert 3 <= accepted < 10, (accepted, out, err)
+    finally:
+        if train.poll() is None:
+            train.kill()
+        subprocess.run(["bash", str(UP)], check=True, capture_output=True, timeout=300)
+    assert controller_up()
+    try:
+        res = b.cli("train-all-folds")
+        assert res.returncode == 0, res.stdout + res.stderr
+        _assert_each_fold_submitted_once(b)
+    finally:
+        b.cli("cancel", "--yes")
+
+
+def test_not_enough_room_on_the_cluster_is_refused_before_anything_moves(bed, testbed) -> None:
+    """remote_dir on a 512 kB file system (the dataset is about 1.6 MB): push and
+    train-all-folds say how much room there is and what to do, and copy no dataset file."""
+    from conftest import need
+
+    need(os.geteuid() == 0, "mounting a small file system needs root")
+    small = Path(f"/mnt/hpcnn-tests-small-{os.getpid()}")
+    small.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0755", "tmpfs", str(small)],
+                   check=True)
+    try:
+        subprocess.run(["chown", testbed["TESTBED_USER"], str(small)], check=True)
+        b = bed(remote_dir=str(small / "hpcnn"))
+        for command in ("push", "train-all-folds"):
+            res = b.cli(command)
+            assert res.returncode == 1, res.stdout + res.stderr
+            assert re.search(rf"not enough room on .*: {small}/hpcnn has \d+ kB free and the "
+                             r"push needs about 1\.\d+ MB more", res.stderr), res.stderr
+            assert "hpcnn clean" in res.stderr and "cluster.remote_dir" in res.stderr
+            assert not [p for p in small.rglob("*") if p.is_file()], "nothing copied"
+        assert "f0:" not in b.cli("runs").stdout, "nothing submitted"
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+        small.rmdir()
+
+
+def test_a_workspace_and_environment_lines_with_spaces_quotes_and_commands(
+        testbed, ssh_config, tiny_dataset, testbed_environment, tmp_path: Path) -> None:
+    """A laptop folder (and so the remote_dir made from it) with spaces, quotes and ``$(...)``:
+    push moves the files as they are and the job runs; environment lines with quotes and
+    ``$(...)`` run as the shell lines they are, and hpcnn's own values stay data (no canary)."""
+    canary = f"hpcnn-canary-{os.getpid()}"
+    words = "export HPCNN_WORDS=\"it's $(echo a b)\""
+    check = "[ \"$HPCNN_WORDS\" = \"it's a b\" ]"
+    b = make_bed(tmp_path / f"my data 'x' \"y\" $(touch {canary})", tiny_dataset, testbed,
+                 ssh_config, [*testbed_environment, words, check, NO_TRAINING],
+                 training={"folds": [0], "max_resubmits": 0})
+    try:
+        res = b.cli("train-all-folds")
+        assert res.returncode == 0, res.stdout + res.stderr
+        status = b.wait({11}, timeout=180)
+        remote = remote_sha256(b, "nnUNet_preprocessed/Dataset501_Tiny")
+        local_dir = b.ws / "nnUNet_preprocessed" / "Dataset501_Tiny"
+        assert remote == {str(p.relative_to(local_dir)): sha256(p) for p in local_dir.rglob("*")
+                          if p.is_file() and p.name != "cases.csv"}
+        # The words line and its check passed inside the job: the line that stopped it is the
+        # one that ends every job of these tests.
+        tail = status["folds"][0]["error_tail"]
+        assert f"environment setup failed (exit 1) at: {NO_TRAINING}" in tail, tail
+        found = b.remote(f"cd && find . -name '{canary}*' 2>/dev/null; true")
+        assert found == "" and not list(tmp_path.rglob(f"{canary}*"))
+        assert not list(Path.home().glob(f"{canary}*")) and not list(Path("/").glob(canary))
+    finally:
+        b.cli("cancel", "--yes")
+        b.remove_remote()

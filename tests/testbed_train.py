@@ -55,6 +55,17 @@ class Bed:
                               env=env, capture_output=True, text=True, timeout=timeout,
                               check=False, stdin=subprocess.DEVNULL)
 
+    def cron(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """hpcnn run the way cron runs it: ``env -i`` (HOME, a bare PATH and the ssh config
+        variable that ``sync --install-cron`` writes into the line), working directory ``/``,
+        no terminal, ``--config`` absolute."""
+        hpcnn = Path(sys.executable).with_name("hpcnn")
+        return subprocess.run(["env", "-i", f"HOME={self.ssh_config.parent.parent}",
+                               "PATH=/usr/bin:/bin", f"HPCNN_SSH_CONFIG={self.ssh_config}",
+                               str(hpcnn), "--config", str(self.config), *args], cwd="/",
+                              capture_output=True, text=True, timeout=timeout,
+                              check=False, stdin=subprocess.DEVNULL, start_new_session=True)
+
     def remote(self, command: str) -> str:
         """``command`` run in the remote_dir over a plain ssh; its stdout."""
         line = f"cd {shlex.quote(self.remote_dir)} && {command}"
@@ -93,7 +104,9 @@ def make_bed(root: Path, dataset: Path | None, testbed: dict[str, str], ssh_conf
     if dataset is not None:
         for tree in ("nnUNet_raw", "nnUNet_preprocessed"):
             shutil.copytree(dataset / tree, ws / tree)
-    remote_dir = remote_dir or f"hpcnn-tests/train-{root.name}"
+    # Unique per test and session: the scheduler remembers finished jobs for MinJobAge, so
+    # tests that count jobs tell theirs apart by their remote folder.
+    remote_dir = remote_dir or f"hpcnn-tests/{os.getpid()}-{root.parent.name}-{root.name}"
     data: dict[str, object] = {
         "workspace": str(ws),
         "cluster": {"scheduler": scheduler, "ssh": ssh, "host": "testbed",
@@ -108,6 +121,50 @@ def make_bed(root: Path, dataset: Path | None, testbed: dict[str, str], ssh_conf
         data[name] = {**data.get(name, {}), **values}  # type: ignore[dict-item]
     (ws / "cluster.yaml").write_text(yaml.safe_dump(data))
     return Bed(ws, remote_dir, testbed, ssh_config)
+
+
+def submit_fold_jobs(bed: Bed, commands: dict[int, list[list[str]] | None],
+                     after: dict[int, int] | None = None) -> tuple[str, dict[int, str]]:
+    """A run built as train-all-folds builds it (registry rows, then the job engine) whose fold
+    jobs run ``commands`` instead of training: one job per fold, ``after[f]`` = the fold whose
+    job must end well first (afterok); None submits nothing and records an id the scheduler never
+    knew (a job gone without a marker). Returns the run id and the job ids by fold. The caller
+    sets HPCNN_SSH_CONFIG to ``bed.ssh_config`` (monkeypatch), as ``Bed.cli`` does."""
+    import random
+
+    from hpcnn.config import load_config_file
+    from hpcnn.jobs import engine
+    from hpcnn.jobs.model import FOLD, JobSpec, job_name
+    from hpcnn.jobs.script import render_job
+    from hpcnn.schedulers.base import Dependency
+    from hpcnn.services.session import Session
+    from hpcnn.services.train import anchor_remote_dir
+    from hpcnn.state import JobRow
+
+    cfg = load_config_file(bed.config)
+    ids: dict[int, str] = {}
+    with Session(cfg) as session:
+        anchor_remote_dir(session)
+        run, layout, dialect = session.new_run(), session.remote, session.dialect
+        session.record_run(run, folds=sorted(commands))
+        for fold, argv in sorted(commands.items()):
+            name = job_name(run.id, fold)
+            spec = JobSpec(run=run.id, name=name, job_dir=layout.job_dir(run.id, name),
+                           commands=argv or [], kind=FOLD, fold=fold,
+                           path_env=layout.nnunet_env())
+            session.registry.add(JobRow(name=name, run=run.id, kind=FOLD, fold=fold,
+                                        job_dir=spec.job_dir, scheduler=dialect.name,
+                                        state="pending"))
+            if argv is None:
+                ids[fold] = str(random.randint(10**6, 10**7))
+            else:
+                first = (after or {}).get(fold)
+                deps = [Dependency(ids[first], "afterok")] if first is not None else []
+                ids[fold] = engine.submit(session.conn, dialect,
+                                          render_job(cfg, dialect, spec), spec.job_dir, deps)
+            session.registry.update(name, scheduler_id=ids[fold], state="queued",
+                                    submitted_at=time.time())
+    return run.id, ids
 
 
 def sha256(path: Path) -> str:

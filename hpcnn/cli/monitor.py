@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from hpcnn.cli.common import AppContext, pass_app
+from hpcnn.units import format_bytes
 
 if TYPE_CHECKING:
     from hpcnn.services.status import FoldStatus, RunStatus
@@ -217,8 +218,12 @@ def sync_cmd(app: AppContext, run_id: str | None, with_latest: bool, with_valida
                           everything=everything, echo=click.echo)
     if result.pulled:
         click.echo(f"run {result.status.run.id}: {len(result.pulled)} file(s), "
-                   f"{result.nbytes / 1e6:.1f} MB into {result.model_dir}; folds synced: "
+                   f"{format_bytes(result.nbytes)} into {result.model_dir}; folds synced: "
                    f"{', '.join(map(str, result.synced_folds)) or 'none'}")
+    for fold in result.missing:
+        click.echo(f"warning: fold {fold} is completed but {result.remote_dir}/fold_{fold}/"
+                   "checkpoint_final.pth is not on the cluster (moved or deleted there?); "
+                   f"retrain it with `hpcnn train-all-folds --fresh --folds {fold}`", err=True)
     if then_predict and all_synced(result):
         from pathlib import Path
 

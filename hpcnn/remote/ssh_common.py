@@ -353,10 +353,14 @@ def safe_relative(rel: str) -> str:
     return norm
 
 
+PARTIAL_SUFFIX = ".tmp-hpcnn"
+"""Ends the name of a download in progress (``.NAME.XXXX.tmp-hpcnn``): what a killed one leaves."""
+
+
 def atomic_local_target(dest: Path) -> Path:
     """A temporary file beside ``dest`` (same file system, so os.replace is atomic)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp-hpcnn", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent)
     os.close(fd)
     return Path(tmp)
 

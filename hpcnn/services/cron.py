@@ -12,6 +12,7 @@ import sys
 
 from hpcnn.config import Config
 from hpcnn.errors import HpcnnError
+from hpcnn.remote.ssh_common import SSH_CONFIG_ENV, ssh_config_file
 
 _TAG = "# hpcnn-sync "
 
@@ -42,10 +43,15 @@ def cron_line(cfg: Config, schedule: str, run_id: str | None) -> str:
     argv.append("sync")
     if run_id:
         argv += ["--run", run_id]
-    path = os.environ.get("PATH", "/usr/bin:/bin")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    if ssh_config_file():  # the ssh config this command used: cron's sync must use it too
+        env[SSH_CONFIG_ENV] = os.path.abspath(str(ssh_config_file()))
+    assigns = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
     log = workspace / ".hpcnn" / "sync.log"
-    return (f"{schedule} cd {shlex.quote(str(workspace))} && PATH={shlex.quote(path)} "
-            f"{shlex.join(argv)} >> {shlex.quote(str(log))} 2>&1 {_TAG}{workspace}")
+    command = (f"cd {shlex.quote(str(workspace))} && {assigns} {shlex.join(argv)} "
+               f">> {shlex.quote(str(log))} 2>&1")
+    # cron turns an unescaped % of the command into a newline (and removes the backslash)
+    return f"{schedule} {command.replace('%', chr(92) + '%')} {_TAG}{workspace}"
 
 
 def install(cfg: Config, schedule: str, run_id: str | None = None) -> str:

@@ -51,10 +51,18 @@ HINTS = [
 ]
 
 
-def hint_for(state: JobState, text: str) -> str:
+SIGNAL_EXITS = {137: "SIGKILL", 143: "SIGTERM"}
+"""A shell's exit status for a job killed by a signal (128 + its number)."""
+
+
+def hint_for(state: JobState, text: str, exit_code: int | None = None) -> str:
     for pattern, hint in HINTS:
         if pattern.search(text):
             return hint
+    if state == JobState.FAILED and exit_code in SIGNAL_EXITS:
+        return (f"the job was stopped by {SIGNAL_EXITS[exit_code]}, which hpcnn did not send: "
+                "cancelled outside hpcnn (scancel/qdel), preempted, or killed on its node; "
+                "`hpcnn train-all-folds --resubmit-failed` continues it from its last checkpoint")
     if state == JobState.TIMEOUT:
         return ("the fold used every attempt: raise resources.walltime or "
                 "training.max_resubmits, then `hpcnn train-all-folds --resubmit-failed`")
@@ -182,7 +190,7 @@ def run_status(session: Session, run_id: str | None = None) -> RunStatus:
         err = next((a.err_tail for a in attempts if a.attempt == view.attempt), "")
         hint = ""
         if view.state in (JobState.FAILED, JobState.LOST, JobState.TIMEOUT):
-            hint = hint_for(view.state, f"{view.detail}\n{err}")
+            hint = hint_for(view.state, f"{view.detail}\n{err}", view.exit_code)
         result.append(FoldStatus(view, log, attempts, err.strip(), hint, gpus))
     return RunStatus(run, row, result, answered)
 

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcnn.errors import EXIT_OK, Locked
+from hpcnn.remote.ssh_common import PARTIAL_SUFFIX
 from hpcnn.schedulers.base import JobState
 from hpcnn.services.session import Session
 from hpcnn.services.status import RunStatus, run_status
+from hpcnn.units import format_bytes
 from hpcnn.workspace import RESULTS
 
 MODEL_FILES = ("dataset.json", "plans.json", "dataset_fingerprint.json")
@@ -39,6 +41,8 @@ class SyncResult:
     pulled: list[str] = field(default_factory=list)
     nbytes: int = 0
     synced_folds: list[int] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)  # completed, no final checkpoint there
+    remote_dir: str = ""
 
     @property
     def exit_code(self) -> int:
@@ -101,7 +105,10 @@ def _sync(session: Session, run_id: str | None, *, latest: bool, npz: bool, ever
     if not done:
         return result
     remote_dir = session.remote.path(RESULTS, run.results_folder)
+    result.remote_dir = remote_dir
+    _remove_partial_downloads(local_dir, echo)
     listing = _listing(session, remote_dir)
+    result.missing = sorted(f for f in done if f"fold_{f}/checkpoint_final.pth" not in listing)
     for rel, (size, mtime) in sorted(listing.items()):
         if not wanted(rel, done, latest=latest, npz=npz, everything=everything):
             continue
@@ -118,7 +125,7 @@ def _sync(session: Session, run_id: str | None, *, latest: bool, npz: bool, ever
         os.utime(target, (mtime, mtime))
         result.pulled.append(rel)
         result.nbytes += size
-        echo(f"pulled {rel} ({size / 1e6:.1f} MB, {time.time() - started:.1f} s)")
+        echo(f"pulled {rel} ({format_bytes(size)}, {time.time() - started:.1f} s)")
     result.synced_folds = sorted(
         f for f in done if (local_dir / f"fold_{f}" / "checkpoint_final.pth").is_file())
     if result.pulled:
@@ -126,6 +133,16 @@ def _sync(session: Session, run_id: str | None, *, latest: bool, npz: bool, ever
         session.registry.finish_transfer(tid, ok=True, files=len(result.pulled),
                                          nbytes=result.nbytes)
     return result
+
+
+def _remove_partial_downloads(local_dir: Path, echo: Callable[[str], None]) -> None:
+    """Delete what a sync killed mid-file left (its temporary files; the file it was replacing
+    is untouched). Safe under the sync lock: no other sync is writing here."""
+    if not local_dir.is_dir():
+        return
+    for partial in local_dir.rglob(f".*{PARTIAL_SUFFIX}"):
+        partial.unlink(missing_ok=True)
+        echo(f"removed {partial.relative_to(local_dir)}, left by an interrupted sync")
 
 
 def all_synced(result: SyncResult) -> bool:
