@@ -88,5 +88,10 @@ class RemoteLayout:
         """``<remote_dir>/.hpcnn/runs/<run>/<job>``: the job's logs and markers."""
         return posixpath.join(self.runs, run, job)
 
+    def predict_dir(self, prediction: str) -> str:
+        """``<remote_dir>/.hpcnn/predict/<id>``: a prediction job's ``input`` and ``output``
+        images (removed once the results are back)."""
+        return self.path(HPCNN_DIR, "predict", prediction)
+
     def nnunet_env(self) -> dict[str, str]:
         return {name: self.path(name) for name in (RAW, PREPROCESSED, RESULTS)}

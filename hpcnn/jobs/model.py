@@ -44,6 +44,21 @@ preprocessing on the cluster, before any fold starts (five folds racing on it is
 issue 3064)."""
 
 
+_PREDICT = """\
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("hpcnn_launcher", sys.argv.pop(1))
+launcher = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(launcher)
+from nnunetv2.inference import predict_from_raw_data as nnunet_predict
+nnunet_predict.recursive_find_trainer_class_by_name = launcher.find_trainer
+sys.argv[0] = "nnUNetv2_predict"
+nnunet_predict.predict_entry_point()
+"""
+"""``python -c PREDICT LAUNCHER ARGS...``: nnUNetv2_predict with ARGS, its trainer class looked up
+the launcher's way (``nnUNet_extTrainer`` first), so that a cluster whose optional packages break
+nnU-Net's own lookup predicts as it trained."""
+
+
 @dataclass(frozen=True)
 class Run:
     dataset: str  # DatasetNNN_Name, resolved (services.session.Session.run)
@@ -168,4 +183,28 @@ def prep_spec(cfg: Config, layout: RemoteLayout, run: Run) -> JobSpec:
             [python, "-c", _WRITE_SPLITS, run.dataset],
         ],
         env=nnunet_env(cfg, layout, cfg.resources.cpus), path_env=layout.nnunet_env(),
+    )
+
+
+def predict_spec(cfg: Config, layout: RemoteLayout, run: Run, prediction: str,
+                 folds: Sequence[str], *, device: str, fast: bool) -> JobSpec:
+    """The job that predicts the staged images of ``prediction`` (its ``input`` folder, in
+    nnU-Net's naming) into its ``output`` folder with the run's model and ``folds``: the
+    cluster's python and nnunetv2 after environment.setup, as the fold jobs train."""
+    name = job_name(run.id, None, kind=f"{PREDICT}-{prediction}")
+    folder = layout.predict_dir(prediction)
+    processes = str(max(1, min(3, cfg.resources.cpus)))  # as a local predict: -npp/-nps
+    argv = [
+        job_python(cfg), "-c", _PREDICT, layout.launcher,
+        "-i", posixpath.join(folder, "input"), "-o", posixpath.join(folder, "output"),
+        "-d", run.dataset, "-c", run.configuration, "-tr", run.trainer, "-p", run.plans,
+        "-f", *folds, "-device", device, "-npp", processes, "-nps", processes,
+        "--disable_progress_bar",
+    ]
+    if fast:
+        argv.append("--disable_tta")
+    return JobSpec(
+        run=run.id, name=name, job_dir=layout.job_dir(run.id, name), commands=[argv],
+        kind=PREDICT, env=nnunet_env(cfg, layout, cfg.resources.cpus),
+        path_env=layout.nnunet_env(),
     )

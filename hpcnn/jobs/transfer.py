@@ -2,7 +2,8 @@
 
 A push moves exactly what the jobs need: hpcnn's job files (the launcher and the packaged
 trainers) and one dataset — ``nnUNet_preprocessed/DatasetX`` for training, or
-``nnUNet_raw/DatasetX`` when the cluster preprocesses. Never ``nnUNet_results`` (results only
+``nnUNet_raw/DatasetX`` when the cluster preprocesses — or, for a prediction job, the images to
+predict, staged in nnU-Net's naming. Never ``nnUNet_results`` (results only
 come back), never a deletion on the cluster. Every transfer is incremental (rsync or SFTP through
 the session's connection, see hpcnn.remote) and recorded in the registry.
 """
@@ -44,14 +45,22 @@ class PushItem:
 def push_items(ws: Workspace, remote: RemoteLayout, dataset: str, *,
                raw: bool = False) -> list[PushItem]:
     """What a run's jobs need where they run, local → remote."""
+    tree = RAW if raw else PREPROCESSED
+    return [
+        *job_file_items(remote),
+        PushItem(f"{tree}/{dataset}", (ws.raw if raw else ws.preprocessed) / dataset,
+                 remote.path(tree, dataset)),
+    ]
+
+
+def job_file_items(remote: RemoteLayout) -> list[PushItem]:
+    """hpcnn's own files that every job runs: the launcher and the packaged trainers (a
+    prediction looks the trainer class up there too)."""
     from hpcnn.nnunet import launcher_path, trainer_dir
 
-    tree = RAW if raw else PREPROCESSED
     return [
         PushItem("launcher", launcher_path(), remote.launcher),
         PushItem("trainers", trainer_dir(), remote.trainers_dir),
-        PushItem(f"{tree}/{dataset}", (ws.raw if raw else ws.preprocessed) / dataset,
-                 remote.path(tree, dataset)),
     ]
 
 

@@ -257,22 +257,51 @@ def check_outputs(cases: Sequence[PredictCase], extension: str | None,
     return paths
 
 
-def stage(cases: Sequence[PredictCase], folder: Path, file_ending: str) -> list[list[str]]:
+def case_id(index: int) -> str:
+    """The name nnU-Net knows case ``index`` by while it predicts (``case_0007``): numbered, so
+    no user's name can clash or confuse nnU-Net's channel suffix; its result is
+    ``case_0007<file_ending>``."""
+    return f"case_{index:04d}"
+
+
+def stage(cases: Sequence[PredictCase], folder: Path, file_ending: str, *,
+          every_file: bool = False) -> list[list[str]]:
     """nnU-Net's list of lists of files, channel by channel. An image already in the model's
     format is read where it is (nnU-Net takes file lists, and a detached header still finds its
-    data); any other is converted into ``folder`` as ``case_NNNN_CCCC<file_ending>``."""
+    data); any other is converted into ``folder`` as ``case_NNNN_CCCC<file_ending>``.
+
+    ``every_file``: ``folder`` gets every image under that name, those in the model's format
+    hard-linked (copied across file systems), so that the folder alone is nnU-Net's input folder:
+    what a prediction job on a cluster, where the user's paths mean nothing, is given."""
     import SimpleITK as sitk
 
     lists = []
     for index, case in enumerate(cases):
         files = []
         for channel, image in enumerate(case.images):
-            if image.path.name.lower().endswith(file_ending.lower()):
+            in_format = image.path.name.lower().endswith(file_ending.lower())
+            if in_format and not every_file:
                 files.append(str(image.path))
                 continue
             folder.mkdir(parents=True, exist_ok=True)
-            target = folder / f"case_{index:04d}_{channel:04d}{file_ending}"
-            sitk.WriteImage(sitk.ReadImage(str(image.path)), str(target), False)
+            target = folder / f"{case_id(index)}_{channel:04d}{file_ending}"
+            if in_format:
+                _link_or_copy(image.path, target)
+            else:
+                sitk.WriteImage(sitk.ReadImage(str(image.path)), str(target), False)
             files.append(str(target))
         lists.append(files)
     return lists
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` holds ``source``'s bytes: a hard link (no space used), else a copy through a
+    temporary name."""
+    import shutil
+
+    try:
+        os.link(source, target)
+    except OSError:
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hpcnn.errors import DataError
 from hpcnn.nnunet.launcher import FINAL as CHECKPOINT
@@ -35,6 +35,8 @@ class ModelFolder:
     path: Path
     dataset_json: dict[str, Any]
     fold_dirs: dict[str, Path]  # every fold_K folder present, finished or not
+    synced: ClassVar[bool] = True
+    """Folds come here by sync (messages say so); a model on the cluster is where they train."""
 
     @property
     def file_ending(self) -> str:
@@ -70,7 +72,7 @@ class ModelFolder:
         unfinished = [f for f in self.fold_dirs if f not in self.finished]
         if unfinished:
             parts.append(f"fold(s) {', '.join(unfinished)} without {CHECKPOINT} (training not "
-                         "finished or not synced)")
+                         f"finished{' or not synced' if self.synced else ''})")
         return "; ".join(parts)
 
     def trained_with(self, folds: Sequence[str]) -> dict[str, str]:
@@ -102,19 +104,51 @@ def open_model(path: Path) -> ModelFolder:
         if not (path / name).is_file():
             raise DataError(f"{path / name}: missing; nnU-Net's predictor needs it",
                             hint="sync or copy the whole model folder again")
-    try:
-        dataset_json = json.loads((path / "dataset.json").read_text(encoding="utf-8"))
-        for key in ("channel_names", "labels", "file_ending"):
-            dataset_json[key]  # noqa: B018  (KeyError below names it)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path / 'dataset.json'}: unusable ({exc})",
-                        hint="sync or copy the model folder again") from exc
+    dataset_json = read_dataset_json((path / "dataset.json").read_text(encoding="utf-8"),
+                                     str(path / "dataset.json"),
+                                     hint="sync or copy the model folder again")
     folds = {}
     for child in sorted(path.iterdir(), key=_fold_order):
         m = _FOLD_DIR.fullmatch(child.name)
         if m and child.is_dir():
             folds[m.group(1)] = child
     return ModelFolder(path, dataset_json, folds)
+
+
+def read_dataset_json(text: str, where: str, *, hint: str) -> dict[str, Any]:
+    """A model's dataset.json with the keys prediction reads; DataError naming ``where``."""
+    try:
+        dataset_json = json.loads(text)
+        for key in ("channel_names", "labels", "file_ending"):
+            dataset_json[key]  # noqa: B018  (KeyError below names it)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{where}: unusable ({exc})", hint=hint) from exc
+    return dataset_json
+
+
+@dataclass(frozen=True)
+class ListedModel(ModelFolder):
+    """A model folder known from a listing, not from files here: the one on the cluster that a
+    prediction job uses. Its finished folds are those the listing saw with a final checkpoint,
+    so fold choice and messages are the same as for a model on this machine."""
+
+    final: tuple[str, ...] = ()
+    synced: ClassVar[bool] = False
+
+    @property
+    def finished(self) -> list[str]:
+        return [f for f in self.fold_dirs if f in self.final]
+
+
+def listed_model(path: str, dataset_json: dict[str, Any],
+                 folders: Mapping[str, bool]) -> ListedModel:
+    """``folders``: each folder of the model (``fold_0`` ...) → whether it holds a final
+    checkpoint, as the listing found them; other folders (``fold_0.replaced-...``) are not
+    folds."""
+    dirs = sorted((Path(path, n) for n in folders if _FOLD_DIR.fullmatch(n)), key=_fold_order)
+    fold_dirs = {d.name.removeprefix("fold_"): d for d in dirs}
+    return ListedModel(Path(path), dataset_json, fold_dirs,
+                       tuple(f for f, d in fold_dirs.items() if folders[d.name]))
 
 
 def choose_folds(model: ModelFolder, wanted: Sequence[str] | None) -> list[str]:
@@ -126,11 +160,13 @@ def choose_folds(model: ModelFolder, wanted: Sequence[str] | None) -> list[str]:
         if bad:
             raise DataError(f"{model.path}: fold(s) {', '.join(bad)} have no {CHECKPOINT} "
                             f"(finished: {', '.join(finished) or 'none'})",
-                            hint="drop them from --folds, or wait until they finish and sync")
+                            hint="drop them from --folds, or wait until they finish"
+                                 + (" and sync" if model.synced else ""))
         return list(dict.fromkeys(wanted))
     if not finished:
         raise DataError(f"{model.path}: no finished fold ({model.describe_missing()})",
-                        hint="train at least one fold to the end (or sync it) before predicting")
+                        hint="train at least one fold to the end"
+                             + (" (or sync it)" if model.synced else "") + " before predicting")
     return finished
 
 

@@ -19,6 +19,10 @@ The steps, each before the next writes anything:
 
 ``hpcnn_predict.json`` in OUTPUT records the model, folds, labels and which result came from which
 images (``hpcnn evaluate`` reads the labels from it).
+
+Steps 2 and 5 (``check_request``, ``result_folder``, ``deliver``) are also those of ``hpcnn
+predict --on-cluster`` (services/predict.py), where nnU-Net runs as a job on the cluster: the
+same inputs are taken and the results get the same names and formats.
 """
 
 from __future__ import annotations
@@ -29,17 +33,19 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hpcnn.dataset import sources
+from hpcnn.dataset.findings import shorten
 from hpcnn.errors import DataError
 from hpcnn.fsutil import atomic_write_text
 from hpcnn.nnunet.inputs import (
     PredictCase,
+    case_id,
     check_images,
     check_output_folder,
     check_outputs,
@@ -97,35 +103,67 @@ def predict(
          + (f" ({missing})" if missing else ""))
     for line in version_warnings(model, chosen):
         echo(f"warning: {line}")
+    cases, results = check_request(model, inputs, output, fmt, echo)
+    torch_device = resolve_device(device)
+    if torch_device == "cpu":
+        echo(cpu_cost(model, cases, len(chosen), fast))
+
+    with result_folder(output) as work:
+        lists = stage(cases, work / "input", model.file_ending)
+        produced = [work / "output" / case_id(i) for i in range(len(cases))]
+        _run_predictor(model, chosen, torch_device, fast, lists, produced)
+        deliver(output, model, chosen, fast, cases, produced, results, fmt, echo)
+    return Prediction(results, chosen, torch_device, time.perf_counter() - start)
+
+
+def check_request(model: ModelFolder, inputs: Sequence[str], output: Path, fmt: str | None,
+                  echo: Echo) -> tuple[list[PredictCase], list[Path]]:
+    """The cases in ``inputs`` and the path of each one's result, every file checked against
+    the model before anything is written: step 2, shared by a prediction here and one run as a
+    job on the cluster, so both take the same inputs and name the results the same."""
     extension = _extension(fmt)
     check_output_folder(output, inputs)
     cases, findings = collect(inputs, model.channel_names, exclude=output)
     for finding in findings:
         echo(f"{finding.level}: {finding.line()}")
     check_images(cases, model.channel_names)
-    results = check_outputs(cases, extension, output)
-    torch_device = resolve_device(device)
-    if torch_device == "cpu":
-        echo(cpu_cost(model, cases, len(chosen), fast))
+    return cases, check_outputs(cases, extension, output)
 
+
+@contextmanager
+def result_folder(output: Path) -> Iterator[Path]:
+    """A work folder inside ``output`` (on the same file system, so results are renamed into
+    place, never copied half-way). It goes in every case; ``output`` goes too when this
+    prediction created it and failed, so a failure leaves no folder of partial results."""
     created = not output.exists()
     work = output / f"{_WORK_PREFIX}{uuid.uuid4().hex[:8]}"
     try:
         work.mkdir(parents=True)
-        lists = stage(cases, work / "input", model.file_ending)
-        produced = [work / "output" / f"case_{i:04d}" for i in range(len(cases))]
-        _run_predictor(model, chosen, torch_device, fast, lists, produced)
-        for case, made, final in zip(cases, produced, results, strict=True):
-            _place(Path(f"{made}{model.file_ending}"), final, model, fmt == "seg.nrrd")
-            echo(f"{case.images[0].display} -> {final}")
-        _write_record(output, model, chosen, fast, cases, results)
+        yield work
     except BaseException:
         if created:
             shutil.rmtree(output, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return Prediction(results, chosen, torch_device, time.perf_counter() - start)
+
+
+def deliver(output: Path, model: ModelFolder, folds: Sequence[str], fast: bool,
+            cases: Sequence[PredictCase], produced: Sequence[Path], results: Sequence[Path],
+            fmt: str | None, echo: Echo, *, source: Mapping[str, object] | None = None) -> None:
+    """Step 5: nnU-Net's results (``produced``, named ``case_NNNN`` without the file ending)
+    renamed or converted to their final names and format, then ``hpcnn_predict.json``. Every
+    result is checked first, so a missing one leaves the earlier ones unplaced. ``source``
+    replaces what the record says of the model (a model on the cluster)."""
+    made = [Path(f"{p}{model.file_ending}") for p in produced]
+    missing = [final.name for m, final in zip(made, results, strict=True) if not m.is_file()]
+    if missing:
+        raise DataError(f"nnU-Net wrote no result for {shorten(missing)}",
+                        hint="see nnU-Net's output above (or the job's err.log)")
+    for case, result, final in zip(cases, made, results, strict=True):
+        _place(result, final, model, fmt == "seg.nrrd")
+        echo(f"{case.images[0].display} -> {final}")
+    _write_record(output, model, folds, fast, cases, results, source or {})
 
 
 def version_warnings(model: ModelFolder, folds: Sequence[str]) -> list[str]:
@@ -266,9 +304,6 @@ def _run_predictor(model: ModelFolder, folds: Sequence[str], device: str, fast: 
 def _place(result: Path, final: Path, model: ModelFolder, slicer: bool) -> None:
     """Rename or convert nnU-Net's result to ``final`` through a temporary name beside it."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    if not result.is_file():
-        raise DataError(f"nnU-Net wrote no result for {final.name}",
-                        hint="see nnU-Net's output above")
     same_format = not slicer and final.name.lower().endswith(model.file_ending.lower())
     if same_format:
         os.replace(result, final)
@@ -296,7 +331,8 @@ def _place(result: Path, final: Path, model: ModelFolder, slicer: bool) -> None:
 
 
 def _write_record(output: Path, model: ModelFolder, folds: Sequence[str], fast: bool,
-                  cases: Sequence[PredictCase], results: Sequence[Path]) -> None:
+                  cases: Sequence[PredictCase], results: Sequence[Path],
+                  source: Mapping[str, object]) -> None:
     from hpcnn import __version__
 
     record = {
@@ -310,4 +346,5 @@ def _write_record(output: Path, model: ModelFolder, folds: Sequence[str], fast: 
                    "images": [str(f.path.resolve()) for f in c.images]}
                   for c, r in zip(cases, results, strict=True)],
     }
+    record.update(source)
     atomic_write_text(output / RECORD, json.dumps(record, indent=2) + "\n", mode=0o644)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from hpcnn.config import Config, ResourcesSection
 from hpcnn.dataset.layout import SPLITS
-from hpcnn.dataset.preprocess import read_provenance
 from hpcnn.errors import ConfigError, DataError, HpcnnError, Locked, SchedulerError
 from hpcnn.fsutil import atomic_write_text
 from hpcnn.jobs import engine, transfer
@@ -149,6 +148,8 @@ def check_local_data(session: Session, run: Run, remote_prep: bool) -> dict | No
         in_split = {c for s in splits[:1] for part in ("train", "val") for c in s[part]}
     except (OSError, ValueError, KeyError, TypeError):
         in_split = None
+    from hpcnn.dataset.preprocess import read_provenance  # numpy, through the checks
+
     provenance = read_provenance(folder) or {}
     cases = set(provenance.get("cases") or [])
     if in_split is None or (cases and in_split != cases):
@@ -174,9 +175,10 @@ def remote_nnunet_version(session: Session) -> str | None:
     return words[-1] if res.ok and words and words[-1] != "-" else None
 
 
-def check_versions(session: Session, provenance: dict | None) -> None:
+def check_versions(session: Session, provenance: dict | None) -> str:
     """Refuse to train with an nnunetv2 other than the one that preprocessed the data: the
-    preprocessed format changed between versions (blosc2 in 2.6)."""
+    preprocessed format changed between versions (blosc2 in 2.6). Returns the version where jobs
+    run (a prediction job records it; ``provenance`` None checks only that there is one)."""
     found = remote_nnunet_version(session)
     where = "this machine" if session.is_local else session.host
     if found is None:
@@ -190,6 +192,7 @@ def check_versions(session: Session, provenance: dict | None) -> None:
             f"the data were preprocessed with nnunetv2 {wanted}, but {where} has {found}",
             hint=f"use nnunetv2=={wanted} where jobs run, or preprocess again with {found} "
                  f"(`pip install nnunetv2=={found}` here, then `hpcnn preprocess --clean`)")
+    return found
 
 
 def push_run(session: Session, run: Run, *, raw: bool = False, echo: Echo = print) -> int:
@@ -244,8 +247,10 @@ def _move_results_aside(session: Session, run: Run, folds: list[int], echo: Echo
         echo(f"--fresh: kept the old {moved} as {moved}.replaced-{stamp} in {base}")
 
 
-def _submit(session: Session, cfg: Config, spec: JobSpec, deps: list[Dependency],
-            echo: Echo) -> JobRow:
+def submit_spec(session: Session, cfg: Config, spec: JobSpec, deps: list[Dependency],
+                echo: Echo) -> JobRow:
+    """Render and submit one job: its intent recorded before the scheduler call and its id
+    after (a refusal forgets the intent), so a crash in between is reconciled by job folder."""
     registry, dialect = session.registry, session.dialect
     row = registry.add(JobRow(name=spec.name, run=spec.run, kind=spec.kind, fold=spec.fold,
                               attempt=spec.attempt, job_dir=spec.job_dir,
@@ -316,14 +321,14 @@ def _train(session: Session, cfg: Config, run: Run, folds: list[int], remote_pre
     session.record_run(run, folds=folds, npz=opts.npz, preprocess=remote_prep)
     prep_dep: list[Dependency] = []
     if remote_prep:
-        prep = _submit(session, cfg, prep_spec(cfg, layout, run), [], echo)
+        prep = submit_spec(session, cfg, prep_spec(cfg, layout, run), [], echo)
         result.submitted.append(prep)
         prep_dep = [Dependency(prep.scheduler_id or "", "afterok")]
     for chain in chains:
         deps = [Dependency(chain.after, "afterany")] if chain.after else prep_dep
         for attempt in range(chain.first, chain.first + chain.length):
             spec = fold_spec(cfg, layout, run, chain.fold, attempt, npz=opts.npz)
-            row = _submit(session, cfg, spec, deps, echo)
+            row = submit_spec(session, cfg, spec, deps, echo)
             result.submitted.append(row)
             deps = [Dependency(row.scheduler_id or "", "afterany")]
     return result
