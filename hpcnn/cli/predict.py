@@ -23,25 +23,40 @@ def _echo(line: str) -> None:
 
 
 @click.command("predict")
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@click.argument("output", metavar="OUTPUT")
+@click.argument("inputs", nargs=-1, metavar="INPUT...")
+@click.argument("output", required=False, metavar="OUTPUT")
 @click.option("--model", "model", type=click.Path(file_okay=False), help=_MODEL_HELP)
-@_RUN
+@click.option("--run", "run_id",
+              help="Run whose model to use: its synced folds, or with --on-cluster its folds on "
+                   "the cluster [default: the most recent run].")
 @click.option("--folds", "-f", multiple=True, metavar="K[,K...]",
               help="Folds to use (repeatable or comma-separated) [default: every fold with "
                    "checkpoint_final.pth].")
 @click.option("--device", type=click.Choice(["auto", "cuda", "mps", "cpu"]), default="auto",
-              show_default=True, help="auto: CUDA, else Apple MPS, else the CPU.")
+              show_default=True, help="auto: CUDA, else Apple MPS, else the CPU (with "
+                                      "--on-cluster: training.device of cluster.yaml).")
 @click.option("--fast", is_flag=True,
               help="No test-time augmentation (mirroring): up to 8x faster, slightly less "
                    "accurate.")
 @click.option("--format", "fmt", type=click.Choice(["nii.gz", "nrrd", "seg.nrrd"]),
               help="Result format [default: each input's own]; seg.nrrd: a 3D Slicer "
                    "segmentation with the model's class names.")
+@click.option("--on-cluster", is_flag=True,
+              help="Predict as one job where the run's folds are (its GPUs): the images go "
+                   "there, only the results come back.")
+@click.option("--no-follow", is_flag=True,
+              help="With --on-cluster: submit (or look once, with --attach) and return; exit "
+                   "code 10 while the job runs.")
+@click.option("--attach", "attach", metavar="ID",
+              help="Come back to a prediction job submitted with --on-cluster: follow it and "
+                   "bring its results back.")
+@click.option("--interval", type=click.FloatRange(min=1), default=15.0, show_default=True,
+              help="Seconds between looks at a job with --on-cluster.")
 @pass_app
-def predict_command(app: AppContext, inputs: tuple[str, ...], output: str, model: str | None,
-                    run_id: str | None, folds: tuple[str, ...], device: str, fast: bool,
-                    fmt: str | None) -> None:
+def predict_command(app: AppContext, inputs: tuple[str, ...], output: str | None,
+                    model: str | None, run_id: str | None, folds: tuple[str, ...], device: str,
+                    fast: bool, fmt: str | None, on_cluster: bool, no_follow: bool,
+                    attach: str | None, interval: float) -> None:
     """Segment images with a trained model; results keep the images' names.
 
     INPUT is folders (searched recursively), files or quoted globs, in any format `dataset
@@ -49,16 +64,87 @@ def predict_command(app: AppContext, inputs: tuple[str, ...], output: str, model
     dataset.json needed. A model with several channels takes CASE_<channel>.ext files, channel
     names from its dataset.json. Segmentations among the inputs are skipped. The ensemble uses
     every fold that finished (the missing ones are named).
+
+    --on-cluster predicts as one job on the cluster with the folds trained there (no sync
+    needed), the same names and formats. Ctrl-C leaves the job running; `hpcnn predict
+    --attach ID` follows it again and brings the results back. Exit codes there: 0 results in
+    OUTPUT, 10 the job is still queued or running, 11 it failed.
     """
     from pathlib import Path
 
+    wanted = [f.strip() for text in folds for f in text.split(",") if f.strip()]
+    if attach:
+        if inputs or output or model or wanted or fmt or fast:
+            raise click.UsageError("--attach ID takes no INPUT/OUTPUT and no model options: "
+                                   "the job has them")
+    elif not inputs or output is None:
+        raise click.UsageError(f"Missing argument '{'OUTPUT' if inputs else 'INPUT...'}'.")
+    if on_cluster or attach:
+        if model:
+            raise click.UsageError("--on-cluster predicts with the folds of --run on the "
+                                   "cluster; --model names a folder on this machine")
+        _predict_on_cluster(app, inputs, output, run_id, wanted, device, fast, fmt, no_follow,
+                            attach, interval)
+        return
+    if no_follow:
+        raise click.UsageError("--no-follow goes with --on-cluster")
     from hpcnn.nnunet.predict import predict
 
-    wanted = [f.strip() for text in folds for f in text.split(",") if f.strip()]
+    assert output is not None
     result = predict(app.model_folder(model, run_id), list(inputs), Path(output),
                      wanted or None, device, fast, fmt, _echo)
     click.secho(f"{len(result.outputs)} result(s) in {output} ({len(result.folds)} fold(s), "
                 f"{result.device}, {result.seconds:.1f} s)", fg="green")
+
+
+def _predict_on_cluster(app: AppContext, inputs: tuple[str, ...], output: str | None,
+                        run_id: str | None, folds: list[str], device: str, fast: bool,
+                        fmt: str | None, no_follow: bool, attach: str | None,
+                        interval: float) -> None:
+    """Submit (or find) the prediction job, follow it, bring the results back; the job goes on
+    when this command stops early, and the line to come back is said."""
+    from pathlib import Path
+
+    from hpcnn.errors import EXIT_RUNNING, HpcnnError
+    from hpcnn.services.predict import (
+        PredictJobFailed,
+        follow,
+        load_request,
+        submit_prediction,
+    )
+
+    with app.session() as session:
+        where = session.conn.description
+        if attach:
+            request = load_request(session, attach)
+        else:
+            assert output is not None
+            request = submit_prediction(session, list(inputs), Path(output), run_id=run_id,
+                                        folds=folds or None, device=device, fast=fast, fmt=fmt,
+                                        echo=_echo)
+            click.echo(f"prediction {request.id} submitted"
+                       + ("" if no_follow else "; following it (Ctrl-C leaves the job running)"))
+        come_back = (f"the job goes on; bring its results into {request.output} with: "
+                     f"hpcnn predict --attach {request.id}")
+        if no_follow and not attach:
+            click.echo(come_back)
+            raise click.exceptions.Exit(EXIT_RUNNING)
+        try:
+            done = follow(session, request, interval=interval, once=no_follow, echo=_echo)
+        except KeyboardInterrupt:
+            click.echo(f"\nstopped following; {come_back}", err=True)
+            raise click.exceptions.Exit(EXIT_RUNNING) from None
+        except PredictJobFailed:
+            raise
+        except HpcnnError:  # the connection dropped, the results were incomplete...
+            click.echo(come_back, err=True)
+            raise
+    if done.exit_code != 0:
+        click.echo(come_back)
+        raise click.exceptions.Exit(done.exit_code)
+    click.secho(f"{len(done.outputs)} result(s) in {request.output} ({len(request.folds)} "
+                f"fold(s), job {done.row.scheduler_id} on {where}, "
+                f"{done.seconds:.1f} s)", fg="green")
 
 
 @click.command("evaluate")
