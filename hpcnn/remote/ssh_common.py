@@ -9,6 +9,7 @@ section too. Nothing here imports paramiko: the CLI start-up path may import thi
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import re
@@ -272,24 +273,31 @@ def refuse_shared_control_path(control_path: str) -> None:
 
 
 def rsync_argv(ssh_command: Sequence[str], src: str, dst: str,
-               exclude: Sequence[str] = (), *, to_cluster: bool = False) -> list[str]:
+               exclude: Sequence[str] = (), *, to_cluster: bool = False,
+               make_dir: str | None = None) -> list[str]:
     """rsync that copies new and changed files and never deletes; interrupted files wait in
     ``.rsync-partial`` until the next run, so a reader never sees half a file. ``-s`` keeps
     remote paths with spaces, quotes or ``$(...)`` from being parsed by the remote shell.
     ``--safe-links`` drops symlinks that leave the tree, so a link made on one side never
     becomes a path to a file outside it on the other; what goes to the cluster is readable by
-    the account only (``--chmod``: rsync otherwise copies the laptop's modes)."""
+    the account only (``--chmod``: rsync otherwise copies the laptop's modes). ``make_dir``
+    is created first by the remote rsync's own command (private, like every remote command),
+    which saves a round trip per tree and works with rsync older than 3.2.3's ``--mkpath``."""
     argv = ["rsync", "-a", "-s", "--safe-links", "--partial", f"--partial-dir={PARTIAL_DIR}",
             "--exclude", PARTIAL_DIR, "-e", shlex.join(ssh_command)]
     if to_cluster:
         argv.append("--chmod=go-rwx")
+    if make_dir:
+        argv.append(f"--rsync-path=umask 077 && mkdir -p -- {shlex.quote(make_dir)} && rsync")
     for pattern in exclude:
         argv += ["--exclude", pattern]
     return [*argv, src, dst]
 
 
+@functools.cache
 def local_rsync_ok() -> bool:
-    """GNU rsync here (macOS ships openrsync, which lacks options hpcnn uses)."""
+    """GNU rsync here (macOS ships openrsync, which lacks options hpcnn uses); asked once per
+    process."""
     if not shutil.which("rsync"):
         return False
     try:
@@ -416,9 +424,8 @@ class SshConnection(Connection):
         if not local.is_dir():
             raise FileNotFoundError(f"{local}: no such folder")
         if self.use_rsync():
-            self.run(["mkdir", "-p", remote])
             self._rsync(f"{local}/", f"{self.rsync_destination()}:{remote}/", exclude,
-                        to_cluster=True)
+                        to_cluster=True, make_dir=remote)
             return
         remote_files = parse_listing(self.run_shell(remote_listing_line(remote)).stdout)
         files = to_copy(local_listing(local), remote_files, exclude)
@@ -437,8 +444,9 @@ class SshConnection(Connection):
             self.fetch_files(remote, local, files)
 
     def _rsync(self, src: str, dst: str, exclude: Sequence[str], *,
-               to_cluster: bool = False) -> None:
-        argv = rsync_argv(self.rsync_ssh_command(), src, dst, exclude, to_cluster=to_cluster)
+               to_cluster: bool = False, make_dir: str | None = None) -> None:
+        argv = rsync_argv(self.rsync_ssh_command(), src, dst, exclude, to_cluster=to_cluster,
+                          make_dir=make_dir)
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               check=False)
         if proc.returncode == 0:
