@@ -1,7 +1,9 @@
 """``hpcnn push`` through the test bed: a no-op push vs ``ssh host true`` + a no-op ``rsync -a``
 of the same tree (the same connections; goal <= 1.3x, 0 file bytes moved), the bytes a re-push
 moves after one case changed (goal <= 1.1x that case), and SSH logins per push counted in the
-test bed's sshd log.
+test bed's sshd log. Beside them, the same push with ``transfer: sftp`` (paramiko's SFTP over the
+``fabric`` transport, for clusters without rsync) vs ``sftp -b`` of the same tree: a first push
+into an empty folder, and a no-op push (``sftp -b`` has no incremental mode: it sends it all).
 
 Run as root with the test bed up (tests/testbed/up.sh):
     python bench/train_push.py [--files 1000] [--mb 1000] [--repeats 7]
@@ -88,6 +90,39 @@ def make_tree(root: Path, files: int, total_mb: int) -> list[Path]:
     return made
 
 
+def sftp_push(work: Path, tree: Path, ssh_config: Path, env: dict[str, str], ssh: list[str],
+              remote: str, repeats: int) -> None:
+    """``transfer: sftp`` vs ``sftp -b``: a first push into a new folder, then a no-op one."""
+    config = work / "cluster-sftp.yaml"
+    count = iter(range(10**6))
+
+    def fresh_config() -> None:  # a new remote_dir each time: every push is a first one
+        folder = f"{remote}/sftp{next(count)}"
+        config.write_text(f"workspace: {work}\ncluster: {{scheduler: torque, host: testbed, "
+                          f"ssh: fabric, transfer: sftp, remote_dir: {folder}}}\n")
+
+    push = [sys.executable, "-m", "hpcnn.cli.main", "--config", str(config), "push",
+            "--dataset", DATASET]
+    batch = work / "sftp-batch"
+    plain = iter(range(10**6))
+
+    def sftp_b() -> float:
+        folder = f"{remote}/plain-sftp{next(plain)}"
+        batch.write_text(f"-mkdir {folder}\nput -r {tree} {folder}/{DATASET}\n")
+        return time_command(["sftp", "-F", str(ssh_config), "-b", str(batch), "-q", "testbed"])
+
+    def first_push() -> float:
+        fresh_config()
+        return time_command(push, env=env)
+
+    b, c, ratio = compare(sftp_b, first_push, repeats=max(2, repeats // 2), warmup=0)
+    report("first hpcnn push over SFTP", "sftp -b put -r of the same tree", b, c, ratio,
+           goal="reported")
+    b, c, ratio = compare(sftp_b, lambda: time_command(push, env=env), repeats=repeats, warmup=1)
+    report("no-op hpcnn push over SFTP", "sftp -b put -r (sends everything again)", b, c, ratio,
+           goal="reported")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--files", type=int, default=1000)
@@ -152,6 +187,7 @@ def main() -> None:
         print(f"re-push after one case changed ({len(case)} files, {case_bytes / 1e6:.1f} MB): "
               f"{moved / 1e6:.1f} MB on the wire -> {moved / case_bytes:.2f}x that case "
               "(goal <= 1.1x)")
+        sftp_push(work, tree, ssh_config, env, ssh, remote, args.repeats)
     finally:
         subprocess.run([*ssh, f"rm -rf {remote}"], check=False)
         subprocess.run(["rm", "-rf", str(work)], check=False)

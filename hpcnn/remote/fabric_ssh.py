@@ -53,6 +53,8 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 _DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2", "/etc/ssh/ssh_known_hosts")
 _READ_SIZE = 65536
+SFTP_LANES = 8
+"""SFTP sessions that send files at once (below OpenSSH's default MaxSessions of 10)."""
 _TYPING_S = 120
 """How long a person has to type a password or code at a prompt: sshd's LoginGraceTime."""
 
@@ -274,13 +276,13 @@ class FabricConnection(SshConnection):
             self._sftp = paramiko.SFTPClient.from_transport(self._transport())
         return self._sftp
 
-    def _upload(self, local: Path, remote: str) -> None:
+    def _upload(self, local: Path, remote: str, sftp: paramiko.SFTPClient | None = None) -> None:
         """SFTP to a temporary name, then an atomic rename over the target. The SFTP server
         creates files with sshd's umask, not the ``umask 077`` of hpcnn's commands, so the
         file is made the account's alone (the owner's bits of the local file) before it is
         renamed into place."""
         tmp = f"{remote}.tmp-hpcnn"
-        sftp = self.sftp()
+        sftp = sftp or self.sftp()
         try:
             sftp.put(str(local), tmp, confirm=False)  # a failed write raises; no stat per file
             st = os.stat(local)
@@ -335,9 +337,38 @@ class FabricConnection(SshConnection):
         return self.cluster.host or self.target.host
 
     def send_files(self, local: Path, remote: str, files: Sequence[str]) -> None:
+        """Each file costs six round trips (open, write, close, chmod, utime, rename): files go
+        over up to SFTP_LANES sessions of the one connection at once, each session used by one
+        thread only (as many as the server allows: sshd's MaxSessions)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         self._mkdirs([os.path.dirname(f"{remote}/{rel}") for rel in files])
-        for rel in files:
-            self._upload(local / rel, f"{remote}/{rel}")
+        lanes = [self.sftp()]
+        try:
+            while len(lanes) < min(SFTP_LANES, len(files)):
+                try:
+                    lanes.append(paramiko.SFTPClient.from_transport(self._transport()))
+                except (paramiko.SSHException, OSError):
+                    break  # the server's limit of sessions per connection
+
+            failed = threading.Event()
+
+            def lane(index: int) -> None:
+                for rel in files[index::len(lanes)]:
+                    if failed.is_set():
+                        return  # another lane failed: the push stops; the next one resumes
+                    try:
+                        self._upload(local / rel, f"{remote}/{rel}", lanes[index])
+                    except BaseException:
+                        failed.set()
+                        raise
+
+            with ThreadPoolExecutor(len(lanes)) as pool:
+                for done in [pool.submit(lane, i) for i in range(len(lanes))]:
+                    done.result()
+        finally:
+            for extra in lanes[1:]:
+                extra.close()
 
     def fetch_files(self, remote: str, local: Path, files: Sequence[str]) -> None:
         for rel in files:
