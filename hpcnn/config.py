@@ -89,11 +89,11 @@ class ClusterSection(_Section):
     @field_validator("scheduler")
     @classmethod
     def _scheduler(cls, v: str) -> str:
-        from hpcnn.schedulers import dialect_names
+        from hpcnn.schedulers import dialect_names, is_dialect
 
-        known = dialect_names()
-        if v != "auto" and v not in known:
-            raise ValueError(f"unknown scheduler; hpcnn knows {', '.join([*known, 'auto'])}")
+        if v != "auto" and not is_dialect(v):
+            raise ValueError(
+                f"unknown scheduler; hpcnn knows {', '.join([*dialect_names(), 'auto'])}")
         return v
 
     @field_validator("host")

@@ -82,6 +82,41 @@ def test_a_stored_exit_code_is_never_erased(tmp_path: Path) -> None:
     assert reg.get(name).exit_code == 3  # type: ignore[union-attr]
 
 
+def test_many_jobs_are_stored_in_one_transaction(tmp_path: Path) -> None:
+    """A poll's verdicts are stored together (one disk wait, not one per job): all of them or,
+    when one is wrong, none; an exit code once stored survives as with ``update``."""
+    reg = Registry(tmp_path / "state.db")
+    names = [reg.add(row(f, 1, "queued")).name for f in range(3)]
+    reg.update(names[0], exit_code=0)
+    with pytest.raises(KeyError):
+        reg.update_many([(names[1], {"state": "running"}), (names[2], {"nope": 1})])
+    assert [reg.get(n).state for n in names] == ["queued"] * 3  # type: ignore[union-attr]
+    reg.update_many([(n, {"state": "completed", "exit_code": None}) for n in names])
+    stored = [reg.get(n) for n in names]
+    assert [(j.state, j.exit_code) for j in stored] == [  # type: ignore[union-attr]
+        ("completed", 0), ("completed", None), ("completed", None)]
+
+
+def test_a_builtin_scheduler_is_known_without_reading_entry_points(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entry points are read from every installed distribution (tens of milliseconds in
+    nnU-Net's environment, on every command): a built-in dialect does not need them."""
+    import importlib.metadata
+
+    from hpcnn.schedulers import _registry, get_dialect
+
+    def scan(**_: object) -> None:
+        raise AssertionError("entry points read for a built-in dialect")
+
+    _registry.cache_clear()
+    monkeypatch.setattr(importlib.metadata, "entry_points", scan)
+    path = tmp_path / "cluster.yaml"
+    path.write_text("cluster: {scheduler: torque, host: h}\n")
+    assert load_config_file(path).cluster.scheduler == "torque"
+    assert get_dialect("slurm").name == "slurm"
+    _registry.cache_clear()
+
+
 def test_forget_removes_only_unsubmitted_intent(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "state.db")
     reg.add(row(0, 1, "pending", job_id=None))

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from hpcnn.schedulers.base import Dialect
 
-__all__ = ["Dependency", "Dialect", "JobState", "SchedulerJob", "dialect_names", "get_dialect"]
+__all__ = ["Dependency", "Dialect", "JobState", "SchedulerJob", "dialect_names", "get_dialect",
+           "is_dialect"]
 
 ENTRY_POINT_GROUP = "hpcnn.dialects"
 _SHARED = frozenset({"base", "batch", "detect", "localq"})
@@ -34,18 +35,35 @@ def __getattr__(name: str) -> Any:
 
 
 @cache
-def _registry() -> dict[str, str]:
-    """{name: "module:attribute"} for the built-in dialects and the registered ones."""
-    found = {
+def _builtin() -> dict[str, str]:
+    """{name: "module:attribute"} for the dialects of this package."""
+    return {
         info.name: f"{__name__}.{info.name}:DIALECT"
         for info in pkgutil.iter_modules(__path__)
         if info.name not in _SHARED and not info.name.startswith("_")
     }
+
+
+@cache
+def _registry() -> dict[str, str]:
+    """``_builtin`` and the registered dialects (a registered name never replaces a built-in
+    one). Reading entry points scans every installed distribution: tens of milliseconds in an
+    environment with nnU-Net's dependencies, so a built-in name never asks for it."""
+    found = dict(_builtin())
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(ep.name, ep.value)
     return found
+
+
+def _spec(name: str) -> str | None:
+    return _builtin().get(name) or _registry().get(name)
+
+
+def is_dialect(name: str) -> bool:
+    """Whether hpcnn can use the scheduler ``name`` (built-in or registered)."""
+    return _spec(name) is not None
 
 
 def dialect_names() -> list[str]:
@@ -58,13 +76,13 @@ def get_dialect(name: str) -> Dialect:
     from hpcnn.errors import ConfigError
     from hpcnn.schedulers.base import Dialect
 
-    try:
-        module_name, attr = _registry()[name].split(":")
-    except KeyError:
+    spec = _spec(name)
+    if spec is None:
         raise ConfigError(
             f"unknown scheduler {name!r}; hpcnn knows {', '.join(dialect_names())}",
             hint="set cluster.scheduler in cluster.yaml to one of them, or auto",
-        ) from None
+        )
+    module_name, attr = spec.split(":")
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:

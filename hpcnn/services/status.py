@@ -131,16 +131,17 @@ class RunStatus:
 
 
 def _fold_snippet(session: Session, run: Run, fold: int, rows: list[JobRow]) -> str:
-    """One fold's part of the round trip: every attempt's markers, then its logs' tails."""
+    """One fold's part of the round trip: every attempt's markers, then its logs' tails (no
+    process for a file that is not there yet: most attempts of a long chain are queued)."""
     folder = shlex.quote(session.remote.path(RESULTS, run.results_folder, f"fold_{fold}"))
     parts = []
     for row in sorted(rows, key=lambda r: r.attempt):
         d = shlex.quote(row.job_dir)
-        parts.append(f'echo "==> attempt {row.attempt}"; cat {d}/started 2>/dev/null; '
-                     f'echo "==> ended"; tail -n +2 {d}/exit_code 2>/dev/null; '
-                     f'echo "==> err"; tail -n 8 {d}/err.log 2>/dev/null')
+        parts.append(f'echo "==> attempt {row.attempt}"; {engine.READ} {d}/started; '
+                     f'echo "==> ended"; {engine.TAIL} +2 {d}/exit_code; '
+                     f'echo "==> err"; {engine.TAIL} 8 {d}/err.log')
     parts.append(f"for f in {folder}/{LOG_GLOB}; do [ -e \"$f\" ] || continue; "
-                 f'echo "==> log $(basename "$f")"; tail -n {LOG_TAIL_LINES} "$f"; done')
+                 f'echo "==> log ${{f##*/}}"; tail -n {LOG_TAIL_LINES} "$f"; done')
     return "; ".join(parts)
 
 
