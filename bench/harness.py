@@ -6,10 +6,11 @@ the same run, interleaved (baseline, candidate, baseline, ...) and summarised by
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 
 def time_call(fn: Callable[[], object]) -> float:
@@ -18,9 +19,17 @@ def time_call(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def time_command(argv: Sequence[str], **kwargs: object) -> float:
-    return time_call(lambda: subprocess.run(argv, check=True, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.DEVNULL, **kwargs))
+def time_command(argv: Sequence[str], ok: Collection[int] = (0,), **kwargs: object) -> float:
+    """Seconds ``argv`` took; an exit status outside ``ok`` is an error (hpcnn's status codes
+    say "still running" with 10, which is a success for a benchmark)."""
+    def run() -> None:
+        res = subprocess.run(argv, check=False, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, **kwargs)
+        if res.returncode not in ok:
+            raise RuntimeError(f"{' '.join(argv)}: exit {res.returncode}: "
+                               f"{res.stderr.decode(errors='replace')[-500:]}")
+
+    return time_call(run)
 
 
 def compare(
@@ -48,3 +57,15 @@ def report(name: str, baseline_name: str, b: float, c: float, ratio: float,
     if goal:
         line += f" (goal {goal})"
     print(line)
+
+
+def goal(ratio: float, limit: float) -> str:
+    """``<= 1.3x: PASS`` or ``<= 1.3x: MISS``, for report's ``goal``."""
+    return f"<= {limit:g}x: {'PASS' if ratio <= limit else 'MISS'}"
+
+
+def load_average() -> str:
+    """The machine's load while a benchmark ran: shared machines make every absolute figure
+    noisy, and this says how noisy."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
