@@ -1,6 +1,8 @@
 """``hpcnn clean``: hpcnn's remote copies of a run's inputs go after a confirmation; results stay
 unless asked for (and folds never synced only when their loss is confirmed); nothing outside
 remote_dir, nothing while the run has jobs queued or running, nothing with the local scheduler.
+The images of prediction jobs nobody came back to go once their job ended; their never-fetched
+results are kept like never-synced folds, and ``--attach`` says when clean removed them.
 
 The fast tests drive a "cluster" whose commands run on this machine (a remote_dir of spaces,
 quotes and ``$(...)``); the test-bed tests push through SSH to the real sshd + Slurm and make
@@ -20,7 +22,7 @@ import pytest
 import yaml
 
 from hpcnn.errors import ConfigError
-from hpcnn.jobs.model import FOLD, Run, job_name
+from hpcnn.jobs.model import FOLD, PREDICT, Run, job_name
 from hpcnn.remote.base import Connection, Result
 from hpcnn.services.clean import CleanPlan, Found, Item, apply_clean, checked, plan_clean
 from hpcnn.services.session import Session
@@ -193,6 +195,127 @@ def test_on_a_terminal_never_synced_results_go_only_when_confirmed(
     code, out, _ = hpcnn(*config)
     assert code == 0 and not cluster.results(1).exists(), out
     assert not (cluster.remote / ".hpcnn" / "runs" / RUN.id).exists()
+
+
+def predicted(c: Cluster, pid: str, state: str, record: str | None = "submitted") -> Path:
+    """A prediction job of the run as ``predict --on-cluster`` records it (registry row, and
+    ``.hpcnn/predict/<pid>.json`` unless ``record`` is None), its job in ``state``, and its
+    folder on the cluster: the staged images and what the job wrote."""
+    from hpcnn.services.predict import Request, predictions_dir
+
+    with c.session() as s:
+        name = job_name(RUN.id, None, kind=f"{PREDICT}-{pid}")
+        s.registry.add(JobRow(name=name, run=RUN.id, kind=PREDICT,
+                              job_dir=s.remote.job_dir(RUN.id, name), scheduler=s.dialect.name,
+                              state=state, scheduler_id=str(int(pid, 16) % 10_000)))
+        folder = Path(s.remote.predict_dir(pid))
+        if record is not None:
+            predictions_dir(s).mkdir(parents=True, exist_ok=True)
+            Request(id=pid, run=RUN.id, host=s.host, job=name, model="m", dataset_json={},
+                    folds=["0"], fast=True, fmt=None, output=str(c.ws / f"out-{pid}"), cases=[],
+                    remote_dir=str(folder), state=record).save(predictions_dir(s))
+    (folder / "input").mkdir(parents=True)
+    (folder / "input" / "case_000_0000.nrrd").write_bytes(b"p" * 20_000)  # a patient image
+    if state == "completed":
+        (folder / "output").mkdir()
+        (folder / "output" / "case_000.nrrd").write_bytes(b"s" * 9_000)
+    return folder
+
+
+def record_state(c: Cluster, pid: str) -> str:
+    import json
+
+    return json.loads((c.ws / ".hpcnn" / "predict" / f"{pid}.json").read_text())["state"]
+
+
+@pytest.fixture
+def scheduler_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler answers that every job is as the registry has it (no squeue here)."""
+    monkeypatch.setattr("hpcnn.jobs.engine.refresh",
+                        lambda registry, conn, dialect, rows, **kw: (rows, {}, True, []))
+
+
+def test_clean_removes_the_images_of_ended_predictions_and_keeps_what_is_not_fetched(
+        cluster: Cluster, hpcnn, scheduler_agrees: None) -> None:
+    trained(cluster, {0: 3000})
+    unfetched = predicted(cluster, "0000000a", "completed")
+    failed = predicted(cluster, "0000000b", "failed")
+    running = predicted(cluster, "0000000c", "running")
+    fetched = predicted(cluster, "0000000d", "completed", record="done")  # its rm was lost
+    unknown = predicted(cluster, "0000000e", "cancelled", record=None)  # registry row only
+    config = ("--config", str(cluster.config))
+    code, out, _ = hpcnn(*config, "clean", "--dry-run")
+    assert code == 0, out
+    lines = {x.split()[1]: x for x in out.splitlines() if ".hpcnn/predict/" in x}
+    assert lines[".hpcnn/predict/0000000a/input"].split()[0] == "remove", out
+    assert lines[".hpcnn/predict/0000000a"].split()[0] == "keep", out
+    assert "results never fetched: `hpcnn predict --attach 0000000a` first" in out, out
+    assert "kept without --include-results" in lines[".hpcnn/predict/0000000a"], out
+    for pid in ("0000000b", "0000000d", "0000000e"):
+        assert lines[f".hpcnn/predict/{pid}"].split()[0] == "remove", out
+    keep = lines[".hpcnn/predict/0000000c"]
+    assert keep.split()[0] == "keep" and "is running" in keep, out
+    assert all(f.is_dir() for f in (unfetched, failed, running, fetched, unknown))
+
+    code, out, _ = hpcnn(*config, "clean", "--yes")  # a running prediction blocks nothing else
+    assert code == 0, out
+    assert not cluster.copy.exists()
+    assert not (unfetched / "input").exists() and (unfetched / "output").is_dir()
+    assert not failed.exists() and not fetched.exists() and not unknown.exists()
+    assert (running / "input" / "case_000_0000.nrrd").is_file()
+    assert (record_state(cluster, "0000000a"), record_state(cluster, "0000000b"),
+            record_state(cluster, "0000000d")) == ("submitted", "cleaned", "done")
+    with cluster.session() as s:
+        cleaned = {t["source"] for t in s.registry.transfers(RUN.id)
+                   if t["direction"] == "clean"}
+    assert {str(failed), str(unfetched / "input")} <= cleaned, cleaned
+
+    code, out, err = hpcnn(*config, "predict", "--attach", "0000000b")
+    assert code == 1 and "Traceback" not in out + err, out + err
+    assert "`hpcnn clean` removed its images and results" in err and "job " in err, err
+    assert "predict --on-cluster` again" in err, err
+
+
+def test_never_fetched_prediction_results_go_only_when_confirmed_and_attach_says_so(
+        cluster: Cluster, hpcnn, scheduler_agrees: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    trained(cluster, {0: 3000})
+    unfetched = predicted(cluster, "0000000a", "completed")
+    running = predicted(cluster, "0000000c", "queued")
+    config = ("--config", str(cluster.config), "clean", "--include-results")
+    code, out, _ = hpcnn(*config, "--yes")
+    assert code == 0, out
+    assert "never-fetched results of prediction(s) 0000000a" in out, out
+    assert (unfetched / "output").is_dir() and not (unfetched / "input").exists()
+    assert running.is_dir() and cluster.results(0).is_dir(), "a queued prediction reads them"
+    assert "prediction(s) 0000000c read them" in out, out
+    assert (cluster.remote / ".hpcnn" / "runs" / RUN.id).is_dir()
+    assert record_state(cluster, "0000000a") == "submitted"
+
+    with cluster.session() as s:  # the queued prediction is cancelled
+        s.registry.update(job_name(RUN.id, None, kind=f"{PREDICT}-0000000c"), state="cancelled")
+    monkeypatch.setattr("sys.stdin", Terminal("y\ny\n"))  # the loss confirmed
+    code, out, _ = hpcnn(*config)
+    assert code == 0 and "prediction(s) 0000000a were never fetched" in out, out
+    assert not unfetched.exists() and not running.exists() and not cluster.results(0).exists()
+    assert not (cluster.remote / ".hpcnn" / "runs" / RUN.id).exists()
+    assert record_state(cluster, "0000000a") == "cleaned"
+    code, out, err = hpcnn("--config", str(cluster.config), "predict", "--attach", "0000000a")
+    assert code == 1 and "Traceback" not in out + err, out + err
+    assert "removed its images and results" in err and "out-0000000a" in err, err
+
+
+def test_a_prediction_never_recorded_as_submitted_is_kept(cluster: Cluster) -> None:
+    """hpcnn stopped between the scheduler's answer and the registry: the job may run."""
+    trained(cluster, {0: 3000})
+    folder = predicted(cluster, "0000000f", "pending")
+    with cluster.session() as s:
+        s.registry.update(job_name(RUN.id, None, kind=f"{PREDICT}-0000000f"), scheduler_id=None)
+        plan = plan_clean(s, include_results=True)
+    assert not [f for f in plan.targets(unsynced=True) if f.item.prediction]
+    kept = next(k for k in plan.kept if k.rel == ".hpcnn/predict/0000000f")
+    assert "--attach 0000000f" in kept.why and folder.is_dir()
+    assert not [f for f in plan.targets(unsynced=True) if f.item.fold is not None]
 
 
 @pytest.mark.parametrize(("root", "path"), [

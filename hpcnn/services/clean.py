@@ -12,12 +12,24 @@ What may go, only under the run's resolved absolute remote_dir:
   set apart, removed only when the user confirms its loss as well; the run's job folder
   (``.hpcnn/runs/<run>``: logs and markers that ``status`` and ``logs`` read) goes with the last
   fold.
+- the folders ``.hpcnn/predict/<id>`` of the run's prediction jobs (``predict --on-cluster``)
+  whose job ended (completed, failed, cancelled, timed out, lost) but nobody came back to
+  (``--attach``) to bring the results home and remove them: patient images. Known from this
+  workspace's records (``.hpcnn/predict/<id>.json``) and the registry's prediction jobs. The
+  staged images go like the dataset copy: they are inputs, the job is done with them. The
+  results of a COMPLETED job never brought back are results, treated as a fold never synced:
+  kept without ``include_results``, and with it removed only when the user confirms their loss
+  (kept under ``--yes``), so ``--attach`` can still fetch them; once removed, the record says
+  ``cleaned`` and ``--attach`` says so. A prediction whose job is queued or running (or whose
+  end the scheduler did not tell) is kept whole, and so are the fold results it reads and the
+  run's job folder its logs go to.
 
 Never: hpcnn's job files (``.hpcnn/lib``: every run uses them), anything while one of the run's
-jobs is queued or running, any path that is not strictly inside remote_dir. One remote command
-lists (with ``du``), one removes (``rm -rf`` of quoted absolute paths: a missing path is no
-error, so cleaning twice is fine). With the local scheduler the jobs read the workspace itself:
-there is no copy, and nothing is removed.
+training or preprocessing jobs is queued or running (a prediction job does not read the
+dataset copy and blocks nothing else: see above), any path that is not strictly inside
+remote_dir. One remote command lists (with ``du``), one removes (``rm -rf`` of quoted absolute
+paths: a missing path is no error, so cleaning twice is fine). With the local scheduler the jobs
+read the workspace itself: there is no copy, and nothing is removed.
 """
 
 from __future__ import annotations
@@ -28,8 +40,14 @@ from dataclasses import dataclass, field
 
 from hpcnn.errors import ConfigError, JobsActive, SchedulerUnavailable
 from hpcnn.jobs import engine
-from hpcnn.jobs.model import FOLD, PREP, Run
+from hpcnn.jobs.model import FOLD, PREDICT, PREP, Run
 from hpcnn.schedulers.base import JobState
+from hpcnn.services.predict import (
+    Request,
+    mark_cleaned,
+    prediction_id,
+    recorded_predictions,
+)
 from hpcnn.services.session import Session
 from hpcnn.state import JobRow
 from hpcnn.workspace import PREPROCESSED, RAW, RESULTS, RemoteLayout
@@ -49,6 +67,8 @@ class Item:
     rel: str
     what: str
     fold: int | None = None
+    prediction: str | None = None
+    """The prediction whose folder (or staged images, ``.../input``) this is."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +94,8 @@ class CleanPlan:
     root: str | None = None
     remove: list[Found] = field(default_factory=list)
     unsynced: list[Found] = field(default_factory=list)
-    """Results of folds never synced here: removed only when the user confirms their loss."""
+    """Results of folds never synced here and of prediction jobs never brought back: removed
+    only when the user confirms their loss."""
     job_folder: Found | None = None
     """Goes with the results of every fold (its logs are the run's record until then)."""
     kept: list[Kept] = field(default_factory=list)
@@ -108,6 +129,12 @@ def _live(row: JobRow) -> bool:
     return bool(row.scheduler_id) and not JobState(row.state).finished
 
 
+def _reads_inputs(row: JobRow) -> bool:
+    """A live job that reads the dataset copy: a prediction job reads only the model (its own
+    folder and the fold results are kept for it instead, see ``_plan_predictions``)."""
+    return _live(row) and row.kind != PREDICT
+
+
 def _busy_runs(session: Session, run: Run) -> list[str]:
     """Refuse while one of the run's jobs is queued or running; return the other runs of the
     same dataset on this cluster that still have such jobs (they read the same copy). One status
@@ -120,7 +147,7 @@ def _busy_runs(session: Session, run: Run) -> list[str]:
     if any(_live(j) for j in rows):
         rows, _, answered, _ = engine.refresh(registry, session.conn, session.dialect, rows,
                                               grace=session.cfg.status.lost_grace)
-    mine = [j for j in rows if j.run == run.id and _live(j)]
+    mine = [j for j in rows if j.run == run.id and _reads_inputs(j)]
     if mine:
         names = ", ".join(f"{j.name} ({j.state}, job {j.scheduler_id})" for j in mine)
         if not answered:
@@ -132,7 +159,7 @@ def _busy_runs(session: Session, run: Run) -> list[str]:
             f"run {run.id} still has jobs queued or running: {names}; cleaning now would remove "
             "what they read", hint=f"wait for them (`hpcnn status --run {run.id}`), or cancel "
                                    f"them with `hpcnn cancel --run {run.id}`, then clean again")
-    return sorted({j.run for j in rows if j.run != run.id and _live(j)})
+    return sorted({j.run for j in rows if j.run != run.id and _reads_inputs(j)})
 
 
 def _listing(session: Session, items: list[Item],
@@ -188,7 +215,12 @@ def plan_clean(session: Session, run_id: str | None = None, *,
     results = [Item(rel.path(RESULTS, run.results_folder, f"fold_{f}"), f"results of fold {f}",
                     f) for f in folds]
     jobs = Item(posixpath.join(rel.runs, run.id), "the run's job logs and markers")
-    items = [*inputs, *results, jobs]
+    predictions = _predictions(session, run, rows)
+    staged = [item for p in predictions for item in (
+        Item(rel.predict_dir(p.id), f"prediction {p.id}", prediction=p.id),
+        Item(posixpath.join(rel.predict_dir(p.id), "input"),
+             f"images staged for prediction {p.id} (its job {p.state})", prediction=p.id))]
+    items = [*inputs, *results, jobs, *staged]
     root, sizes, finals = _listing(session, items, [posixpath.join(r.rel, FINAL) for r in results])
     plan = CleanPlan(run, f"{session.host}:{root or session.remote.root}", root)
     if root is None:
@@ -196,18 +228,23 @@ def plan_clean(session: Session, run_id: str | None = None, *,
     found = {item.rel: Found(item, checked(root, posixpath.join(root, item.rel)), size)
              for item, size in zip(items, sizes, strict=True) if size is not None}
     _plan_inputs(session, plan, run, rows, [found.get(i.rel) for i in inputs], busy)
+    readers = _plan_predictions(plan, predictions, [found.get(i.rel) for i in staged],
+                                include_results=include_results)
     present = [(found[r.rel], final) for r, final in zip(results, finals, strict=True)
                if r.rel in found]
-    if not include_results:
+    if not include_results or readers:
         if present:
             numbers = ", ".join(str(f.item.fold) for f, _ in present)
+            why = (f"prediction(s) {readers} read them" if include_results
+                   else "kept without --include-results")
             plan.kept.append(Kept(rel.path(RESULTS, run.results_folder),
-                                  f"results of folds {numbers}: kept without --include-results",
+                                  f"results of folds {numbers}: {why}",
                                   sum(f.nbytes for f, _ in present)))
         if jobs.rel in found:
-            plan.kept.append(Kept(jobs.rel, "the run's job logs and markers (`hpcnn status` and "
-                                            "`hpcnn logs` read them): removed with "
-                                            "--include-results", found[jobs.rel].nbytes))
+            why = (f": prediction(s) {readers} write their logs there" if include_results else
+                   " (`hpcnn status` and `hpcnn logs` read them): removed with --include-results")
+            plan.kept.append(Kept(jobs.rel, f"the run's job logs and markers{why}",
+                                  found[jobs.rel].nbytes))
         return plan
     local = session.workspace.results / run.results_folder
     for f, remote_final in present:
@@ -221,6 +258,81 @@ def plan_clean(session: Session, run_id: str | None = None, *,
             plan.unsynced.append(f)
     plan.job_folder = found.get(jobs.rel)
     return plan
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One of the run's prediction jobs: its state from the registry (refreshed by
+    ``_busy_runs``; PENDING: never recorded as submitted) and its record's state here (None:
+    no record in this workspace)."""
+
+    id: str
+    state: JobState
+    record: str | None
+    job_id: str = ""
+
+    @property
+    def fetched(self) -> bool:
+        """Nothing left to bring back: ``--attach`` delivered the results or saw the failure."""
+        return self.record not in (None, "submitted")
+
+
+def _predictions(session: Session, run: Run, rows: list[JobRow]) -> list[Prediction]:
+    """The run's prediction jobs from the registry's rows and this workspace's records: a job
+    recorded in only one of them is still known."""
+    records = recorded_predictions(session, run.id)
+    by_row = {pid: r for r in rows if r.kind == PREDICT and (pid := prediction_id(r))}
+    found = []
+    for pid in sorted(records.keys() | by_row.keys()):
+        request: Request | None = records.get(pid)
+        row = by_row.get(pid)
+        record = request.state if request else None
+        if row is not None and (row.scheduler_id or JobState(row.state).finished):
+            state = JobState(row.state)
+        elif record in ("done", "failed"):  # the record outlived its registry row
+            state = JobState.COMPLETED if record == "done" else JobState.FAILED
+        else:  # no scheduler id recorded: only --attach can find the job again
+            state = JobState.PENDING
+        found.append(Prediction(pid, state, record, (row.scheduler_id or "") if row else ""))
+    return found
+
+
+def _plan_predictions(plan: CleanPlan, predictions: list[Prediction],
+                      staged: list[Found | None], *, include_results: bool) -> str:
+    """Sort the prediction folders that are there (``staged``: each prediction's folder, then
+    its ``input``); return the ids of those whose job may still read the fold results."""
+    readers = []
+    for p, whole, images in zip(predictions, staged[::2], staged[1::2], strict=True):
+        if whole is None:
+            continue
+        job = f"job {p.job_id}" if p.job_id else "its job"
+        if not p.state.finished:
+            readers.append(p.id)
+            why = {JobState.UNKNOWN: "the scheduler did not say whether it still runs",
+                   JobState.PENDING: f"its submission was never recorded (`hpcnn predict "
+                                     f"--attach {p.id}` looks for the job)"}.get(
+                                         p.state, "it reads these images")
+            plan.kept.append(Kept(whole.item.rel, f"prediction {p.id}: {job} is {p.state}, {why};"
+                                                  " clean again once it ended", whole.nbytes))
+        elif p.fetched or p.state != JobState.COMPLETED:
+            why = "results brought back" if p.record == "done" else "no results to bring back"
+            plan.remove.append(Found(Item(whole.item.rel, f"{whole.item.what}, {job} "
+                                          f"{p.state}: {why}", prediction=p.id),
+                                     whole.path, whole.nbytes))
+        else:
+            if images is not None:
+                plan.remove.append(images)
+            fetch = (f"`hpcnn predict --attach {p.id}` first" if p.record is not None else
+                     f"no record of it here (.hpcnn/predict/{p.id}.json)")
+            results = Found(Item(whole.item.rel, f"prediction {p.id}: results never fetched: "
+                                                 f"{fetch}", prediction=p.id),
+                            whole.path, whole.nbytes - (images.nbytes if images else 0))
+            if include_results:
+                plan.unsynced.append(results)
+            else:
+                plan.kept.append(Kept(results.item.rel, f"{results.item.what}; kept without "
+                                                        "--include-results", results.nbytes))
+    return ", ".join(readers)
 
 
 def _plan_inputs(session: Session, plan: CleanPlan, run: Run, rows: list[JobRow],
@@ -262,4 +374,6 @@ def apply_clean(session: Session, plan: CleanPlan, *, unsynced: bool = False) ->
     for t in targets:
         tid = session.registry.start_transfer(plan.run.id, CLEANED, t.path, session.host)
         session.registry.finish_transfer(tid, ok=True, files=0, nbytes=t.nbytes)
+        if t.item.prediction and not t.item.rel.endswith("/input"):
+            mark_cleaned(session, t.item.prediction)
     return targets

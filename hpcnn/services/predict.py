@@ -17,6 +17,10 @@
    prediction's code renames or converts them to the inputs' names and the asked format. A job
    that failed shows its error tail and leaves OUTPUT untouched. Either way the images' copies on
    the cluster go (the job's logs stay in its job folder).
+
+A job nobody came back to leaves its folder on the cluster; ``hpcnn clean`` finds it from the
+records kept here and in the registry (services/clean.py) and marks a record whose results it
+removed ``cleaned``, so that ``--attach`` says so instead of pulling a folder that is gone.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from hpcnn.dataset import sources
 from hpcnn.errors import EXIT_FAILED, EXIT_OK, EXIT_RUNNING, ConfigError, DataError, HpcnnError
 from hpcnn.fsutil import atomic_write_text, ensure_dir
 from hpcnn.jobs import engine, transfer
-from hpcnn.jobs.model import Run, predict_spec
+from hpcnn.jobs.model import PREDICT, Run, job_name, predict_spec
 from hpcnn.nnunet.inputs import PredictCase, case_id, stage
 from hpcnn.nnunet.model_folder import (
     CHECKPOINT,
@@ -59,6 +63,11 @@ Echo = Callable[[str], None]
 PREDICTIONS = "predict"
 """Under the workspace's ``.hpcnn``: one ``<id>.json`` per prediction job (and, while it is
 staged, ``<id>/input``)."""
+PREDICTION_ID = re.compile(r"[0-9a-f]{8}")
+"""Every id ``submit_prediction`` gives: an id read from a record or a job name is used in a
+remote ``rm -rf`` only when it has this form (no ``/``, no ``..``)."""
+CLEANED = "cleaned"
+"""A record's state once ``hpcnn clean`` removed the job's folder before its results came back."""
 _DATASET = "__HPCNN_DATASET_JSON__"
 _ERR_LINES = 15
 
@@ -92,7 +101,8 @@ class Request:
     nnunetv2_version: str | None = None
     submitted_at: float = 0.0
     state: str = "submitted"
-    """``submitted``, then ``done`` (results delivered) or ``failed``."""
+    """``submitted``, then ``done`` (results delivered) or ``failed``; ``cleaned`` when ``hpcnn
+    clean`` removed the job's folder on the cluster first (nothing left to bring back)."""
 
     @property
     def model_folder(self) -> ListedModel:
@@ -226,15 +236,62 @@ def load_request(session: Session, pid: str) -> Request:
         raise ConfigError(f"--attach {pid!r} {what} of this workspace (known: "
                           f"{', '.join(known) or 'none'})",
                           hint="pass the id `hpcnn predict --on-cluster` printed")
-    try:
-        request = Request(**json.loads((folder / f"{matches[0]}.json").read_text("utf-8")))
-    except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(f"{folder / matches[0]}.json: unreadable ({exc})") from exc
+    request = _read(folder / f"{matches[0]}.json")
     if request.host != session.host:
         raise ConfigError(f"prediction {request.id} runs on {request.host}, but this "
                           f"configuration's cluster is {session.host}",
                           hint="use the cluster.yaml it was submitted with (--config)")
+    if request.state == CLEANED:
+        row = session.registry.get(request.job)
+        ended = f" (job {row.scheduler_id} {row.state})" if row and row.scheduler_id else ""
+        raise HpcnnError(f"prediction {request.id}{ended}: `hpcnn clean` removed its images and "
+                         f"results from {request.host} before they were brought back; nothing "
+                         f"was written to {request.output}",
+                         hint="run the same `hpcnn predict --on-cluster` again to predict "
+                              "those images")
     return request
+
+
+def _read(path: Path) -> Request:
+    try:
+        return Request(**json.loads(path.read_text("utf-8")))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: unreadable ({exc})") from exc
+
+
+def recorded_predictions(session: Session, run_id: str) -> dict[str, Request]:
+    """This workspace's records of the prediction jobs of run ``run_id`` on this cluster, by id
+    (an unreadable record is left out: ``--attach`` names it)."""
+    folder = predictions_dir(session)
+    found: dict[str, Request] = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            request = _read(path)
+        except ConfigError:
+            continue
+        if request.run == run_id and request.host == session.host \
+                and PREDICTION_ID.fullmatch(request.id):
+            found[request.id] = request
+    return found
+
+
+def prediction_id(row: JobRow) -> str | None:
+    """The prediction a registry row's job belongs to (None: not a prediction job)."""
+    prefix = job_name(row.run, None, kind=f"{PREDICT}-")
+    pid = row.name[len(prefix):] if row.name.startswith(prefix) else ""
+    return pid if PREDICTION_ID.fullmatch(pid) else None
+
+
+def mark_cleaned(session: Session, pid: str) -> None:
+    """After ``hpcnn clean`` removed the folder of a prediction whose results never came back:
+    ``--attach`` then says so instead of pulling a folder that is gone."""
+    path = predictions_dir(session) / f"{pid}.json"
+    if not path.is_file():
+        return
+    request = _read(path)
+    if request.state == "submitted":
+        request.state = CLEANED
+        request.save(predictions_dir(session))
 
 
 def follow(session: Session, request: Request, *, interval: float = 15.0, once: bool = False,
@@ -355,7 +412,7 @@ def _failure(session: Session, request: Request, row: JobRow) -> PredictJobFaile
 
 def _remove_remote(session: Session, request: Request) -> None:
     """The images' copies where the job ran (patient data): removed once they are of no use."""
-    if re.fullmatch(r"[0-9a-f]{8}", request.id):  # never anything but a prediction's own folder
+    if PREDICTION_ID.fullmatch(request.id):  # never anything but a prediction's own folder
         session.conn.run_shell(f"rm -rf {shlex.quote(request.remote_dir)}", check=False)
 
 
