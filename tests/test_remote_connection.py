@@ -75,6 +75,22 @@ def test_commands_and_files_round_trip(cluster_config, tmp_path: Path, ssh: str,
         assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.parametrize("ssh", [*TRANSPORTS, "local"])
+def test_a_command_line_longer_than_an_argument_may_be_runs(cluster_config, tmp_path: Path,
+                                                            ssh: str) -> None:
+    """A 300 kB line (a status of several hundred jobs): more than Linux takes as one
+    argument (128 KiB), on the ssh command line or in sshd's ``sh -c``."""
+    from hpcnn.remote.local import LocalConnection
+
+    cfg = cluster_config("torque", "fabric" if ssh == "local" else ssh)
+    parts = [f"x{i}={i}-{'v' * 24}" for i in range(10000)]
+    line = "; ".join([*parts, "printf '%s %s\\n' \"$x9999\" \"$(umask)\"", "exit 3"])
+    assert len(line) > 300_000
+    with (LocalConnection() if ssh == "local" else connect(cfg)) as conn:
+        res = conn.run_shell(line, check=False)
+    assert (res.returncode, res.stdout) == (3, f"9999-{'v' * 24} 0077\n"), res.stderr[-500:]
+
+
 @pytest.mark.parametrize("ssh", TRANSPORTS)
 @pytest.mark.parametrize("transfer", ["auto", "sftp"])
 def test_trees_copy_changed_files_and_never_delete(cluster_config, tmp_path: Path, ssh: str,

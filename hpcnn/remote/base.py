@@ -49,6 +49,10 @@ hpcnn writes there (patient images, job scripts with their variables, logs) is t
 account's alone, whatever the cluster's default umask."""
 
 
+LONG_LINE = 32 * 1024
+"""Bytes of a command line above which it travels on stdin (see Connection.run_shell)."""
+
+
 def login_wrap(login_shell: str, command_line: str) -> str:
     """``bash -lc 'umask 077; LINE'``: the command line as one quoted argument of the login
     shell (the one place a remote command line is built, so every command gets the umask)."""
@@ -95,8 +99,15 @@ class Connection(ABC):
         self, line: str, *, check: bool = True, stdin: str | None = None,
         timeout: float | None = None,
     ) -> Result:
-        """Run a shell line built by hpcnn (callers quote every variable part themselves)."""
-        result = self._run(line, stdin=stdin, timeout=timeout)
+        """Run a shell line built by hpcnn (callers quote every variable part themselves).
+
+        A line longer than LONG_LINE goes to the same shell on stdin instead of as an
+        argument (a status of a few hundred jobs is): Linux refuses a single argument over
+        128 KiB, on the ssh command line here or in sshd's ``sh -c`` there."""
+        if stdin is None and len(line.encode()) > LONG_LINE:
+            result = self._run('eval "$(cat)"', stdin=line, timeout=timeout)
+        else:
+            result = self._run(line, stdin=stdin, timeout=timeout)
         if check and not result.ok:
             raise RemoteCommandError(
                 f"command failed on {self.description} (exit {result.returncode}): {line}\n"

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from hpcnn.remote.base import Connection, Result, excluded
+from hpcnn.remote.base import Connection, Result, excluded, login_wrap
 
 
 class LocalConnection(Connection):
@@ -21,7 +21,7 @@ class LocalConnection(Connection):
 
     def _run(self, line: str, *, stdin: str | None, timeout: float | None) -> Result:
         proc = subprocess.run(
-            ["bash", "-c", line],
+            ["bash", "-c", login_wrap("", line)],  # umask 077, as on a cluster
             input=stdin if stdin is not None else "",
             capture_output=True,
             text=True,
