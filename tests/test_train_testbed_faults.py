@@ -321,3 +321,34 @@ def test_a_workspace_and_environment_lines_with_spaces_quotes_and_commands(
     finally:
         b.cli("cancel", "--yes")
         b.remove_remote()
+
+
+def test_nnunetv2_missing_on_the_cluster_is_refused_with_the_fix(bed) -> None:
+    b = bed(environment={"setup": []})  # the account's own python3: no nnunetv2
+    res = b.cli("train-all-folds")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "nnunetv2 is not importable where jobs run (testbed)" in res.stderr, res.stderr
+    assert "environment.setup" in res.stderr and "hpcnn doctor" in res.stderr
+    assert "f0:" not in b.cli("runs").stdout
+
+
+@pytest.mark.parametrize("ssh,logins", [("openssh", 1), ("fabric", 3)])
+def test_submitting_five_folds_logs_in_once(bed, testbed_environment, testbed, ssh: str,
+                                            logins: int) -> None:
+    """train-all-folds (push, checks, ten jobs): one login with openssh, whose rsync rides it;
+    with fabric, one for the commands plus one per rsync (the job files and the dataset)."""
+    b = bed(ssh=ssh, environment={"setup": [*testbed_environment, NO_TRAINING]})
+    log = Path(testbed["TESTBED_SSHD_LOG"])
+
+    def accepted() -> int:
+        return log.read_text().count("Accepted publickey for")
+
+    before = accepted()
+    try:
+        res = b.cli("train-all-folds")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "10 job(s) submitted" in res.stdout, res.stdout
+        time.sleep(1)  # sshd writes its log line as the login completes
+        assert accepted() - before == logins
+    finally:
+        b.cli("cancel", "--yes")
