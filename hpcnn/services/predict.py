@@ -57,7 +57,7 @@ from hpcnn.services.session import Session
 from hpcnn.services.status import hint_for
 from hpcnn.services.train import anchor_remote_dir, check_versions, submit_spec
 from hpcnn.state import JobRow
-from hpcnn.workspace import RESULTS
+from hpcnn.workspace import HPCNN_DIR, RESULTS
 
 Echo = Callable[[str], None]
 PREDICTIONS = "predict"
@@ -412,8 +412,10 @@ def _failure(session: Session, request: Request, row: JobRow) -> PredictJobFaile
 
 def _remove_remote(session: Session, request: Request) -> None:
     """The images' copies where the job ran (patient data): removed once they are of no use."""
-    if PREDICTION_ID.fullmatch(request.id):  # never anything but a prediction's own folder
-        session.conn.run_shell(f"rm -rf {shlex.quote(request.remote_dir)}", check=False)
+    own = posixpath.join(HPCNN_DIR, "predict", request.id)
+    if PREDICTION_ID.fullmatch(request.id) and request.remote_dir.endswith("/" + own):
+        # never anything but a prediction's own folder, whatever its record was made to say
+        session.conn.run_shell(f"rm -rf -- {shlex.quote(request.remote_dir)}", check=False)
 
 
 def _same_folder(local: Path, remote: str) -> bool:
