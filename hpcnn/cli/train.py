@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from hpcnn.cli.common import AppContext, pass_app
+from hpcnn.units import format_bytes
 
 _FOLDS = click.option("--folds", "folds", type=int, multiple=True,
                       help="Fold(s) to act on (repeat; default: training.folds / all).")
@@ -24,7 +25,7 @@ def push_cmd(app: AppContext, dataset: str | None, raw: bool) -> None:
     with app.session() as session:
         run = session.new_run(dataset)
         total = push_run(session, run, raw=raw, echo=click.echo)
-    click.echo(f"pushed {run.dataset} ({total / 1e6:.1f} MB in all, only changes moved)")
+    click.echo(f"pushed {run.dataset} ({format_bytes(total)} in all, only changes moved)")
 
 
 @click.command("train-all-folds")

@@ -44,8 +44,9 @@ def cron_line(cfg: Config, schedule: str, run_id: str | None) -> str:
     if run_id:
         argv += ["--run", run_id]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    if ssh_config_file():  # the ssh config this command used: cron's sync must use it too
-        env[SSH_CONFIG_ENV] = os.path.abspath(str(ssh_config_file()))
+    ssh_config = ssh_config_file()
+    if ssh_config:  # the ssh config this command used: cron's sync must use it too
+        env[SSH_CONFIG_ENV] = os.path.abspath(ssh_config)
     assigns = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
     log = workspace / ".hpcnn" / "sync.log"
     command = (f"cd {shlex.quote(str(workspace))} && {assigns} {shlex.join(argv)} "
