@@ -266,6 +266,61 @@ def test_sigterm_to_the_job_stops_at_the_epoch_end_and_the_continuation_resumes(
     assert _trained_epochs(fold) == [[0], [1]]
 
 
+SLOW_VALIDATION = """
+import time
+from pathlib import Path
+
+from hpcnn_tiny_trainer import hpcnnTinyTrainer
+
+
+class hpcnnSlowValidationTrainer(hpcnnTinyTrainer):
+    \"\"\"Validation that waits first, long enough for a signal to land in it.\"\"\"
+
+    def perform_actual_validation(self, save_probabilities=False):
+        Path(self.output_folder, "validating").touch()
+        time.sleep(60)
+        super().perform_actual_validation(save_probabilities)
+"""
+
+
+def test_a_signal_during_validation_keeps_the_trained_epochs_and_the_continuation_validates(
+        fold_env: dict[str, str], tmp_path: Path) -> None:
+    """The time limit falls after the last epoch, in validation: the attempt asks for a
+    continuation and its record still says which epochs it trained (one record per attempt)."""
+    extra = tmp_path / "ext"
+    extra.mkdir()
+    (extra / "slow_validation.py").write_text(SLOW_VALIDATION)
+    fold_env["nnUNet_extTrainer"] += os.pathsep + str(extra)
+    fold = Path(fold_env["nnUNet_results"], "Dataset501_Tiny",
+                "hpcnnSlowValidationTrainer__nnUNetPlans__3d_fullres", "fold_2")
+    command = _command(2)
+    command[command.index(TINY_TRAINER)] = "hpcnnSlowValidationTrainer"
+    process = subprocess.Popen(command, env=fold_env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (fold / "validating").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no validation"
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == EXIT_CONTINUE, output[-3000:]
+    assert _epoch(fold / "checkpoint_final.pth") == 2, "the trained model's own final checkpoint"
+    attempt = json.loads((fold / "hpcnn_provenance.json").read_text())["attempts"][-1]
+    assert (attempt["start_epoch"], attempt["next_epoch"]) == (0, 2), attempt
+    assert attempt["stopped"] == "during validation: signal SIGTERM", attempt
+
+    (extra / "slow_validation.py").write_text(SLOW_VALIDATION.replace("time.sleep(60)", ""))
+    second = _launch(fold_env, 2, "-tr", "hpcnnSlowValidationTrainer")
+    _assert_completed(second, fold, epochs=2)  # validating again trains nothing
+    attempts = json.loads((fold / "hpcnn_provenance.json").read_text())["attempts"]
+    assert attempts[-1]["start_epoch"] == attempts[-1]["next_epoch"] == 2, attempts
+
+
 def test_refuses_to_run_without_the_nnunet_paths(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     done = subprocess.run(_command(0), env=env, capture_output=True, text=True, timeout=60,

@@ -24,7 +24,8 @@ It is nnU-Net's own training entry point (``nnUNetv2_train ... --c``) plus what 
   would write for the partial model), and exits with ``EXIT_CONTINUE``: a continuation resumes at
   the next epoch, so no epoch is trained twice. Every attempt trains at least one epoch, so
   continuations always make progress. A signal outside the epochs (start-up, validation) stops the
-  launcher at once; validation is redone by the continuation.
+  launcher at once; validation is redone by the continuation (the attempt's record keeps the
+  epochs it trained).
 - Checkpoints are written to a temporary name and renamed, so a job killed mid-write never leaves
   a truncated checkpoint for the continuation to load.
 - ``hpcnn_provenance.json`` in the fold folder records the versions, host, job id and every
@@ -360,7 +361,10 @@ def run_fold(args: argparse.Namespace, stopper: Stopper, device: Any,
     reason = stopper.before_validation(time.time())
     if agree(reason is not None):
         return {**info, "stopped": f"before validation: {reason or 'another rank'}"}
-    trainer.perform_actual_validation(args.npz)
+    try:
+        trainer.perform_actual_validation(args.npz)
+    except StopRequest as stop:  # the final checkpoint is there: the continuation validates
+        return {**info, "stopped": f"during validation: signal {stop}"}
     return {**info, "stopped": None}
 
 
