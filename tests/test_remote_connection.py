@@ -127,6 +127,41 @@ def test_trees_copy_changed_files_and_never_delete(cluster_config, tmp_path: Pat
         assert not (dest / "skip.tmp").exists()
 
 
+@pytest.mark.parametrize("ssh", [*TRANSPORTS, "local"])
+def test_fetch_files_lands_each_file_whole_and_names_one_that_is_gone(
+        cluster_config, tmp_path: Path, ssh: str, marker_tag: str) -> None:
+    """Many files in one transfer (what sync uses): each lands under its own name with the
+    remote mtime and is announced; a listed file that disappeared on the cluster is named in
+    the error, and the files that did come are whole, with no temporary file left."""
+    from hpcnn.remote.local import LocalConnection
+
+    cfg = cluster_config("torque", "fabric" if ssh == "local" else ssh)
+    remote = f"{cfg.remote_dir}/fetch"
+    name = f"{hostile(marker_tag)}/one.txt"
+    with connect(cfg) as conn:
+        conn.write_text(f"{remote}/{name}", "one")
+        conn.write_text(f"{remote}/big.bin", "x" * (3 << 20))
+        conn.run(["touch", "-d", "@1700000000", f"{remote}/big.bin"])
+    if ssh == "local":  # the same files, read on this machine
+        remote = str(tmp_path / "here")
+        Path(remote, name).parent.mkdir(parents=True)
+        Path(remote, name).write_text("one")
+        Path(remote, "big.bin").write_text("x" * (3 << 20))
+        os.utime(Path(remote, "big.bin"), (1_700_000_000, 1_700_000_000))
+    with (LocalConnection() if ssh == "local" else connect(cfg)) as conn:
+        landed: list[str] = []
+        conn.fetch_files(remote, tmp_path / "got", [name, "big.bin"], on_file=landed.append)
+        assert landed == [name, "big.bin"]
+        assert (tmp_path / "got" / name).read_text() == "one"
+        assert (tmp_path / "got" / "big.bin").stat().st_size == 3 << 20
+        assert int((tmp_path / "got" / "big.bin").stat().st_mtime) == 1_700_000_000
+        with pytest.raises((RemoteCommandError, FileNotFoundError), match="gone.txt"):
+            conn.fetch_files(remote, tmp_path / "again", ["big.bin", "gone.txt"])
+    again = tmp_path / "again"
+    assert (again / "big.bin").stat().st_size == 3 << 20  # tar sends what it found
+    assert not [p for p in again.rglob("*") if p.name.endswith(".tmp-hpcnn")]
+
+
 @pytest.mark.parametrize("ssh", TRANSPORTS)
 def test_one_ssh_connection_per_connection_object(cluster_config, testbed, tmp_path: Path,
                                                   ssh: str) -> None:

@@ -9,9 +9,10 @@ conda are often only on a login shell's PATH. One Connection serves a whole CLI 
 from __future__ import annotations
 
 import fnmatch
+import posixpath
 import shlex
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +42,16 @@ def excluded(rel: str, patterns: Sequence[str]) -> bool:
     parts = rel.split("/")
     return any(fnmatch.fnmatch(rel, p) or any(fnmatch.fnmatch(c, p) for c in parts)
                for p in patterns)
+
+
+def safe_relative(rel: str) -> str:
+    """A relative POSIX path that stays below its root (no absolute path, no ``..``): names
+    that come from the cluster (a listing, an archive) are untrusted."""
+    norm = posixpath.normpath(rel)
+    if norm.startswith(("/", "../")) or norm in ("..", "."):
+        raise RemoteCommandError(f"refusing to copy a file named {rel!r}: it leaves its folder",
+                                 returncode=1)
+    return norm
 
 
 PRIVATE_UMASK = "umask 077"
@@ -129,6 +140,16 @@ class Connection(ABC):
     @abstractmethod
     def get(self, remote: str, local: Path) -> None:
         """Copy a remote file to ``local`` atomically."""
+
+    def fetch_files(self, remote: str, local: Path, files: Sequence[str],
+                    on_file: Callable[[str], None] | None = None) -> None:
+        """Copy ``files`` (relative paths) from ``remote`` to ``local``, each atomically and
+        keeping its mtime; ``on_file(rel)`` once each has landed. One file at a time here;
+        a transport that can move them all in one round trip does."""
+        for rel in files:
+            self.get(f"{remote}/{rel}", Path(local) / safe_relative(rel))
+            if on_file is not None:
+                on_file(rel)
 
     @abstractmethod
     def push_tree(self, local: Path, remote: str, *, exclude: Sequence[str] = ()) -> None:

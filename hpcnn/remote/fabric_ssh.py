@@ -21,7 +21,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,12 +37,14 @@ from hpcnn.remote.ssh_common import (
     SshConnection,
     Target,
     atomic_local_target,
+    extract_tar_stream,
     failure,
+    fetch_failed,
     jump_failure,
     refuse_shared_control_path,
-    safe_relative,
     ssh_config_file,
     ssh_options,
+    tar_fetch_command,
 )
 
 if TYPE_CHECKING:
@@ -320,6 +322,33 @@ class FabricConnection(SshConnection):
     def get(self, remote: str, local: Path) -> None:
         self._download(remote, Path(local))
 
+    def fetch_files(self, remote: str, local: Path, files: Sequence[str],
+                    on_file: Callable[[str], None] | None = None) -> None:
+        """All files in one command on this connection: the cluster's tar streams them and
+        each is written here as it arrives (SFTP costs about eight round trips a file: a
+        sync of five folds took 16 s through a 50 ms link, and 4 s this way)."""
+        line, names = tar_fetch_command(remote, files)
+        try:
+            channel = self._transport().open_session(timeout=self.cluster.connect_timeout)
+        except Exception as exc:
+            raise self._failure(exc) from exc
+        with channel:
+            channel.exec_command(login_wrap("sh -c", line))
+            channel.sendall(names)
+            channel.shutdown_write()
+            errors: list[bytes] = []
+            reader = threading.Thread(target=_drain, args=(channel.recv_stderr, errors),
+                                      daemon=True)
+            reader.start()
+            broken = extract_tar_stream(channel.makefile("rb"), Path(local), on_file)
+            _drain(channel.recv, [])  # the archive's padding
+            reader.join()
+            code = channel.recv_exit_status()
+        error = fetch_failed(remote, self.description, code,
+                             b"".join(errors).decode(errors="replace"), broken)
+        if error:
+            raise error
+
     def use_rsync(self) -> bool:
         """rsync runs the system ssh, a login of its own: where this one needed a code typed
         at a prompt, that would be a second code (and a one-time code is taken only once, so
@@ -369,10 +398,6 @@ class FabricConnection(SshConnection):
         finally:
             for extra in lanes[1:]:
                 extra.close()
-
-    def fetch_files(self, remote: str, local: Path, files: Sequence[str]) -> None:
-        for rel in files:
-            self._download(f"{remote}/{rel}", local / safe_relative(rel))
 
     def close(self) -> None:
         if self._sftp is not None:

@@ -22,7 +22,7 @@ import sys
 import tarfile
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING
@@ -38,10 +38,12 @@ from hpcnn.remote.ssh_common import (
     Target,
     atomic_local_target,
     classify_ssh_stderr,
+    extract_tar_stream,
     failure,
+    fetch_failed,
     refuse_shared_control_path,
-    safe_relative,
     ssh_options,
+    tar_fetch_command,
 )
 
 if TYPE_CHECKING:
@@ -359,30 +361,36 @@ class OpenSSHConnection(SshConnection):
             raise RemoteCommandError(f"copy to {remote} on {self.description} failed: "
                                      f"{stderr.strip()}", returncode=code, stderr=stderr)
 
-    def fetch_files(self, remote: str, local: Path, files: Sequence[str]) -> None:
-        line = f"cd {shlex.quote(remote)} && tar --null -T - -cf -"
-        names = "".join(f"{rel}\0" for rel in files).encode()
-        with tempfile.TemporaryFile() as archive, tempfile.TemporaryFile() as given:
+    def fetch_files(self, remote: str, local: Path, files: Sequence[str],
+                    on_file: Callable[[str], None] | None = None) -> None:
+        """All files in one command: the cluster's tar streams them and each is written here
+        as it arrives, to a temporary name renamed once whole (what a killed fetch leaves is a
+        ``*.tmp-hpcnn`` partial, never a truncated file under the real name)."""
+        line, names = tar_fetch_command(remote, files)
+        with tempfile.TemporaryFile() as given, tempfile.TemporaryFile() as err:
             given.write(names)
             given.seek(0)
-            code, stderr = self._ssh(login_wrap("sh -c", line), stdin=given, stdout=archive)
-            if code != 0:
-                raise RemoteCommandError(f"copy from {remote} on {self.description} failed: "
-                                         f"{stderr.strip()}", returncode=code, stderr=stderr)
-            archive.seek(0)
-            with tarfile.open(fileobj=archive, mode="r") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    dest = local / safe_relative(member.name)
-                    tmp = atomic_local_target(dest)
-                    try:
-                        with tar.extractfile(member) as data, open(tmp, "wb") as sink:  # type: ignore[union-attr]
-                            shutil.copyfileobj(data, sink)
-                        os.utime(tmp, (member.mtime, member.mtime))
-                        os.replace(tmp, dest)
-                    finally:
-                        tmp.unlink(missing_ok=True)
+            argv = ["ssh", *self._options, *self._mux, "-T", self.host,
+                    login_wrap("sh -c", line)]
+            proc = subprocess.Popen(argv, stdin=given, stdout=subprocess.PIPE, stderr=err)
+            assert proc.stdout is not None
+            try:
+                broken = extract_tar_stream(proc.stdout, Path(local), on_file)
+            except BaseException:  # this side failed (disk full, Ctrl-C): stop the stream
+                proc.kill()
+                proc.wait()
+                raise
+            # The archive's padding, read so that ssh never writes into a closed pipe; left
+            # unread (the thread abandoned) should a backgrounded master hold the pipe.
+            rest = threading.Thread(target=proc.stdout.read, daemon=True)
+            rest.start()
+            code = proc.wait()
+            rest.join(timeout=5)
+            stderr = _read(err)
+        self._raise_connection_failure(code, stderr)
+        error = fetch_failed(remote, self.description, code, stderr, broken)
+        if error:
+            raise error
 
     def close(self) -> None:
         """End our master now (not after ControlPersist) and remove its private folder."""

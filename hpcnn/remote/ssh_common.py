@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import functools
 import os
-import posixpath
 import re
 import shlex
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from hpcnn.errors import ConfigError, ConnectionFailed, RemoteCommandError
-from hpcnn.remote.base import Connection, excluded
+from hpcnn.remote.base import Connection, excluded, safe_relative
 from hpcnn.remote.login_master import DEFAULT_PERSIST
 
 if TYPE_CHECKING:
@@ -352,15 +352,6 @@ def to_copy(source: Listing, dest: Listing, exclude: Sequence[str] = ()) -> list
                   if dest.get(rel) != meta and not excluded(rel, [PARTIAL_DIR, *exclude]))
 
 
-def safe_relative(rel: str) -> str:
-    """A relative POSIX path that stays below its root (no absolute path, no ``..``)."""
-    norm = posixpath.normpath(rel)
-    if norm.startswith(("/", "../")) or norm in ("..", "."):
-        raise RemoteCommandError(f"refusing to copy a file named {rel!r}: it leaves its folder",
-                                 returncode=1)
-    return norm
-
-
 PARTIAL_SUFFIX = ".tmp-hpcnn"
 """Ends the name of a download in progress (``.NAME.XXXX.tmp-hpcnn``): what a killed one leaves."""
 
@@ -371,6 +362,51 @@ def atomic_local_target(dest: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent)
     os.close(fd)
     return Path(tmp)
+
+
+def tar_fetch_command(remote: str, files: Sequence[str]) -> tuple[str, bytes]:
+    """The remote line that streams ``files`` (relative to ``remote``) as one tar archive, and
+    its stdin (the names, NUL-separated: any character in a name travels as data)."""
+    return (f"cd {shlex.quote(remote)} && tar --null -T - -cf -",
+            "".join(f"{rel}\0" for rel in files).encode())
+
+
+def extract_tar_stream(stream: IO[bytes], local: Path,
+                       on_file: Callable[[str], None] | None) -> str | None:
+    """Write the regular files of a tar stream below ``local`` as they arrive, each to a
+    temporary name renamed once whole, with its mtime; ``on_file(rel)`` after each. Reading
+    stops at tar's end-of-archive blocks, not at the stream's end. Returns what was wrong with
+    the stream (None: nothing); when the remote tar failed, its own words say more."""
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                rel = safe_relative(member.name)
+                dest = local / rel
+                tmp = atomic_local_target(dest)
+                try:
+                    with tar.extractfile(member) as data, open(tmp, "wb") as sink:  # type: ignore[union-attr]
+                        shutil.copyfileobj(data, sink, 1 << 20)
+                    os.utime(tmp, (member.mtime, member.mtime))
+                    os.replace(tmp, dest)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                if on_file is not None:
+                    on_file(rel)
+    except tarfile.TarError as exc:
+        return f"unreadable archive: {exc}"
+    return None
+
+
+def fetch_failed(remote: str, where: str, code: int, stderr: str,
+                 broken: str | None) -> RemoteCommandError | None:
+    """The error of a tar fetch: the remote tar's exit status first, then the stream's state."""
+    if code == 0 and broken is None:
+        return None
+    detail = stderr.strip() if code != 0 else broken
+    return RemoteCommandError(f"copy from {remote} on {where} failed: {detail}",
+                              returncode=code or 1, stderr=stderr)
 
 
 class SshConnection(Connection):
@@ -402,10 +438,6 @@ class SshConnection(Connection):
     @abstractmethod
     def send_files(self, local: Path, remote: str, files: Sequence[str]) -> None:
         """Copy ``files`` (relative paths) from ``local`` to ``remote``, keeping mtimes."""
-
-    @abstractmethod
-    def fetch_files(self, remote: str, local: Path, files: Sequence[str]) -> None:
-        """Copy ``files`` from ``remote`` to ``local`` (each atomically), keeping mtimes."""
 
     def use_rsync(self) -> bool:
         mode = self.cluster.transfer

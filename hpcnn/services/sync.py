@@ -4,8 +4,9 @@
 Only finished folds are pulled, and of them only what prediction and review use (the final
 checkpoint, the plans, the logs, the validation summary, hpcnn's provenance); ``--with-latest``,
 ``--with-validation-npz`` and ``--all`` widen that. One remote listing tells what changed (size and
-mtime, as rsync decides); each changed file is downloaded to a temporary name and renamed, so an
-interrupted sync never replaces a good file with half of one, and nothing local is ever deleted.
+mtime, as rsync decides); the changed files come in one transfer (one remote command with the
+openssh transport), each written to a temporary name and renamed, so an interrupted sync never
+replaces a good file with half of one, and nothing local is ever deleted.
 A lock makes a second sync exit at once with the "locked" code.
 """
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcnn.errors import EXIT_OK, Locked
+from hpcnn.fsutil import ensure_dir
 from hpcnn.remote.ssh_common import PARTIAL_SUFFIX
 from hpcnn.schedulers.base import JobState
 from hpcnn.services.session import Session
@@ -109,23 +111,26 @@ def _sync(session: Session, run_id: str | None, *, latest: bool, npz: bool, ever
     _remove_partial_downloads(local_dir, echo)
     listing = _listing(session, remote_dir)
     result.missing = sorted(f for f in done if f"fold_{f}/checkpoint_final.pth" not in listing)
-    for rel, (size, mtime) in sorted(listing.items()):
-        if not wanted(rel, done, latest=latest, npz=npz, everything=everything):
-            continue
-        target = local_dir / rel
-        try:
-            st = target.stat()
-            if st.st_size == size and int(st.st_mtime) == mtime:
-                continue
-        except FileNotFoundError:
-            pass
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        started = time.time()
-        session.conn.get(f"{remote_dir}/{rel}", target)
-        os.utime(target, (mtime, mtime))
+    todo = {rel: meta for rel, meta in sorted(listing.items())
+            if wanted(rel, done, latest=latest, npz=npz, everything=everything)
+            and not _same(local_dir / rel, meta)}
+    started = time.time()
+
+    def landed(rel: str) -> None:
+        nonlocal started
+        if rel not in todo:
+            return
+        size, mtime = todo[rel]
+        os.utime(local_dir / rel, (mtime, mtime))  # as listed: the next sync compares equal
         result.pulled.append(rel)
         result.nbytes += size
         echo(f"pulled {rel} ({format_bytes(size)}, {time.time() - started:.1f} s)")
+        started = time.time()
+
+    if todo:
+        for folder in sorted({(local_dir / rel).parent for rel in todo}):
+            ensure_dir(folder)  # private, as the rest of the workspace's data
+        session.conn.fetch_files(remote_dir, local_dir, list(todo), on_file=landed)
     result.synced_folds = sorted(
         f for f in done if (local_dir / f"fold_{f}" / "checkpoint_final.pth").is_file())
     if result.pulled:
@@ -133,6 +138,15 @@ def _sync(session: Session, run_id: str | None, *, latest: bool, npz: bool, ever
         session.registry.finish_transfer(tid, ok=True, files=len(result.pulled),
                                          nbytes=result.nbytes)
     return result
+
+
+def _same(target: Path, meta: tuple[int, int]) -> bool:
+    """Whether the local file has the listed size and mtime (rsync's quick check)."""
+    try:
+        st = target.stat()
+    except FileNotFoundError:
+        return False
+    return (st.st_size, int(st.st_mtime)) == meta
 
 
 def _remove_partial_downloads(local_dir: Path, echo: Callable[[str], None]) -> None:
