@@ -262,3 +262,29 @@ def test_states_vocabulary_is_closed() -> None:
     assert {s.value for s in JobState} == {
         "pending", "queued", "held", "running", "timeout", "completed", "failed", "cancelled",
         "lost", "unknown"}
+
+
+@pytest.mark.parametrize("dirs", [
+    ["/home/u/my data 'x' \"y\" $(touch canary)/.hpcnn/jobs/r/a1",
+     "/home/u/my data 'x' \"y\" $(touch canary)/.hpcnn/jobs/r/b 2"],
+    ["rel/jobs/a", "rel/jobs/b"],
+    ["/abs/a", "rel/b"],
+    ["/only/one"],
+    ["/a/x", "/b/y"],
+])
+def test_job_folders_travel_as_short_words_that_expand_to_themselves(
+        dirs: list[str], tmp_path: Path) -> None:
+    """A poll names each job folder once by its part below their common parent; the shell
+    gives back exactly the folders, whatever their characters, and runs nothing in them."""
+    import subprocess
+
+    from hpcnn.jobs.engine import dir_words
+
+    assign, words = dir_words(dirs, "_base")
+    line = f"{assign}; for d in {' '.join(words)}; do printf '%s\\0' \"$d\"; done"
+    out = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split("\0")[:-1] == dirs
+    assert not (tmp_path / "canary").exists()
+    if len(dirs) > 1 and dirs[0].startswith("/home/u/my data"):
+        assert sum(len(w) for w in words) < sum(len(d) for d in dirs) / 4

@@ -38,6 +38,21 @@ _READERS = (f'{READ}() {{ [ -e "$1" ] && cat "$1" 2>/dev/null; }}; '
             f'{TAIL}() {{ [ -e "$2" ] && tail -n "$1" "$2" 2>/dev/null; }}')
 
 
+def dir_words(dirs: Sequence[str], var: str) -> tuple[str, list[str]]:
+    """The folders as short shell words for one command line: their common parent assigned to
+    ``var`` once (the returned line), each folder as ``"$var"/NAME``. A poll of 100 jobs
+    otherwise repeats full paths hundreds of times (87 kB of command per poll)."""
+    quoted = [shlex.quote(d) for d in dirs]
+    try:
+        base = posixpath.commonpath(dirs) if len(dirs) > 1 else ""
+    except ValueError:  # absolute and relative folders mixed
+        base = ""
+    if base in ("", "/", "."):
+        return "true", quoted
+    return (f"{var}={shlex.quote(base)}",
+            [f'"${var}"/{shlex.quote(posixpath.relpath(d, base))}' for d in dirs])
+
+
 def submit(
     conn: Connection,
     dialect: Dialect,
@@ -146,13 +161,16 @@ def poll_with(
             f'printf "\\n%s\\n" {_SEP.format("STDERR")}; cat "$t"; rm -f "$t"',
             f'printf "\\n%s %s\\n" {_SEP.format("RC")} "$rc"',
         ]
-    for i, (_, job_dir) in enumerate(jobs):
-        d = shlex.quote(job_dir)
-        parts.append(
-            f'printf "\\n%s %s\\n" {_SEP.format("JOB")} {i}; {READ} {d}/started; '
-            f'printf "\\n%s\\n" {_SEP.format("EXIT")}; {READ} {d}/exit_code; '
-            f'printf "\\n%s\\n" {_SEP.format("ERR")}; {TAIL} {int(err_lines)} {d}/err.log'
-        )
+    if jobs:
+        assign, words = dir_words([job_dir for _, job_dir in jobs], "_hpcnn_jobs")
+        parts += [
+            assign,
+            f'_hpcnn_job() {{ printf "\\n%s %s\\n" {_SEP.format("JOB")} "$1"; '
+            f'{READ} "$2"/started; printf "\\n%s\\n" {_SEP.format("EXIT")}; '
+            f'{READ} "$2"/exit_code; printf "\\n%s\\n" {_SEP.format("ERR")}; '
+            f'{TAIL} {int(err_lines)} "$2"/err.log; }}',
+            *(f"_hpcnn_job {i} {word}" for i, word in enumerate(words)),
+        ]
     for i, snippet in enumerate(extra):
         parts.append(f'printf "\\n%s %s\\n" {_SEP.format("XTRA")} {i}; {{ {snippet}; }}')
     if not jobs and not extra:

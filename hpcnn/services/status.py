@@ -134,12 +134,12 @@ def _fold_snippet(session: Session, run: Run, fold: int, rows: list[JobRow]) -> 
     """One fold's part of the round trip: every attempt's markers, then its logs' tails (no
     process for a file that is not there yet: most attempts of a long chain are queued)."""
     folder = shlex.quote(session.remote.path(RESULTS, run.results_folder, f"fold_{fold}"))
-    parts = []
-    for row in sorted(rows, key=lambda r: r.attempt):
-        d = shlex.quote(row.job_dir)
-        parts.append(f'echo "==> attempt {row.attempt}"; {engine.READ} {d}/started; '
-                     f'echo "==> ended"; {engine.TAIL} +2 {d}/exit_code; '
-                     f'echo "==> err"; {engine.TAIL} 8 {d}/err.log')
+    rows = sorted(rows, key=lambda r: r.attempt)
+    assign, words = engine.dir_words([row.job_dir for row in rows], "_hpcnn_attempts")
+    parts = [assign, f'_hpcnn_attempt() {{ echo "==> attempt $1"; {engine.READ} "$2"/started; '
+                     f'echo "==> ended"; {engine.TAIL} +2 "$2"/exit_code; '
+                     f'echo "==> err"; {engine.TAIL} 8 "$2"/err.log; }}']
+    parts += [f"_hpcnn_attempt {row.attempt} {word}" for row, word in zip(rows, words, strict=True)]
     parts.append(f"for f in {folder}/{LOG_GLOB}; do [ -e \"$f\" ] || continue; "
                  f'echo "==> log ${{f##*/}}"; tail -n {LOG_TAIL_LINES} "$f"; done')
     return "; ".join(parts)
