@@ -93,10 +93,12 @@ def train_cmd(app: AppContext, dataset: str | None, folds: tuple[int, ...], trai
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_app
 def cancel_cmd(app: AppContext, run_id: str | None, folds: tuple[int, ...], yes: bool) -> None:
-    """Cancel a run's jobs (all folds, or --folds), queued continuations included."""
+    """Cancel a run's jobs, queued continuations included: every job of the run (its folds,
+    and a `predict --on-cluster` job of it), or only the folds given with --folds."""
     from hpcnn.services.cancel import cancel_run
 
-    what = f"folds {', '.join(map(str, folds))}" if folds else "every fold"
+    what = (f"folds {', '.join(map(str, folds))}" if folds
+            else "every job (folds and predictions)")
     if not yes:
         click.confirm(f"Cancel {what} of {run_id or 'the most recent run'}?",
                       abort=True)
