@@ -271,6 +271,8 @@ def test_states_vocabulary_is_closed() -> None:
     ["/abs/a", "rel/b"],
     ["/only/one"],
     ["/a/x", "/b/y"],
+    ["/s/link/../j1", "/s/j2"],
+    ["/s/./j1", "/s/j2"],
 ])
 def test_job_folders_travel_as_short_words_that_expand_to_themselves(
         dirs: list[str], tmp_path: Path) -> None:

@@ -162,6 +162,72 @@ def test_fetch_files_lands_each_file_whole_and_names_one_that_is_gone(
     assert not [p for p in again.rglob("*") if p.name.endswith(".tmp-hpcnn")]
 
 
+def test_an_archive_from_the_cluster_writes_only_the_files_asked_for(tmp_path: Path) -> None:
+    """The archive is the cluster's word: a name not asked for, a link or a folder in it is
+    not written here, and a name that leaves the folder stops the transfer."""
+    import io
+    import tarfile
+
+    from hpcnn.remote.ssh_common import extract_tar_stream
+
+    def archive(*members: tuple[str, bytes | None]) -> io.BytesIO:
+        data = io.BytesIO()
+        with tarfile.open(fileobj=data, mode="w") as tar:
+            for name, body in members:
+                info = tarfile.TarInfo(name)
+                if body is None:
+                    info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                    tar.addfile(info)
+                else:
+                    info.size, info.mtime = len(body), 1_700_000_000
+                    tar.addfile(info, io.BytesIO(body))
+        data.seek(0)
+        return data
+
+    got = tmp_path / "got"
+    landed, broken = extract_tar_stream(
+        archive(("a.txt", b"a"), ("extra.txt", b"not asked"), ("link", None), ("./b/c", b"c")),
+        got, ["a.txt", "link", "b/c"], None)
+    assert (landed, broken) == ({"a.txt", "b/c"}, None)
+    assert sorted(str(p.relative_to(got)) for p in got.rglob("*")) == ["a.txt", "b", "b/c"]
+    assert int((got / "a.txt").stat().st_mtime) == 1_700_000_000
+    with pytest.raises(RemoteCommandError, match="leaves its folder"):
+        extract_tar_stream(archive(("../escape", b"x")), got, ["../escape"], None)
+    assert not (tmp_path / "escape").exists()
+    landed, broken = extract_tar_stream(io.BytesIO(b"not a tar"), got, ["a.txt"], None)
+    assert landed == set() and broken and "unreadable archive" in broken
+
+
+@pytest.mark.parametrize("ssh", TRANSPORTS)
+def test_fetch_files_brings_two_names_of_one_file_and_a_list_longer_than_the_window(
+        cluster_config, tmp_path: Path, ssh: str) -> None:
+    """Hard links come whole under both names (tar would send the second as a link); 20000
+    names (2.2 MB of list, more than an SSH channel window) while the archive streams back
+    do not wait on each other."""
+    cfg = cluster_config("torque", ssh)
+    remote = f"{cfg.remote_dir}/many"
+    names = [f"d{i // 1000}/{'n' * 96}{i:05d}" for i in range(20000)]
+    with connect(cfg) as conn:
+        conn.run_shell(f"mkdir -p {remote} && cd {remote} && echo x > one && ln one two && "
+                       "for d in $(seq 0 19); do mkdir d$d; done && "
+                       "for i in $(seq -w 0 19999); do "
+                       f": > d$((10#$i / 1000))/{'n' * 96}$i; done")
+        landed: list[str] = []
+        done = threading.Event()
+
+        def fetch() -> None:
+            conn.fetch_files(remote, tmp_path / "got", ["one", "two", *names],
+                             on_file=landed.append)
+            done.set()
+
+        worker = threading.Thread(target=fetch, daemon=True)
+        worker.start()
+        worker.join(timeout=240)
+        assert done.is_set(), f"the fetch did not finish ({len(landed)} files landed)"
+    assert (tmp_path / "got" / "two").read_text() == "x\n"
+    assert len(landed) == len(names) + 2
+
+
 @pytest.mark.parametrize("ssh", TRANSPORTS)
 def test_one_ssh_connection_per_connection_object(cluster_config, testbed, tmp_path: Path,
                                                   ssh: str) -> None:

@@ -42,15 +42,16 @@ def dir_words(dirs: Sequence[str], var: str) -> tuple[str, list[str]]:
     """The folders as short shell words for one command line: their common parent assigned to
     ``var`` once (the returned line), each folder as ``"$var"/NAME``. A poll of 100 jobs
     otherwise repeats full paths hundreds of times (87 kB of command per poll)."""
-    quoted = [shlex.quote(d) for d in dirs]
     try:
         base = posixpath.commonpath(dirs) if len(dirs) > 1 else ""
     except ValueError:  # absolute and relative folders mixed
         base = ""
-    if base in ("", "/", "."):
-        return "true", quoted
+    # The part after the parent's text, never a path rewritten by relpath: with a symbolic
+    # link in the folder, "link/../x" and "x" are different folders.
+    if base in ("", "/", ".") or not all(d.startswith(base + "/") for d in dirs):
+        return "true", [shlex.quote(d) for d in dirs]
     return (f"{var}={shlex.quote(base)}",
-            [f'"${var}"/{shlex.quote(posixpath.relpath(d, base))}' for d in dirs])
+            [f'"${var}"/{shlex.quote(d[len(base) + 1:])}' for d in dirs])
 
 
 def submit(

@@ -334,17 +334,21 @@ class FabricConnection(SshConnection):
             raise self._failure(exc) from exc
         with channel:
             channel.exec_command(login_wrap("sh -c", line))
-            channel.sendall(names)
-            channel.shutdown_write()
             errors: list[bytes] = []
-            reader = threading.Thread(target=_drain, args=(channel.recv_stderr, errors),
-                                      daemon=True)
-            reader.start()
-            broken = extract_tar_stream(channel.makefile("rb"), Path(local), on_file)
+            threads = [threading.Thread(target=_drain, args=(channel.recv_stderr, errors),
+                                        daemon=True),
+                       # tar reads the names as it archives: sent while the archive is read,
+                       # or a long list and a full window would wait on each other
+                       threading.Thread(target=_send_all, args=(channel, names), daemon=True)]
+            for thread in threads:
+                thread.start()
+            landed, broken = extract_tar_stream(channel.makefile("rb"), Path(local), files,
+                                                on_file)
             _drain(channel.recv, [])  # the archive's padding
-            reader.join()
+            for thread in threads:
+                thread.join()
             code = channel.recv_exit_status()
-        error = fetch_failed(remote, self.description, code,
+        error = fetch_failed(remote, self.description, files, landed, code,
                              b"".join(errors).decode(errors="replace"), broken)
         if error:
             raise error
@@ -433,6 +437,16 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
         found.append(exc)
         exc = exc.__cause__ or exc.__context__
     return found
+
+
+def _send_all(channel: paramiko.Channel, data: bytes) -> None:
+    """Send ``data`` as the command's whole stdin; a command that exited early (its error is
+    what counts) may have closed the channel."""
+    try:
+        channel.sendall(data)
+        channel.shutdown_write()
+    except OSError:
+        pass
 
 
 def _drain(recv: Any, sink: list[bytes]) -> None:

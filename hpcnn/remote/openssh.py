@@ -375,7 +375,8 @@ class OpenSSHConnection(SshConnection):
             proc = subprocess.Popen(argv, stdin=given, stdout=subprocess.PIPE, stderr=err)
             assert proc.stdout is not None
             try:
-                broken = extract_tar_stream(proc.stdout, Path(local), on_file)
+                landed, broken = extract_tar_stream(proc.stdout, Path(local), files,
+                                                    on_file)
             except BaseException:  # this side failed (disk full, Ctrl-C): stop the stream
                 proc.kill()
                 proc.wait()
@@ -388,7 +389,7 @@ class OpenSSHConnection(SshConnection):
             rest.join(timeout=5)
             stderr = _read(err)
         self._raise_connection_failure(code, stderr)
-        error = fetch_failed(remote, self.description, code, stderr, broken)
+        error = fetch_failed(remote, self.description, files, landed, code, stderr, broken)
         if error:
             raise error
 

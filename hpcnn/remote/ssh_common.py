@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import posixpath
 import re
 import shlex
 import shutil
@@ -366,23 +367,32 @@ def atomic_local_target(dest: Path) -> Path:
 
 def tar_fetch_command(remote: str, files: Sequence[str]) -> tuple[str, bytes]:
     """The remote line that streams ``files`` (relative to ``remote``) as one tar archive, and
-    its stdin (the names, NUL-separated: any character in a name travels as data)."""
-    return (f"cd {shlex.quote(remote)} && tar --null -T - -cf -",
+    its stdin: the names, NUL-separated and taken verbatim (``--no-unquote``), so any character
+    in a name travels as data. ``--hard-dereference``: two names of one file both come whole
+    (GNU tar would send the second as a link with no data)."""
+    return (f"cd {shlex.quote(remote)} && "
+            "tar --null --no-unquote --hard-dereference -T - -cf -",
             "".join(f"{rel}\0" for rel in files).encode())
 
 
-def extract_tar_stream(stream: IO[bytes], local: Path,
-                       on_file: Callable[[str], None] | None) -> str | None:
-    """Write the regular files of a tar stream below ``local`` as they arrive, each to a
-    temporary name renamed once whole, with its mtime; ``on_file(rel)`` after each. Reading
-    stops at tar's end-of-archive blocks, not at the stream's end. Returns what was wrong with
-    the stream (None: nothing); when the remote tar failed, its own words say more."""
+def extract_tar_stream(stream: IO[bytes], local: Path, files: Sequence[str],
+                       on_file: Callable[[str], None] | None) -> tuple[set[str], str | None]:
+    """Write the asked-for ``files`` of a tar stream below ``local`` as they arrive, each to a
+    temporary name renamed once whole, with its mtime; ``on_file(rel)`` after each. Anything
+    else in the archive (a name not asked for, a link, a folder) is not written: the archive
+    comes from the cluster and is not trusted. Reading stops at tar's end-of-archive blocks,
+    not at the stream's end. Returns the names that landed and what was wrong with the stream
+    (None: nothing)."""
+    wanted = {posixpath.normpath(rel) for rel in files}
+    landed: set[str] = set()
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
                 rel = safe_relative(member.name)
+                if rel not in wanted or rel in landed:
+                    continue
                 dest = local / rel
                 tmp = atomic_local_target(dest)
                 try:
@@ -392,19 +402,28 @@ def extract_tar_stream(stream: IO[bytes], local: Path,
                     os.replace(tmp, dest)
                 finally:
                     tmp.unlink(missing_ok=True)
+                landed.add(rel)
                 if on_file is not None:
                     on_file(rel)
     except tarfile.TarError as exc:
-        return f"unreadable archive: {exc}"
-    return None
+        return landed, f"unreadable archive: {exc}"
+    return landed, None
 
 
-def fetch_failed(remote: str, where: str, code: int, stderr: str,
-                 broken: str | None) -> RemoteCommandError | None:
-    """The error of a tar fetch: the remote tar's exit status first, then the stream's state."""
-    if code == 0 and broken is None:
+def fetch_failed(remote: str, where: str, files: Sequence[str], landed: set[str], code: int,
+                 stderr: str, broken: str | None) -> RemoteCommandError | None:
+    """The error of a tar fetch, if any: the remote tar's own words first, then the stream's
+    state, then the names that did not come (a fetch is whole or it fails)."""
+    missing = [rel for rel in files if posixpath.normpath(rel) not in landed]
+    if code == 0 and broken is None and not missing:
         return None
-    detail = stderr.strip() if code != 0 else broken
+    if code != 0:
+        detail = stderr.strip() or broken or f"exit {code}"
+    elif broken:
+        detail = broken
+    else:
+        detail = (f"{len(missing)} file(s) did not come: "
+                  + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
     return RemoteCommandError(f"copy from {remote} on {where} failed: {detail}",
                               returncode=code or 1, stderr=stderr)
 
