@@ -24,8 +24,10 @@ It is nnU-Net's own training entry point (``nnUNetv2_train ... --c``) plus what 
   would write for the partial model), and exits with ``EXIT_CONTINUE``: a continuation resumes at
   the next epoch, so no epoch is trained twice. Every attempt trains at least one epoch, so
   continuations always make progress. A signal outside the epochs (start-up, validation) stops the
-  launcher at once; validation is redone by the continuation (the attempt's record keeps the
-  epochs it trained).
+  launcher at once: the attempt's end is recorded (with the epochs it trained) and the process
+  exits without unwinding, because the scheduler signalled nnU-Net's worker processes too, and
+  a ``multiprocessing`` pool whose idle worker died holding the queue's lock hangs in its
+  cleanup until the scheduler's SIGKILL, which leaves no record. The continuation validates.
 - Checkpoints are written to a temporary name and renamed, so a job killed mid-write never leaves
   a truncated checkpoint for the continuation to load.
 - ``hpcnn_provenance.json`` in the fold folder records the versions, host, job id and every
@@ -40,6 +42,7 @@ the launcher forwards the stop signals to them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -89,10 +92,14 @@ class Stopper:
         self.longest_epoch = 0.0
         self.signalled: str | None = None
         self.interruptible = True
+        self.exit_now: Callable[[str], None] | None = None
+        """Set once the attempt is recorded: records its end and exits the process."""
 
     def on_signal(self, signum: int, _frame: object) -> None:
         self.signalled = signal.Signals(signum).name
         if self.interruptible:
+            if self.exit_now is not None:
+                self.exit_now(f"signal {self.signalled}")
             raise StopRequest(self.signalled)
 
     def time_is_up(self, now: float, reserve: float) -> bool:
@@ -331,8 +338,12 @@ def _shut_down_dataloaders(trainer: Any) -> None:
 
 
 def run_fold(args: argparse.Namespace, stopper: Stopper, device: Any,
-             agree: Callable[[bool], bool]) -> dict[str, Any]:
-    """Continue, train and validate one fold; returns what happened (epochs, stop reason)."""
+             agree: Callable[[bool], bool],
+             progress: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Continue, train and validate one fold; returns what happened (epochs, stop reason).
+    ``progress`` is kept up to date with the epochs as they are known (for a stop that
+    cannot wait for the return)."""
+    progress = {} if progress is None else progress
     from nnunetv2.run.run_training import maybe_load_checkpoint
 
     trainer = build_trainer(find_trainer(args.trainer), args, device)
@@ -346,6 +357,7 @@ def run_fold(args: argparse.Namespace, stopper: Stopper, device: Any,
     else:
         maybe_load_checkpoint(trainer, True, False)
     info = {"start_epoch": trainer.current_epoch, "num_epochs": trainer.num_epochs}
+    progress.update(info)
     if not os.path.isfile(final):
         trainer.print_to_log_file(f"hpcnn launcher: training from epoch {trainer.current_epoch} "
                                   f"of {trainer.num_epochs}")
@@ -356,6 +368,7 @@ def run_fold(args: argparse.Namespace, stopper: Stopper, device: Any,
             _shut_down_dataloaders(trainer)
         stopper.interruptible = True
     info.update(next_epoch=trainer.current_epoch, longest_epoch_s=round(stopper.longest_epoch, 2))
+    progress.update(info)
     if state["stopped"]:
         return {**info, "stopped": state["stopped"]}
     reason = stopper.before_validation(time.time())
@@ -419,7 +432,8 @@ def _run_ddp(args: argparse.Namespace, stopper: Stopper) -> dict[str, Any]:
     return {"stopped": f"signal {stopper.signalled}" if stopper.signalled else "deadline"}
 
 
-def _run_here(args: argparse.Namespace, stopper: Stopper) -> dict[str, Any]:
+def _run_here(args: argparse.Namespace, stopper: Stopper,
+              progress: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     if args.device == "cpu":
@@ -428,7 +442,7 @@ def _run_here(args: argparse.Namespace, stopper: Stopper) -> dict[str, Any]:
     elif args.device == "cuda":
         torch.set_num_threads(1)  # as nnU-Net: more threads do not help on a GPU
         torch.set_num_interop_threads(1)
-    return run_fold(args, stopper, torch.device(args.device), lambda stop: stop)
+    return run_fold(args, stopper, torch.device(args.device), lambda stop: stop, progress)
 
 
 # --- entry point ----------------------------------------------------------------------------
@@ -485,8 +499,29 @@ def attempt_fold(args: argparse.Namespace, stopper: Stopper) -> int:
         print(f"hpcnn launcher: {folder} is complete; nothing to do")
         return EXIT_COMPLETE
     record_attempt(folder, attempt)
+    progress: dict[str, Any] = {}
+
+    def exit_now(signalled: str) -> None:
+        phase = "during validation" if "next_epoch" in progress else "before training"
+        if "start_epoch" in progress:  # what the continuation trains next
+            progress.setdefault("next_epoch", progress["start_epoch"])
+        outcome = f"stopped for continuation ({phase}: {signalled})"
+        record_attempt(folder, {**attempt, **progress, "stopped": f"{phase}: {signalled}",
+                                "ended": _now(), "outcome": outcome,
+                                "exit_code": EXIT_CONTINUE})
+        for stream in (sys.stdout, sys.stderr):
+            # RuntimeError: the signal arrived inside a write to it; that output is lost
+            with contextlib.suppress(RuntimeError, OSError, ValueError):
+                stream.flush()
+        os.write(sys.stdout.fileno(), f"hpcnn launcher: {outcome}; exit {EXIT_CONTINUE}\n"
+                 .encode())
+        os._exit(EXIT_CONTINUE)
+
+    if args.num_gpus <= 1:  # the ranks of a multi-GPU fold stop on their own (_ddp_rank)
+        stopper.exit_now = exit_now
     try:
-        info = _run_ddp(args, stopper) if args.num_gpus > 1 else _run_here(args, stopper)
+        info = (_run_ddp(args, stopper) if args.num_gpus > 1
+                else _run_here(args, stopper, progress))
     except StopRequest as stop:  # a signal outside the epochs: start-up or validation
         info = {"stopped": f"signal {stop}"}
     except BaseException as exc:
