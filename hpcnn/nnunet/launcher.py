@@ -378,6 +378,7 @@ def run_fold(args: argparse.Namespace, stopper: Stopper, device: Any,
         trainer.perform_actual_validation(args.npz)
     except StopRequest as stop:  # the final checkpoint is there: the continuation validates
         return {**info, "stopped": f"during validation: signal {stop}"}
+    stopper.interruptible = False  # complete: a late signal must not cut the record short
     return {**info, "stopped": None}
 
 
