@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,13 @@ from pathlib import Path
 
 from hpcnn.errors import EXIT_OK, Locked
 from hpcnn.fsutil import ensure_dir
-from hpcnn.remote.ssh_common import PARTIAL_SUFFIX
+from hpcnn.remote.ssh_common import (
+    PARTIAL_SUFFIX,
+    local_listing,
+    parse_listing,
+    remote_listing_line,
+    to_copy,
+)
 from hpcnn.schedulers.base import JobState
 from hpcnn.services.session import Session
 from hpcnn.services.status import RunStatus, run_status
@@ -64,20 +69,6 @@ def wanted(rel: str, done_folds: set[int], *, latest: bool, npz: bool, everythin
     return any(fnmatch.fnmatch(rest, p) for p in patterns)
 
 
-def _listing(session: Session, remote_dir: str) -> dict[str, tuple[int, int]]:
-    """``{relative path: (size, mtime)}`` of the run's remote results folder (one command)."""
-    q = shlex.quote(remote_dir)
-    res = session.conn.run_shell(
-        f"cd {q} 2>/dev/null || exit 0; find . -type f ! -name '*.tmp*' -printf '%s %T@ %P\\n'",
-        check=False)
-    found = {}
-    for line in res.stdout.splitlines():
-        size, mtime, rel = (line.split(" ", 2) + ["", ""])[:3]
-        if size.isdigit() and rel:
-            found[rel] = (int(size), int(float(mtime)))
-    return found
-
-
 def sync_run(session: Session, run_id: str | None = None, *, latest: bool = False,
              npz: bool = False, everything: bool = False,
              echo: Callable[[str], None] = lambda s: None) -> SyncResult:
@@ -109,17 +100,17 @@ def _sync(session: Session, run_id: str | None, *, latest: bool, npz: bool, ever
     remote_dir = session.remote.path(RESULTS, run.results_folder)
     result.remote_dir = remote_dir
     _remove_partial_downloads(local_dir, echo)
-    listing = _listing(session, remote_dir)
+    listing = parse_listing(session.conn.run_shell(remote_listing_line(remote_dir),
+                                                   check=False).stdout)
     result.missing = sorted(f for f in done if f"fold_{f}/checkpoint_final.pth" not in listing)
-    todo = {rel: meta for rel, meta in sorted(listing.items())
-            if wanted(rel, done, latest=latest, npz=npz, everything=everything)
-            and not _same(local_dir / rel, meta)}
+    needed = {rel: meta for rel, meta in listing.items()
+              if wanted(rel, done, latest=latest, npz=npz, everything=everything)}
+    # Temporary files of a write in progress there (hpcnn's, nnU-Net's) are never pulled.
+    todo = {rel: listing[rel] for rel in to_copy(needed, local_listing(local_dir), ["*.tmp*"])}
     started = time.time()
 
     def landed(rel: str) -> None:
         nonlocal started
-        if rel not in todo:
-            return
         size, mtime = todo[rel]
         os.utime(local_dir / rel, (mtime, mtime))  # as listed: the next sync compares equal
         result.pulled.append(rel)
@@ -138,15 +129,6 @@ def _sync(session: Session, run_id: str | None, *, latest: bool, npz: bool, ever
         session.registry.finish_transfer(tid, ok=True, files=len(result.pulled),
                                          nbytes=result.nbytes)
     return result
-
-
-def _same(target: Path, meta: tuple[int, int]) -> bool:
-    """Whether the local file has the listed size and mtime (rsync's quick check)."""
-    try:
-        st = target.stat()
-    except FileNotFoundError:
-        return False
-    return (st.st_size, int(st.st_mtime)) == meta
 
 
 def _remove_partial_downloads(local_dir: Path, echo: Callable[[str], None]) -> None:
