@@ -32,6 +32,7 @@ import numpy as np
 
 from hpcnn.dataset.findings import Finding, error, fix, warning
 from hpcnn.errors import DataError
+from hpcnn.yamlfile import read_yaml
 
 if TYPE_CHECKING:
     from hpcnn.dataset.slicer import SlicerSegment
@@ -57,14 +58,7 @@ class LabelSpec:
 
 def load_labels_file(path: Path) -> LabelSpec:
     """Read and validate labels.yaml; errors name the file and the class."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise DataError(f"{path}: YAML syntax error: {exc}") from exc
+    data, _ = read_yaml(path, DataError)
     if not isinstance(data, dict) or not data:
         raise DataError(f"{path}: expected a mapping of class names, e.g. 'liver: [Leber]'")
     classes: list[tuple[ClassSpec, int | None]] = []
