@@ -20,6 +20,12 @@ _COLOURS = {"completed": "green", "running": "cyan", "queued": "blue", "held": "
             "unknown": "magenta", "pending": "bright_black"}
 
 
+def _on_terminal() -> bool:
+    import sys
+
+    return sys.stdout.isatty()
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
@@ -163,7 +169,7 @@ def runs_cmd(app: AppContext) -> None:
 @_RUN
 @click.option("--err", is_flag=True, help="The job's stderr (err.log) instead of stdout.")
 @click.option("--training", is_flag=True, help="nnU-Net's training log of the fold instead.")
-@click.option("--tail", "tail", type=int, help="Only the last N lines.")
+@click.option("--tail", "tail", type=click.IntRange(min=0), help="Only the last N lines.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing what is appended (Ctrl-C).")
 @pass_app
 def logs_cmd(app: AppContext, fold: int, run_id: str | None, err: bool, training: bool,
@@ -173,7 +179,8 @@ def logs_cmd(app: AppContext, fold: int, run_id: str | None, err: bool, training
 
     with app.session() as session:
         seen = fold_log(session, run_id, fold, err=err, training=training, tail=tail,
-                        echo=lambda text: click.echo(text, nl=False))
+                        echo=lambda text: click.echo(text, nl=False),
+                        note=lambda text: click.echo(f"note: {text}", err=True))
         try:
             while follow:
                 time.sleep(5)
@@ -214,12 +221,19 @@ def sync_cmd(app: AppContext, run_id: str | None, with_latest: bool, with_valida
     from hpcnn.services.sync import all_synced, sync_run
 
     with app.session() as session:
+        session.find_run(run_id)  # no runs: said before the sync lock leaves any state here
         result = sync_run(session, run_id, latest=with_latest, npz=with_validation_npz,
                           everything=everything, echo=click.echo)
+    synced = ', '.join(map(str, result.synced_folds)) or 'none'
     if result.pulled:
         click.echo(f"run {result.status.run.id}: {len(result.pulled)} file(s), "
                    f"{format_bytes(result.nbytes)} into {result.model_dir}; folds synced: "
-                   f"{', '.join(map(str, result.synced_folds)) or 'none'}")
+                   f"{synced}")
+    elif _on_terminal():  # under cron (its own log) a sync that changed nothing stays quiet
+        others = ", ".join(f"{f.view.fold} ({f.view.state})" for f in result.status.folds
+                           if f.view.fold not in result.synced_folds)
+        click.echo(f"run {result.status.run.id}: nothing new to pull; folds synced: {synced}"
+                   + (f"; not synced: {others}" if others else ""))
     for fold in result.missing:
         click.echo(f"warning: fold {fold} is completed but {result.remote_dir}/fold_{fold}/"
                    "checkpoint_final.pth is not on the cluster (moved or deleted there?); "

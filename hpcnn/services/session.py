@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from hpcnn.remote.base import Connection
     from hpcnn.schedulers.base import Dialect
 
+NO_RUN_MODEL_HINT = (
+    "pass --model DIR (a trained model folder: nnUNet_results/DatasetNNN_Name/"
+    "Trainer__Plans__configuration), install a colleague's model with `hpcnn import-model "
+    "MODEL.zip` and pass the folder it prints, or train one with `hpcnn train-all-folds`")
+
 LOCAL_HOST = "local"
 """The registry's host key for this machine's own queue."""
 
@@ -61,7 +66,28 @@ class Session:
 
     @cached_property
     def registry(self) -> Registry:
+        """The workspace's registry, created on first use: only for commands that record."""
         return Registry(self.workspace.state_dir / "state.db")
+
+    @property
+    def recorded(self) -> Registry | None:
+        """The registry if this workspace has one, else None. What only reads (runs, status,
+        logs, the facts doctor recorded) asks this, so that a command run in the wrong folder
+        leaves no ``.hpcnn/state.db`` behind."""
+        if "registry" in self.__dict__ or (self.workspace.state_dir / "state.db").is_file():
+            return self.registry
+        return None
+
+    def runs(self) -> list[RunRow]:
+        """Every recorded run, the most recent first (none, and nothing created, without a
+        registry)."""
+        registry = self.recorded
+        return registry.runs() if registry else []
+
+    def facts(self) -> dict[str, str]:
+        """What ``hpcnn doctor`` recorded about this session's host."""
+        registry = self.recorded
+        return registry.facts(self.host) if registry else {}
 
     @property
     def conn(self) -> Connection:
@@ -84,7 +110,7 @@ class Session:
 
         name = self._scheduler or self.cfg.cluster.scheduler
         if name == "auto":
-            name = self.registry.facts(self.host).get("dialect", "auto")
+            name = self.facts().get("dialect", "auto")
         if name == "auto":
             raise ConfigError(
                 "cluster.scheduler is 'auto' and the scheduler has not been detected yet",
@@ -97,8 +123,7 @@ class Session:
         """Where jobs run: the absolute remote dir doctor recorded, else cluster.yaml's."""
         if self.is_local:
             return RemoteLayout(self.cfg.remote_dir)
-        return RemoteLayout(self.registry.facts(self.host).get("remote_dir")
-                            or self.cfg.remote_dir)
+        return RemoteLayout(self.facts().get("remote_dir") or self.cfg.remote_dir)
 
     # ---- runs
     def resolve_dataset(self, spec: str) -> str:
@@ -142,12 +167,15 @@ class Session:
             configuration=run.configuration, created_at=time.time(), host=self.host,
             options=json.dumps(options, sort_keys=True)))
 
-    def find_run(self, run_id: str | None) -> tuple[Run, RunRow]:
-        """``--run``: the given run (an id or a unique prefix), else the most recent one."""
-        runs = self.registry.runs()
+    def find_run(self, run_id: str | None, *, for_model: bool = False) -> tuple[Run, RunRow]:
+        """``--run``: the given run (an id or a unique prefix), else the most recent one.
+        ``for_model``: the caller wants a trained model, which ``--model`` or an imported
+        model gives without any run; the "no runs" error says so."""
+        runs = self.runs()
         if not runs:
-            raise ConfigError("no runs in this workspace yet",
-                              hint="start one with `hpcnn train-all-folds`")
+            raise ConfigError(
+                f"no runs in {self.workspace.root} yet",
+                hint=NO_RUN_MODEL_HINT if for_model else "start one with `hpcnn train-all-folds`")
         if run_id is None:
             row = runs[0]
         else:

@@ -200,4 +200,4 @@ def runs_overview(session: Session) -> list[tuple[RunRow, list[FoldView]]]:
     """Every run of the workspace, most recent first, with its folds' states as last recorded
     (no remote call: ``hpcnn status`` refreshes them)."""
     return [(row, fold_views([r for r in session.registry.jobs(row.id) if r.kind == FOLD]))
-            for row in session.registry.runs()]
+            for row in session.runs()]

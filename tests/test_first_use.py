@@ -1,0 +1,95 @@
+"""What a new user meets first, in a folder with no runs or a run with nothing left to do:
+read-only commands leave no state behind, and every "nothing here" answer says so and what to
+do next (issue 19, rough edges). Fast: a recorded run with finished folds, no training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hpcnn.config import load_config
+from hpcnn.jobs.model import FOLD, Run, job_name
+from hpcnn.services.session import Session
+from hpcnn.state import JobRow
+
+RUN = Run("Dataset501_Tiny", "nnUNetTrainer", "nnUNetPlans", "3d_fullres")
+
+
+def test_read_only_commands_leave_no_state_in_an_empty_folder(workspace: Path, hpcnn) -> None:
+    for args in (["runs"], ["status"], ["status", "--json"], ["logs", "0"], ["sync"],
+                 ["report"], ["export", "m.zip"], ["cancel", "--yes"]):
+        hpcnn(*args)
+        assert not (workspace / ".hpcnn").exists(), f"`hpcnn {' '.join(args)}` left state"
+    assert list(workspace.iterdir()) == []
+
+
+def test_no_runs_answers_say_what_to_do(workspace: Path, hpcnn) -> None:
+    code, out, _ = hpcnn("cancel", "--yes")
+    assert code == 0 and out.startswith("nothing to cancel: no runs in "), out
+    for args in (["report"], ["export", "m.zip"], ["predict", "in", "out"]):
+        code, _, err = hpcnn(*args)
+        assert code == 2 and "--model DIR" in err and "import-model" in err, (args, err)
+    code, _, err = hpcnn("status")  # not a model command: no model advice there
+    assert code == 2 and "train-all-folds" in err and "--model" not in err
+
+
+@pytest.fixture
+def finished_run(workspace: Path) -> Path:
+    """A run of the local scheduler whose fold 0 completed: its job folder with an output log
+    and an empty err.log, its final checkpoint in the results (where local jobs write)."""
+    with Session(load_config(None)) as session:
+        session.record_run(RUN)
+        name = job_name(RUN.id, 0)
+        row = session.registry.add(JobRow(
+            name=name, run=RUN.id, kind=FOLD, fold=0, job_dir=session.remote.job_dir(RUN.id, name),
+            scheduler="local", state="completed", scheduler_id="7", exit_code=0))
+    job_dir = Path(row.job_dir)
+    job_dir.mkdir(parents=True)
+    (job_dir / "out.log").write_text("hpcnn: job started\ntrained\n")
+    (job_dir / "err.log").write_text("")
+    fold = workspace / "nnUNet_results" / RUN.results_folder / "fold_0"
+    fold.mkdir(parents=True)
+    (fold / "checkpoint_final.pth").write_bytes(b"w" * 100)
+    return workspace
+
+
+def test_logs_of_an_empty_err_log_and_tail_zero(finished_run: Path, hpcnn) -> None:
+    code, out, err = hpcnn("logs", "0", "--err")
+    assert code == 0 and out == "" and "err.log" in err and "is empty" in err, err
+    code, out, _ = hpcnn("logs", "0", "--tail", "0")
+    assert code == 0 and out == ""
+    code, out, err = hpcnn("logs", "0", "--tail", "1")
+    assert out == "trained\n" and "empty" not in err
+
+
+def test_cancel_and_sync_with_nothing_to_do_say_so(finished_run: Path, hpcnn,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, _ = hpcnn("cancel")  # nothing to confirm either: no question asked
+    assert code == 0 and f"nothing to cancel: run {RUN.id} has no queued or running" in out
+    code, out, _ = hpcnn("sync")  # not a terminal (cron): quiet
+    assert code == 0 and out == ""
+    monkeypatch.setattr("hpcnn.cli.monitor._on_terminal", lambda: True)
+    code, out, _ = hpcnn("sync")
+    assert code == 0 and f"run {RUN.id}: nothing new to pull; folds synced: 0" in out, out
+
+
+def test_report_on_a_model_without_training_logs_says_the_curves_are_not_in_it(
+        tmp_path: Path, hpcnn) -> None:
+    from hpcnn.services.report import collect
+
+    model = tmp_path / "Dataset501_Tiny" / "hpcnnTinyTrainer__nnUNetPlans__3d_fullres"
+    (model / "fold_0" / "validation").mkdir(parents=True)
+    (model / "plans.json").write_text("{}")
+    (model / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1},
+        "file_ending": ".nii.gz"}))
+    (model / "fold_0" / "validation" / "summary.json").write_text(json.dumps(
+        {"mean": {"1": {"Dice": 0.8}}, "foreground_mean": {"Dice": 0.8}}))
+    code, out, err = hpcnn("report", "--model", model, "--out", tmp_path / "r.png", "--html")
+    assert code == 0, err
+    assert "the training curves are not in this model" in out
+    assert "fold 0: no training log, validation Dice 0.800" in out
+    assert "the training curves are not in this model" in (tmp_path / "r.html").read_text()
+    assert not collect(model).has_curves
