@@ -93,3 +93,28 @@ def test_report_on_a_model_without_training_logs_says_the_curves_are_not_in_it(
     assert "fold 0: no training log, validation Dice 0.800" in out
     assert "the training curves are not in this model" in (tmp_path / "r.html").read_text()
     assert not collect(model).has_curves
+
+
+@pytest.fixture
+def unreachable_cluster(workspace: Path) -> Path:
+    """A cluster.yaml whose login host refuses every connection (a closed port here)."""
+    (workspace / "cluster.yaml").write_text(
+        "cluster:\n  scheduler: slurm\n  host: 127.0.0.1\n  port: 1\n  connect_timeout: 5\n")
+    return workspace
+
+
+def test_render_and_dry_run_need_no_connection(unreachable_cluster: Path, hpcnn) -> None:
+    ws = unreachable_cluster
+    for args in (["render", "-d", "5"], ["train-all-folds", "--dry-run", "-d", "5"]):
+        code, _, err = hpcnn(*args)
+        assert code == 2 and "no dataset '5' in " in err, (args, err)
+        assert "does not connect to the cluster" in err and "ssh" not in err.lower(), err
+    # A full name is taken as given (the dataset may be only on the cluster).
+    code, out, err = hpcnn("render", "-d", "Dataset005_Prostate", "--fold", "1")
+    assert code == 0 and " Dataset005_Prostate 3d_fullres 1 " in out, err
+    (ws / "nnUNet_raw" / "Dataset005_Prostate").mkdir(parents=True)
+    (ws / "nnUNet_raw" / "Dataset005_Prostate" / "dataset.json").write_text("{}")
+    code, out, err = hpcnn("train-all-folds", "--dry-run", "-d", "5", "--preprocess", "remote",
+                           "--folds", "0")
+    assert code == 0 and "what would run (nothing was done)" in out, err
+    assert "sbatch" in out

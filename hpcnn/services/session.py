@@ -15,7 +15,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from hpcnn.config import Config
-from hpcnn.dataset.layout import chosen_dataset, existing_datasets, match_dataset
+from hpcnn.dataset.layout import (
+    chosen_dataset,
+    existing_datasets,
+    match_dataset,
+    parse_folder_name,
+)
 from hpcnn.errors import ConfigError
 from hpcnn.jobs.model import Run
 from hpcnn.state import Registry, RunRow
@@ -126,16 +131,21 @@ class Session:
         return RemoteLayout(self.facts().get("remote_dir") or self.cfg.remote_dir)
 
     # ---- runs
-    def resolve_dataset(self, spec: str) -> str:
+    def resolve_dataset(self, spec: str, *, connect: bool = True) -> str:
         """``DatasetNNN_Name`` for an id or name: found in the local workspace, else in the
-        cluster's ``nnUNet_preprocessed``/``nnUNet_raw`` over this session's connection."""
+        cluster's ``nnUNet_preprocessed``/``nnUNet_raw`` over this session's connection.
+        ``connect=False`` (render, dry runs: they must work with no cluster in reach) looks
+        here only and takes a full ``DatasetNNN_Name`` as given."""
         local = [p.name for p in existing_datasets(self.workspace.raw,
                                                    self.workspace.preprocessed).values()]
         found = match_dataset(spec, local)
         if found:
             return found
+        offline = not connect and not self.is_local
+        if offline and parse_folder_name(str(spec).strip()):
+            return str(spec).strip()
         remote: list[str] = []
-        if not self.is_local:
+        if not self.is_local and connect:
             folders = " ".join(shlex.quote(self.remote.path(d)) for d in (PREPROCESSED, RAW))
             res = self.conn.run_shell(f"ls -1 {folders} 2>/dev/null; true", check=False)
             remote = [line.strip() for line in res.stdout.splitlines() if line.strip()]
@@ -143,20 +153,25 @@ class Session:
             if found:
                 return found
         where = f"{self.workspace.raw}, {self.workspace.preprocessed}" + (
-            "" if self.is_local else f" or {self.remote.root} on {self.host}")
+            "" if self.is_local or offline else f" or {self.remote.root} on {self.host}")
         known = ", ".join(sorted(set(local + [n for n in remote if n.startswith("Dataset")])))
-        raise ConfigError(
-            f"no dataset {spec!r} in {where} (datasets found: {known or 'none'})",
-            hint="import and preprocess it (`hpcnn dataset import`, `hpcnn preprocess`), or "
-                 "fix training.dataset / --dataset",
-        )
+        hint = ("import and preprocess it (`hpcnn dataset import`, `hpcnn preprocess`), or "
+                "fix training.dataset / --dataset")
+        if offline:
+            hint += ("; this command does not connect to the cluster: for a dataset that is "
+                     "only there, name it in full (DatasetNNN_Name)")
+        raise ConfigError(f"no dataset {spec!r} in {where} (datasets found: {known or 'none'})",
+                          hint=hint)
 
     def new_run(self, dataset: str | None = None, *, trainer: str | None = None,
-                plans: str | None = None, configuration: str | None = None) -> Run:
-        """The run cluster.yaml's training section describes (each part overridable)."""
+                plans: str | None = None, configuration: str | None = None,
+                connect: bool = True) -> Run:
+        """The run cluster.yaml's training section describes (each part overridable);
+        ``connect`` as for resolve_dataset."""
         t = self.cfg.training
         spec = chosen_dataset(dataset, t.dataset, how="pass --dataset")
-        return Run(dataset=self.resolve_dataset(spec), trainer=trainer or t.trainer,
+        return Run(dataset=self.resolve_dataset(spec, connect=connect),
+                   trainer=trainer or t.trainer,
                    plans=plans or t.plans, configuration=configuration or t.configuration)
 
     def record_run(self, run: Run, **options: object) -> RunRow:
