@@ -118,3 +118,65 @@ def test_render_and_dry_run_need_no_connection(unreachable_cluster: Path, hpcnn)
                            "--folds", "0")
     assert code == 0 and "what would run (nothing was done)" in out, err
     assert "sbatch" in out
+
+
+def _add_fold(session: Session, fold: int, state: str, exit_code: int, err: str = "") -> Path:
+    name = job_name(RUN.id, fold)
+    row = session.registry.add(JobRow(
+        name=name, run=RUN.id, kind=FOLD, fold=fold, job_dir=session.remote.job_dir(RUN.id, name),
+        scheduler="local", state=state, scheduler_id=str(20 + fold), exit_code=exit_code))
+    job_dir = Path(row.job_dir)
+    job_dir.mkdir(parents=True)
+    (job_dir / "started").write_text("time=2026-11-28T01:00:00Z\nhost=node-gpu-17.cluster\n")
+    (job_dir / "exit_code").write_text(f"{exit_code}\ntime=2026-11-28T03:00:00Z\n")
+    (job_dir / "err.log").write_text(err)
+    return job_dir
+
+
+def _training_log(folder: Path, classes: int) -> None:
+    """Two epochs of an nnU-Net log with ``classes`` pseudo-Dice values and float32 noise."""
+    dice = ", ".join(f"np.float32(0.{61 + i}00000{i}2479248)" for i in range(classes))
+    lines = ["hpcnn launcher: training from epoch 0 of 1000"]
+    for epoch in (0, 1):
+        lines += [f"Epoch {epoch}", "train_loss -0.41", "val_loss -0.52", f"Pseudo dice [{dice}]",
+                  "Epoch time: 73.41 s", "Yayy! New best EMA pseudo Dice: 0.6624000072479248"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "training_log_2026_11_28_01_00_00.txt").write_text(
+        "".join(f"2026-11-28 01:{i:02d}:00.000000: {line}\n"
+                for i, line in enumerate(lines)))
+
+
+def test_status_fits_80_columns_and_ends_with_the_next_command(
+        workspace: Path, hpcnn, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight classes, a completed and a failed fold, a long node name: the table fits 80
+    columns with every state whole, one line a fold with the mean Dice; --json without float
+    noise and with every class; --wide with every class."""
+    with Session(load_config(None)) as session:
+        session.record_run(RUN)
+        _add_fold(session, 0, "completed", 0)
+        _add_fold(session, 1, "failed", 1, "Traceback\nRuntimeError: boom\n")
+    results = workspace / "nnUNet_results" / RUN.results_folder
+    _training_log(results / "fold_0", classes=8)
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = hpcnn("status")
+    assert code == 11, out
+    lines = out.splitlines()
+    assert max(len(line) for line in lines[:-1]) <= 80, out  # the last: one line, wrapped
+    table = [line for line in lines if line.split()[:1] in (["0"], ["1"])]
+    assert len(table) == 2, out  # one line per fold, not one per class
+    assert "completed" in table[0] and "2/1000" in table[0] and "0.645" in table[0], out
+    assert "failed (1)" in table[1], out
+    assert "…" not in out
+    assert lines[-1] == ("2 folds: 1 completed, 1 failed; next: `hpcnn logs 1 --err` to see "
+                         "why, then `hpcnn train-all-folds --resubmit-failed`"), lines[-1]
+
+    code, out, _ = hpcnn("status", "--json")
+    fold0 = json.loads(out)["folds"][0]
+    assert fold0["best_ema_dice"] == 0.6624 and fold0["mean_epoch_s"] == 73.4
+    assert fold0["pseudo_dice"] == [round(0.61 + i / 100, 4) for i in range(8)]
+    assert fold0["pseudo_dice_mean"] == 0.645
+    assert "0000" not in out.replace("0.0000", "")  # no float32 tails anywhere
+
+    code, out, _ = hpcnn("status", "--wide")
+    assert "Dice per class" in out and "0.61 0.62 0.63 0.64 0.65 0.66 0.67 0.68" in out, out
+    assert "node-gpu-17.cluster" in out
