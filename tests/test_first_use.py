@@ -180,3 +180,25 @@ def test_status_fits_80_columns_and_ends_with_the_next_command(
     code, out, _ = hpcnn("status", "--wide")
     assert "Dice per class" in out and "0.61 0.62 0.63 0.64 0.65 0.66 0.67 0.68" in out, out
     assert "node-gpu-17.cluster" in out
+
+
+def test_help_names_every_scheduler_and_each_short_option_means_one_thing(hpcnn) -> None:
+    import click
+
+    from hpcnn.cli.main import cli
+
+    code, out, _ = hpcnn("--help")
+    assert code == 0 and "Grid Engine" in out.splitlines()[2], out  # the line under Usage
+    meanings: dict[str, set[str]] = {}
+
+    def walk(command: click.Command, path: str) -> None:
+        for param in command.params:
+            longs = [o for o in param.opts if o.startswith("--")]  # the first: its name
+            for short in (o for o in param.opts if not o.startswith("--")):
+                meanings.setdefault(short, set()).add(longs[0] if longs else param.name)
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}")
+
+    walk(cli, "hpcnn")
+    assert meanings["-f"] == {"--folds"}, meanings["-f"]
+    assert {short: sorted(m) for short, m in meanings.items() if len(m) > 1} == {}

@@ -164,7 +164,7 @@ def runs_cmd(app: AppContext) -> None:
 @click.option("--err", is_flag=True, help="The job's stderr (err.log) instead of stdout.")
 @click.option("--training", is_flag=True, help="nnU-Net's training log of the fold instead.")
 @click.option("--tail", "tail", type=click.IntRange(min=0), help="Only the last N lines.")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing what is appended (Ctrl-C).")
+@click.option("--follow", is_flag=True, help="Keep printing what is appended (Ctrl-C).")
 @pass_app
 def logs_cmd(app: AppContext, fold: int, run_id: str | None, err: bool, training: bool,
              tail: int | None, follow: bool) -> None:

@@ -7,7 +7,7 @@ import click
 from hpcnn.cli.common import AppContext, pass_app
 from hpcnn.units import format_bytes
 
-_FOLDS = click.option("--folds", "folds", type=int, multiple=True,
+_FOLDS = click.option("--folds", "-f", "folds", type=int, multiple=True,
                       help="Fold(s) to act on (repeat; default: training.folds / all).")
 _RUN = click.option("--run", "run_id", help="Run id or prefix (default: the most recent run).")
 
@@ -90,7 +90,7 @@ def train_cmd(app: AppContext, dataset: str | None, folds: tuple[int, ...], trai
 @click.command("cancel")
 @_RUN
 @_FOLDS
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @pass_app
 def cancel_cmd(app: AppContext, run_id: str | None, folds: tuple[int, ...], yes: bool) -> None:
     """Cancel a run's jobs, queued continuations included: every job of the run (its folds,
