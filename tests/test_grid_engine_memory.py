@@ -5,6 +5,8 @@ rough edges). Fast: a recorded failed fold read through a connection that runs h
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,28 @@ def test_doctor_warns_when_h_vmem_is_below_what_training_maps(tmp_path: Path) ->
     assert fewer.outcome == Outcome.OK, fewer.detail
     assert result("slurm", {"mem": "4gb", "cpus": 4}).outcome == Outcome.OK
     assert not (tmp_path / ".hpcnn").exists()  # a config check records nothing
+
+
+def test_doctor_ends_by_naming_its_warnings(tmp_path: Path, hpcnn,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Grid Engine config with too little h_vmem through the whole doctor chain (a
+    connection that runs here, a qstat that answers like Grid Engine's)."""
+    from hpcnn.remote.local import LocalConnection
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "qstat").write_text(
+        "#!/bin/sh\ncase \"$1\" in -help) echo 'SGE 8.1.9';; "
+        "*) echo '<?xml version=\"1.0\"?><job_info><queue_info></queue_info>"
+        "<job_info></job_info></job_info>';; esac\n")
+    (bin_dir / "qstat").chmod(0o755)
+    for tool in ("qsub", "qdel", "qconf"):
+        (bin_dir / tool).write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / tool).chmod(0o755)
+    python = Path(sys.executable).parent  # the cluster's python3: this one, with nnunetv2
+    monkeypatch.setenv("PATH", f"{bin_dir}:{python}:{os.environ['PATH']}")
+    monkeypatch.setattr("hpcnn.remote.connect", lambda cfg: LocalConnection())
+    config = _config(tmp_path, "sge", {"mem": "4gb", "cpus": 4})
+    code, out, err = hpcnn("--config", config, "doctor")
+    assert "[warn] job memory: resources.mem 4gb becomes h_vmem=1G per slot" in out, out + err
+    assert code == 0 and "all checks passed, with 1 warning(s): job memory" in out, out + err
