@@ -10,16 +10,20 @@ from hpcnn.services.session import Session
 from hpcnn.state import JobRow
 
 
-def cancel_run(session: Session, run_id: str | None = None,
-               folds: list[int] | None = None) -> tuple[Run, list[JobRow]]:
-    """Cancel every unfinished job of the run (of ``folds`` only, when given) in ONE scheduler
-    call, and record it; returns the run and the jobs cancelled."""
+def live_jobs(session: Session, run_id: str | None = None,
+              folds: list[int] | None = None) -> tuple[Run, list[JobRow]]:
+    """The run's jobs that are still queued or running as last recorded (of ``folds`` only,
+    when given): what a cancel would act on, known before the user is asked to confirm."""
     run, _ = session.find_run(run_id)
     rows = [r for r in session.registry.jobs(run.id)
             if r.scheduler_id and not JobState(r.state).finished
             and (folds is None or r.fold in folds)]
+    return run, rows
+
+
+def cancel_jobs(session: Session, rows: list[JobRow]) -> None:
+    """Cancel ``rows`` in ONE scheduler call, and record it."""
     engine.cancel(session.conn, session.dialect, [r.scheduler_id or "" for r in rows])
     for row in rows:
         session.registry.update(row.name, state=JobState.CANCELLED.value,
                                 detail="cancelled with hpcnn cancel")
-    return run, rows

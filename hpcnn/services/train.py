@@ -283,7 +283,7 @@ def train_all_folds(session: Session, opts: TrainOptions, echo: Echo = print) ->
 
     cfg = effective_config(session.cfg, opts.resources)
     run = session.new_run(opts.dataset, trainer=opts.trainer, plans=opts.plans,
-                          configuration=opts.configuration)
+                          configuration=opts.configuration, connect=not opts.dry_run)
     remote_prep = (opts.preprocess or cfg.training.preprocess) == "remote"
     folds = opts.folds or cfg.training.folds
     if cfg.resources.gpus > 1:
