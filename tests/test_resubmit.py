@@ -5,7 +5,7 @@ The fold trains with a trainer that runs out of memory after its first epoch whi
 beside it exists (the user's mistake); its continuations then exit 98 without training. The user
 removes the flag (the fix: more memory) and resubmits: the new chain's first attempt runs,
 resumes from the epoch-0 checkpoint with ``--c`` and completes, and status shows the new chain,
-not the old failure. One fold, two epochs of the tiny schedule in all."""
+not the old failure. One fold, two epochs of one iteration in all."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import testbed_ssh
 from test_train_local import cli, wait_status
 from testbed_train import Bed, make_bed
 
@@ -35,13 +37,13 @@ FLAG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "{FLAG}")
 
 
 class {TRAINER}(nnUNetTrainer):
-    """The tiny schedule (2 epochs of 3 iterations), out of memory after epoch 0 (its
-    checkpoint_latest.pth written) while FLAG exists."""
+    """2 epochs of 1 iteration, out of memory after epoch 0 (its checkpoint_latest.pth
+    written) while FLAG exists."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch = 2, 3
+        self.num_epochs, self.num_iterations_per_epoch = 2, 1
         self.num_val_iterations_per_epoch, self.save_every = 1, 1
 
     def on_epoch_end(self) -> None:
@@ -158,6 +160,8 @@ def slurm_bed(testbed, ssh_config, tiny_dataset, testbed_environment,
                    scheduler="slurm", remote_dir=remote_dir,
                    training={"trainer": TRAINER, "folds": [0], "max_resubmits": 1},
                    environment={"variables": {"nnUNet_extTrainer": ext}})
+    subprocess.run([*testbed_ssh(testbed), f"mkdir -p {shlex.quote(remote_dir)}"], check=True,
+                   capture_output=True, timeout=60)
     bed.remote(f"mkdir -p ext && printf %s {shlex.quote(FAILING_TRAINER)} > ext/failing.py "
                f"&& touch ext/{FLAG}")
     try:
