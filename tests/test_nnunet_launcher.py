@@ -263,7 +263,11 @@ def test_sigterm_to_the_job_stops_at_the_epoch_end_and_the_continuation_resumes(
     _assert_stopped_for_continuation(stopped, fold, epochs_done=1)
     assert "(signal SIGTERM)" in output
 
-    _assert_completed(_launch(fold_env, 1, "--c"), fold, epochs=2)
+    # Started again as it was, without --c (Slurm requeues a preempted first attempt): it
+    # resumes its own checkpoint instead of training over it.
+    again = _launch(fold_env, 1)
+    _assert_completed(again, fold, epochs=2)
+    assert "checkpoint_latest.pth is there without --c" in again.stdout
     assert _trained_epochs(fold) == [[0], [1]]
 
 

@@ -16,8 +16,9 @@ It is nnU-Net's own training entry point (``nnUNetv2_train``) plus what that lac
   as nnU-Net's ``--c``: from ``checkpoint_final.pth`` it only validates, else it resumes from
   ``checkpoint_latest.pth`` (or ``checkpoint_best.pth``). Without it, it starts fresh (hpcnn does
   not pass ``--c`` to a fold's first attempt, where nnU-Net would warn that there is no
-  checkpoint to continue from). A fold that is complete (final checkpoint and its validation)
-  exits 0 at once without importing torch, with ``--c`` or not.
+  checkpoint to continue from), unless the fold has a checkpoint after all (the scheduler
+  requeued the job): that is resumed, never trained over. A fold that is complete (final
+  checkpoint and its validation) exits 0 at once without importing torch, with ``--c`` or not.
 - Walltime: nnU-Net saves ``checkpoint_latest.pth`` only every 50 epochs and has no signal
   handling. The launcher stops at the end of an epoch once the next epoch might not fit before
   ``--deadline`` (the end time of the job: it keeps the longest epoch seen so far plus ``--safety``
@@ -357,11 +358,18 @@ def run_fold(args: argparse.Namespace, stopper: Stopper, device: Any,
     if trainer.local_rank == 0:
         for leftover in Path(trainer.output_folder).glob(f"*{TMP_SUFFIX}"):
             leftover.unlink()  # a checkpoint write that a kill interrupted
-    trained = args.continue_training and os.path.isfile(final)
+    found = [n for n in RESUMABLE if os.path.isfile(os.path.join(trainer.output_folder, n))]
+    resume = args.continue_training or bool(found)
+    if found and not args.continue_training:
+        # A first attempt that the scheduler started again (Slurm requeues a job after a node
+        # failure or a preemption): its own checkpoint is resumed, never trained over.
+        trainer.print_to_log_file(f"hpcnn launcher: {found[0]} is there without --c (a "
+                                  "requeued job?): resuming it")
+    trained = resume and os.path.isfile(final)
     if trained:
         trainer.load_checkpoint(final)  # only validation is left, as with nnU-Net's --c
     else:
-        maybe_load_checkpoint(trainer, args.continue_training, False)
+        maybe_load_checkpoint(trainer, resume, False)
     info = {"start_epoch": trainer.current_epoch, "num_epochs": trainer.num_epochs}
     progress.update(info)
     if not trained:
