@@ -136,9 +136,16 @@ _WITH_DEADLINE = 'exec "$@" ${HPCNN_DEADLINE:+--deadline "$HPCNN_DEADLINE"}'
 
 
 def fold_spec(cfg: Config, layout: RemoteLayout, run: Run, fold: int, attempt: int = 1, *,
-              npz: bool = False) -> JobSpec:
-    """The job that trains (or continues) one fold through hpcnn's launcher. A continuation
-    (attempt > 1) first checks that the attempt before it stopped for its walltime."""
+              npz: bool = False, continues: bool | None = None,
+              resume: bool = False) -> JobSpec:
+    """The job that trains (or continues) one fold through hpcnn's launcher.
+
+    A continuation (``continues``; default: attempt > 1) first checks that attempt - 1, the
+    attempt before it in its chain, stopped for its walltime, and resumes the fold (``--c``).
+    The first attempt of a chain checks nothing (the attempt before it, if any, ended a chain
+    that was given up) and resumes only with ``resume`` (the fold has a checkpoint): with
+    ``--c`` and no checkpoint nnU-Net warns that it cannot continue."""
+    continues = attempt > 1 if continues is None else continues
     name = job_name(run.id, fold, attempt)
     gpus = cfg.resources.gpus
     # walltime_margin 0: no deadline of its own (the launcher keeps a reserve before one); the
@@ -158,8 +165,10 @@ def fold_spec(cfg: Config, layout: RemoteLayout, run: Run, fold: int, attempt: i
         argv.append("--npz")
     if gpus > 1:
         argv += ["-num_gpus", str(gpus)]
+    if continues or resume:
+        argv.append("--c")
     commands = [argv]
-    if attempt > 1:
+    if continues:
         previous = layout.job_dir(run.id, job_name(run.id, fold, attempt - 1))
         commands.insert(0, ["bash", "-c", CONTINUE_GUARD, "hpcnn-guard", previous])
     return JobSpec(

@@ -3,8 +3,11 @@
 The plan is pure: from the run's registry rows and the options it decides, fold by fold, whether
 to submit a new chain (attempt 1 and its walltime continuations, each ``afterany`` the one
 before), resubmit (``--resubmit-failed``), retrain from scratch (``--fresh``) or leave the fold
-alone. Applying the plan records each job's intent before the scheduler call and its id after;
-a job whose submission hpcnn did not live to record is found again from its job folder.
+alone. A resubmission is a new chain after the old one (attempts 5-8 after 1-4): its first
+attempt runs whatever the old chain's last attempt did, and resumes from the fold's checkpoint
+where there is one (``--c``); a first attempt with nothing to resume gets no ``--c``. Applying
+the plan records each job's intent before the scheduler call and its id after; a job whose
+submission hpcnn did not live to record is found again from its job folder.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hpcnn.config import Config, ResourcesSection, margin_problem
@@ -21,16 +24,18 @@ from hpcnn.dataset.layout import SPLITS
 from hpcnn.errors import ConfigError, DataError, HpcnnError, Locked, SchedulerError
 from hpcnn.fsutil import atomic_write_text
 from hpcnn.jobs import engine, transfer
-from hpcnn.jobs.folds import FoldView, fold_views
+from hpcnn.jobs.folds import CONTINUES, FoldView, continuations, fold_views, newest_chain
 from hpcnn.jobs.model import FOLD, JobSpec, Run, fold_spec, job_python, prep_spec
 from hpcnn.jobs.script import render_job, render_setup
+from hpcnn.nnunet.launcher import RESUMABLE
 from hpcnn.remote.base import join_argv
 from hpcnn.schedulers.base import Dependency, JobState
 from hpcnn.services.session import Session
 from hpcnn.state import JobRow
-from hpcnn.workspace import RESULTS
+from hpcnn.workspace import RESULTS, RemoteLayout
 
 Echo = Callable[[str], None]
+FRESH = "fresh"
 _RETRY = (JobState.FAILED, JobState.LOST, JobState.CANCELLED, JobState.TIMEOUT)
 
 _VERSION_PROBE = ("import importlib.metadata as m\ntry:\n    print(m.version('nnunetv2'))\n"
@@ -63,6 +68,16 @@ class Chain:
     why: str
     after: str | None = None
     """The scheduler id of the attempt this chain continues (``afterany``), if any."""
+    resume: bool = False
+    """Its first attempt resumes the fold from its checkpoint (``--c``); attempts after the
+    first, and a chain that continues another (``after``), always do."""
+
+    @property
+    def may_resume(self) -> bool:
+        """A chain whose first attempt starts the fold again, but not from scratch: it resumes
+        from a checkpoint that the fold may have (not ``--fresh``, whose old folder is moved
+        aside)."""
+        return self.after is None and self.why != FRESH
 
 
 @dataclass
@@ -104,31 +119,51 @@ def plan(views: dict[int, FoldView], folds: list[int], opts: TrainOptions,
                     f"fold {fold} is {view.state} (job {view.row.name}): --fresh would train it "
                     "twice at once", hint="cancel it first (`hpcnn cancel --folds "
                                           f"{fold}`), then run --fresh again")
-            chains.append(Chain(fold, view.attempts + 1, chain_length, "fresh"))
+            chains.append(Chain(fold, view.attempts + 1, chain_length, FRESH))
         elif opts.resubmit_failed and view.state in _RETRY:
-            chains.append(Chain(fold, view.attempts + 1, chain_length, f"was {view.state}"))
+            # resume: as far as the plan knows (a dry run); the submission looks (with_checkpoints)
+            chains.append(Chain(fold, view.attempts + 1, chain_length, f"was {view.state}",
+                                resume=True))
         else:
             kept.append(view)
     return chains, kept
 
 
-def unfinished_chains(session: Session, rows: list[JobRow], kept: list[FoldView],
+def unfinished_chains(rows: list[JobRow], continuing: set[str], kept: list[FoldView],
                       chain_length: int) -> list[Chain]:
     """The rest of a chain whose continuations were never submitted (hpcnn stopped in the
-    middle of submitting it): a fold still waiting or running with fewer attempts queued after
-    its chain's first attempt than ``chain_length``."""
+    middle of submitting it): a fold still waiting or running with fewer attempts queued in its
+    newest chain than ``chain_length`` (``continuing``: as ``folds.continuations``)."""
     rests = []
     for view in kept:
         if view.state.finished:
             continue
-        chain = sorted((r for r in rows if r.fold == view.fold), key=lambda r: r.attempt)
-        starts = [r.attempt for r in chain if not any(
-            kind == "afterany" for _, kind in session.registry.dependencies(r.name))]
-        present = chain[-1].attempt - (max(starts) if starts else chain[0].attempt) + 1
+        chain = newest_chain([r for r in rows if r.fold == view.fold], continuing)
+        present = chain[-1].attempt - chain[0].attempt + 1
         if present < chain_length and chain[-1].scheduler_id:
             rests.append(Chain(view.fold, chain[-1].attempt + 1, chain_length - present,
                                "rest of its chain", after=chain[-1].scheduler_id))
     return rests
+
+
+def folds_with_checkpoint(session: Session, run: Run, folds: list[int]) -> set[int]:
+    """The folds whose result folder holds a checkpoint that nnU-Net's ``--c`` resumes from
+    (final, latest or best), in one remote command."""
+    if not folds:
+        return set()
+    base = session.remote.path(RESULTS, run.results_folder)
+    tests = []
+    for fold in folds:
+        names = " ".join(shlex.quote(f"{base}/fold_{fold}/{c}") for c in RESUMABLE)
+        tests.append(f"for c in {names}; do [ -f \"$c\" ] && echo {fold} && break; done")
+    res = session.conn.run_shell("; ".join([*tests, "true"]), check=False)
+    return {int(w) for w in res.stdout.split() if w.isdigit() and int(w) in folds}
+
+
+def with_checkpoints(session: Session, run: Run, chains: list[Chain]) -> list[Chain]:
+    """The chains, each that may resume set to resume exactly when its fold has a checkpoint."""
+    have = folds_with_checkpoint(session, run, [c.fold for c in chains if c.may_resume])
+    return [replace(c, resume=c.fold in have) if c.may_resume else c for c in chains]
 
 
 def check_local_data(session: Session, run: Run, remote_prep: bool) -> dict | None:
@@ -308,9 +343,10 @@ def _train(session: Session, cfg: Config, run: Run, folds: list[int], remote_pre
     rows = [r for r in registry.jobs(run.id) if r.kind == FOLD]
     if rows and not opts.dry_run:
         rows = [r for r in _reconcile(session, rows, echo) if r.kind == FOLD]
-    views = {v.fold: v for v in fold_views(rows)}
+    continuing = continuations(registry, run.id)
+    views = {v.fold: v for v in fold_views(rows, continuing)}
     chains, kept = plan(views, folds, opts, 1 + cfg.training.max_resubmits)
-    chains += unfinished_chains(session, rows, kept, 1 + cfg.training.max_resubmits)
+    chains += unfinished_chains(rows, continuing, kept, 1 + cfg.training.max_resubmits)
     result = TrainResult(run, kept=kept)
     if not chains:
         return result
@@ -322,6 +358,7 @@ def _train(session: Session, cfg: Config, run: Run, folds: list[int], remote_pre
     push_run(session, run, raw=remote_prep, echo=echo)
     if opts.fresh:
         _move_results_aside(session, run, [c.fold for c in chains], echo)
+    chains = with_checkpoints(session, run, chains)
     session.record_run(run, folds=folds, npz=opts.npz, preprocess=remote_prep)
     prep_dep: list[Dependency] = []
     if remote_prep:
@@ -329,13 +366,21 @@ def _train(session: Session, cfg: Config, run: Run, folds: list[int], remote_pre
         result.submitted.append(prep)
         prep_dep = [Dependency(prep.scheduler_id or "", "afterok")]
     for chain in chains:
-        deps = [Dependency(chain.after, "afterany")] if chain.after else prep_dep
+        deps = [Dependency(chain.after, CONTINUES)] if chain.after else prep_dep
         for attempt in range(chain.first, chain.first + chain.length):
-            spec = fold_spec(cfg, layout, run, chain.fold, attempt, npz=opts.npz)
+            spec = _chain_spec(cfg, layout, run, chain, attempt, npz=opts.npz)
             row = submit_spec(session, cfg, spec, deps, echo)
             result.submitted.append(row)
-            deps = [Dependency(row.scheduler_id or "", "afterany")]
+            deps = [Dependency(row.scheduler_id or "", CONTINUES)]
     return result
+
+
+def _chain_spec(cfg: Config, layout: RemoteLayout, run: Run, chain: Chain, attempt: int, *,
+                npz: bool = False) -> JobSpec:
+    """One attempt of ``chain``: a continuation unless it is the first of a new chain."""
+    continues = attempt > chain.first or chain.after is not None
+    return fold_spec(cfg, layout, run, chain.fold, attempt, npz=npz, continues=continues,
+                     resume=chain.resume)
 
 
 def _dry_run(session: Session, cfg: Config, run: Run, chains: list[Chain], remote_prep: bool,
@@ -354,7 +399,7 @@ def _dry_run(session: Session, cfg: Config, run: Run, chains: list[Chain], remot
             after = ("afterany:<id of attempt "
                      f"{attempt - 1}>" if attempt > chain.first else
                      ("afterok:<id of the preprocessing job>" if remote_prep else ""))
-            specs.append((fold_spec(cfg, layout, run, chain.fold, attempt), after))
+            specs.append((_chain_spec(cfg, layout, run, chain, attempt), after))
     for spec, after in specs:
         text = render_job(cfg, dialect, spec)
         result.scripts[spec.name] = text
