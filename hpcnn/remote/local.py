@@ -18,6 +18,7 @@ from hpcnn.remote.base import Connection, Result, excluded, login_wrap
 
 class LocalConnection(Connection):
     description = "this machine"
+    packs_output = False  # no network to save: compressing would only cost CPU
 
     def _run(self, line: str, *, stdin: str | None, timeout: float | None) -> Result:
         proc = subprocess.run(
