@@ -44,6 +44,11 @@ def excluded(rel: str, patterns: Sequence[str]) -> bool:
                for p in patterns)
 
 
+def in_members(rel: str, members: Sequence[str]) -> bool:
+    """Whether the relative path ``rel`` lies in one of ``members`` (every path when none)."""
+    return not members or rel.split("/", 1)[0] in members
+
+
 def safe_relative(rel: str) -> str:
     """A relative POSIX path that stays below its root (no absolute path, no ``..``): names
     that come from the cluster (a listing, an archive) are untrusted."""
@@ -125,6 +130,15 @@ class Connection(ABC):
     def close(self) -> None:  # noqa: B027 - most connections have nothing to release
         """Release the underlying connection."""
 
+    def transfer_probe(self) -> str:
+        """A shell snippet that tells how this connection will move files (e.g. whether the
+        cluster has rsync), for a caller to run inside a command it runs anyway, so that the
+        question costs no round trip of its own; "" when there is nothing to ask."""
+        return ""
+
+    def transfer_probed(self, stdout: str) -> None:  # noqa: B027 - nothing to learn here
+        """Learn from the output of a command that ran ``transfer_probe()``."""
+
     def run(
         self,
         argv: Sequence[str],
@@ -186,10 +200,12 @@ class Connection(ABC):
                 on_file(rel)
 
     @abstractmethod
-    def push_tree(self, local: Path, remote: str, *, exclude: Sequence[str] = ()) -> None:
+    def push_tree(self, local: Path, remote: str, *, exclude: Sequence[str] = (),
+                  members: Sequence[str] = ()) -> None:
         """Make ``remote`` hold every file of the folder ``local`` (incremental, never deletes).
 
-        ``exclude`` holds rsync-style patterns (``*.tmp``, ``fold_*/validation``).
+        ``exclude`` holds rsync-style patterns (``*.tmp``, ``fold_*/validation``); ``members``
+        limits the push to those entries of ``local`` (files or folders, same names there).
         """
 
     @abstractmethod
