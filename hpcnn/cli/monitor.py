@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import TYPE_CHECKING
@@ -71,6 +70,8 @@ def _render(status: RunStatus, as_json: bool, wide: bool = False) -> None:
     now = datetime.now(timezone.utc)
     records = [fold_record(f, now) for f in status.folds]
     if as_json:
+        import json
+
         click.echo(json.dumps({"run": status.run.id, "dataset": status.run.dataset,
                                "scheduler_answered": status.answered,
                                "exit_code": status.exit_code, "folds": records}, indent=2))
