@@ -98,6 +98,28 @@ def _flat(path: Path) -> None:
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((16, 16), np.int16)), str(path))
 
 
+def _huge(path: Path) -> None:
+    """A 60 kB file whose header declares 60000^3 voxels (200 TiB)."""
+    path.write_bytes(b"NRRD0004\ntype: uchar\ndimension: 3\nsizes: 60000 60000 60000\n"
+                     b"encoding: raw\n\n" + bytes(60000))
+
+
+def _cut(path: Path) -> None:
+    image(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+
+
+def _nonfinite(path: Path) -> None:
+    image(path)
+    import SimpleITK as sitk
+
+    values = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
+    values[1, 2, 3] = np.nan
+    values[2, 3, 4] = np.inf
+    write_image(path, values, Grid((16, 16, 8)))
+
+
 BAD_INPUTS = {
     # name: (model channels, files to write, extra args, words the error must hold)
     "wrong number of channels": (("T1", "T2"), {"scan.nrrd": image}, (),
@@ -115,6 +137,17 @@ BAD_INPUTS = {
                                        ("--format", "nii.gz"),
                                        ["error: a.nii.gz, a.nrrd would all be written to a.nii.gz",
                                         "rename one"]),
+    # what `dataset import` refuses, refused the same way before any worker starts (issue 19)
+    "truncated gzip payload": (("CT",), {"ok.nrrd": image, "cut.nii.gz": _cut}, (),
+                               ["cut.nii.gz: cannot read: cut short", "export or copy it again"]),
+    "impossible size": (("CT",), {"huge.nrrd": _huge}, (),
+                        ["huge.nrrd: declares 60000x60000x60000 uchar voxels",
+                         "predicting may use here", "--max-gib 201167"]),
+    "NaN and Inf voxels": (("CT",), {"nan.nrrd": _nonfinite}, (),
+                           ["nan.nrrd: 1 voxel(s) are NaN", "nan.nrrd: 1 voxel(s) are infinite",
+                            "background value"]),
+    "NaN in a NIfTI (SimpleITK reads 0)": (("CT",), {"nan.nii.gz": _nonfinite}, (),
+                                           ["nan.nii.gz: 1 voxel(s) are NaN"]),
 }
 
 
@@ -146,6 +179,32 @@ def test_output_folder_equal_to_input_is_refused(tmp_path: Path, workspace, hpcn
     code, _, err = hpcnn("predict", src, tmp_path / "x" / ".." / "in", "--model", model)
     assert code == 2 and "the output folder is the input folder" in err and "fix:" in err
     assert snapshot(src) == before
+
+
+@pytest.mark.parametrize("existing, args", [
+    (("a.nrrd", "sub/b.nrrd"), ()),  # an earlier run's results
+    (("a.seg.nrrd",), ("--format", "seg.nrrd")),  # manual Slicer segmentations, same names
+    (("hpcnn_predict.json",), ()),  # an earlier run's record
+])
+def test_existing_results_are_refused_without_force(existing: tuple[str, ...],
+                                                    args: tuple[str, ...], tmp_path: Path,
+                                                    workspace, hpcnn,
+                                                    sitk_available: None) -> None:
+    model = fake_model(tmp_path / "results")
+    src, out = tmp_path / "in", tmp_path / "out"
+    image(src / "a.nrrd")
+    image(src / "sub" / "b.nrrd")
+    for name in existing:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"made by hand")
+    before = snapshot(out), snapshot(src)
+    code, _, err = hpcnn("predict", src, out, "--model", model, *args)
+    assert code == 2, err
+    assert f"{len(existing)} file(s) this prediction would write exist already" in err
+    for name in existing:
+        assert name in err
+    assert "--force" in err and "nothing was predicted" in err
+    assert (snapshot(out), snapshot(src)) == before
 
 
 def test_no_finished_fold_is_refused_and_missing_folds_are_named(tmp_path: Path, workspace,
@@ -194,14 +253,30 @@ def test_one_fold_slicer_output_and_version_warning(tiny_model: Path, tmp_path: 
     (model / "fold_0" / "hpcnn_provenance.json").write_text(
         json.dumps({"nnunetv2_version": "2.5.0"}))
     truth = unseen_cases(tmp_path / "in", ["Patient A (1).nrrd", "x-ray.scan.v2.nrrd"])
+    # a manual segmentation under a result's name: refused, then replaced with --force
+    write_slicer_seg(tmp_path / "out" / "Patient A (1).seg.nrrd", [], Grid((16, 16, 8)))
     code, out, err = hpcnn("predict", tmp_path / "in", tmp_path / "out", "--model", model,
                            "--format", "seg.nrrd", "--device", "cpu")
+    assert code == 2 and "Patient A (1).seg.nrrd" in err and "--force" in err, out + err
+    code, out, err = hpcnn("predict", tmp_path / "in", tmp_path / "out", "--model", model,
+                           "--format", "seg.nrrd", "--device", "cpu", "--force")
     assert code == 0, out + err
     assert "fold(s) 0 (fold(s) 1, 2, 3, 4 not trained" in out
     assert "warning: fold(s) 0 were trained with nnunetv2 2.5.0" in err
     assert "predicting on the CPU: 16 network passes" in out and "--fast skips" in out
+    # hpcnn's own lines and one bar over cases x folds; nnU-Net's chatter only in the log
+    for chatter in ("I am process", "prediction completed", "perform_everything_on_device",
+                    "Predicting case_", "Warning"):
+        assert chatter not in out + err, chatter
+    assert "2/2 fold passes" in err
+    log = (tmp_path / "out" / "hpcnn_predict.log").read_text()
+    assert "I am process 0 out of 1" in log and "Predicting case_0001" in log
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == \
-        ["Patient A (1).seg.nrrd", "hpcnn_predict.json", "x-ray.scan.v2.seg.nrrd"]
+        ["Patient A (1).seg.nrrd", "hpcnn_predict.json", "hpcnn_predict.log",
+         "x-ray.scan.v2.seg.nrrd"]
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()} == \
+        dict.fromkeys(["Patient A (1).seg.nrrd", "hpcnn_predict.json", "hpcnn_predict.log",
+                       "x-ray.scan.v2.seg.nrrd"], 0o600)
     for name, case in truth.items():
         result = sitk.ReadImage(str(tmp_path / "out" / name.replace(".nrrd", ".seg.nrrd")))
         source = sitk.ReadImage(str(tmp_path / "in" / name))
@@ -229,6 +304,8 @@ def test_two_folds_on_mixed_formats_then_evaluate(tiny_model: Path, tmp_path: Pa
     assert code == 0, out + err
     assert "fold(s) 0, 1 (fold(s) 2, 3, 4 not trained" in out
     assert "skipped 1 segmentation(s)" in out
+    assert "6/6 fold passes" in err  # 3 cases x 2 folds
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o700, "created private"
     results = {n: sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / n)))
                for n in names}
 

@@ -175,7 +175,7 @@ def test_ctrl_c_leaves_the_job_and_a_failed_job_says_why(cluster_ws: Path) -> No
 
 def test_refused_before_anything_is_submitted(tmp_path: Path, sitk_available: None,
                                               nnunet_available: None) -> None:
-    from test_predict import image
+    from test_predict import _nonfinite, image
 
     ws = local_workspace(tmp_path)
     image(tmp_path / "in" / "a.nrrd")
@@ -193,6 +193,9 @@ def test_refused_before_anything_is_submitted(tmp_path: Path, sitk_available: No
     res = cli(ws, "predict", tmp_path / "in", out, "--on-cluster", "--folds", "0,2")
     assert res.returncode == 2 and "fold(s) 2 have no checkpoint_final.pth (finished: 0)" in \
         res.stderr
+    _nonfinite(tmp_path / "nan" / "n.nii.gz")  # staging runs import's checks too (issue 19)
+    res = cli(ws, "predict", tmp_path / "nan", out, "--on-cluster")
+    assert res.returncode == 2 and "n.nii.gz: 1 voxel(s) are NaN" in res.stderr, res.stderr
     res = cli(ws, "predict", tmp_path / "in", out, "--on-cluster", "--model", results)
     assert res.returncode == 2 and "--model names a folder on this machine" in res.stderr
     res = cli(ws, "predict", "--attach", "0123")

@@ -52,18 +52,28 @@ def _echo(line: str) -> None:
                    "bring its results back.")
 @click.option("--interval", type=click.FloatRange(min=1), default=15.0, show_default=True,
               help="Seconds between looks at a job with --on-cluster.")
+@click.option("--force", is_flag=True,
+              help="Replace results (and hpcnn_predict.json/.log) that exist in OUTPUT.")
+@click.option("--max-gib", type=click.FloatRange(min=0, min_open=True), metavar="GIB",
+              help="Largest image (voxel data, GiB) to predict [default: the available memory "
+                   "/ 8].")
+@click.option("--verbose", is_flag=True,
+              help="Show nnU-Net's own output (kept in OUTPUT/hpcnn_predict.log otherwise).")
 @pass_app
 def predict_command(app: AppContext, inputs: tuple[str, ...], output: str | None,
                     model: str | None, run_id: str | None, folds: tuple[str, ...], device: str,
                     fast: bool, fmt: str | None, on_cluster: bool, no_follow: bool,
-                    attach: str | None, interval: float) -> None:
+                    attach: str | None, interval: float, force: bool, max_gib: float | None,
+                    verbose: bool) -> None:
     """Segment images with a trained model; results keep the images' names.
 
     INPUT is folders (searched recursively), files or quoted globs, in any format `dataset
     import` reads (.nrrd, .nii.gz, .nii, .mha), named as you like: no _0000 suffix and no
     dataset.json needed. A model with several channels takes CASE_<channel>.ext files, channel
     names from its dataset.json. Segmentations among the inputs are skipped. The ensemble uses
-    every fold that finished (the missing ones are named).
+    every fold that finished (the missing ones are named). Images `dataset import` refuses
+    (damaged data, NaN or infinite voxels, an impossible size) are refused before anything runs;
+    so are results that exist already in OUTPUT, unless --force.
 
     --on-cluster predicts as one job on the cluster with the folds trained there (no sync
     needed), the same names and formats. Ctrl-C leaves the job running; `hpcnn predict
@@ -74,7 +84,7 @@ def predict_command(app: AppContext, inputs: tuple[str, ...], output: str | None
 
     wanted = [f.strip() for text in folds for f in text.split(",") if f.strip()]
     if attach:
-        if inputs or output or model or wanted or fmt or fast:
+        if inputs or output or model or wanted or fmt or fast or force or max_gib:
             raise click.UsageError("--attach ID takes no INPUT/OUTPUT and no model options: "
                                    "the job has them")
     elif not inputs or output is None:
@@ -84,7 +94,7 @@ def predict_command(app: AppContext, inputs: tuple[str, ...], output: str | None
             raise click.UsageError("--on-cluster predicts with the folds of --run on the "
                                    "cluster; --model names a folder on this machine")
         _predict_on_cluster(app, inputs, output, run_id, wanted, device, fast, fmt, no_follow,
-                            attach, interval)
+                            attach, interval, force, max_gib)
         return
     if no_follow:
         raise click.UsageError("--no-follow goes with --on-cluster")
@@ -92,7 +102,8 @@ def predict_command(app: AppContext, inputs: tuple[str, ...], output: str | None
 
     assert output is not None
     result = predict(app.model_folder(model, run_id), list(inputs), Path(output),
-                     wanted or None, device, fast, fmt, _echo)
+                     wanted or None, device, fast, fmt, _echo, force=force, max_gib=max_gib,
+                     verbose=verbose)
     click.secho(f"{len(result.outputs)} result(s) in {output} ({len(result.folds)} fold(s), "
                 f"{result.device}, {result.seconds:.1f} s)", fg="green")
 
@@ -100,7 +111,8 @@ def predict_command(app: AppContext, inputs: tuple[str, ...], output: str | None
 def _predict_on_cluster(app: AppContext, inputs: tuple[str, ...], output: str | None,
                         run_id: str | None, folds: list[str], device: str, fast: bool,
                         fmt: str | None, no_follow: bool, attach: str | None,
-                        interval: float) -> None:
+                        interval: float, force: bool = False,
+                        max_gib: float | None = None) -> None:
     """Submit (or find) the prediction job, follow it, bring the results back; the job goes on
     when this command stops early, and the line to come back is said."""
     from pathlib import Path
@@ -121,7 +133,7 @@ def _predict_on_cluster(app: AppContext, inputs: tuple[str, ...], output: str | 
             assert output is not None
             request = submit_prediction(session, list(inputs), Path(output), run_id=run_id,
                                         folds=folds or None, device=device, fast=fast, fmt=fmt,
-                                        echo=_echo)
+                                        echo=_echo, force=force, max_gib=max_gib)
             click.echo(f"prediction {request.id} submitted"
                        + ("" if no_follow else "; following it (Ctrl-C leaves the job running)"))
         come_back = (f"the job goes on; bring its results into {request.output} with: "

@@ -41,7 +41,7 @@ from hpcnn.dataset.findings import (
 from hpcnn.dataset.geometry import Geometry
 from hpcnn.dataset.labels import is_plain_class_name
 from hpcnn.dataset.layout import NNUNET_FOLDS, SPLITS, read_dataset_json, too_few_training
-from hpcnn.dataset.payload import layout, refusals, verify
+from hpcnn.dataset.payload import examine
 from hpcnn.dataset.workers import Progress, available_cpus, runner
 from hpcnn.errors import DataError
 
@@ -509,26 +509,24 @@ def check_case(task: CaseTask) -> CaseResult:
             _compare_channels(first, image, rel, result)
     result.digest = digest.hexdigest() if complete else None
     if task.label is not None:
-        label = _read(task.root, task.label, result)
+        label = _read(task.root, task.label, result, "label")
         if label is not None:
             _check_label(label, first, task, result)
     return result
 
 
-def _read(root: Path, rel: str, result: CaseResult) -> sitk.Image | None:
+def _read(root: Path, rel: str, result: CaseResult, role: str = "image") -> sitk.Image | None:
+    """The image, after payload.examine: NaN and infinite voxels are counted in the file's
+    data (SimpleITK reads a NIfTI's as 0); a damaged file is not read."""
     import SimpleITK as sitk
 
     path = root / rel
-    found = layout(path)
-    if found is not None:
-        problems = refusals(found, root=root, allow_outside=True, max_bytes=None)
-        damaged = None if problems else verify(found)
-        for message, fix in problems:
-            result.problems.append(error(rel, message, fix, code="unreadable"))
-        if damaged:
-            result.problems.append(error(rel, damaged[0], damaged[1], code="corrupt-data"))
-        if problems or damaged:
-            return None
+    problems = examine(path, root=root, allow_outside=True, max_bytes=None)
+    for p in problems:
+        code = f"{p.code}-in-{role}" if p.code in ("nan", "inf") else p.code
+        result.problems.append(error(rel, p.message, p.fix, code=code))
+    if any(p.code not in ("nan", "inf") for p in problems):
+        return None
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -550,7 +548,9 @@ def _check_image(image: sitk.Image, rel: str, result: CaseResult) -> np.ndarray:
                                      "(a vector image): nnU-Net expects one value per voxel",
                                      "save each component as its own channel file "
                                      "(_0000, _0001, ...)", code="vector-image"))
-    if arr.dtype.kind == "f":
+    counted = any(f.code in ("nan-in-image", "inf-in-image") and f.file == rel
+                  for f in result.problems)  # by payload.examine, in the file's own data
+    if arr.dtype.kind == "f" and not counted:
         finite = np.isfinite(arr)
         if not finite.all():
             nan = int(np.isnan(arr).sum())
@@ -605,10 +605,11 @@ def _check_label(label: sitk.Image, image: sitk.Image | None, task: CaseTask,
     arr = sitk.GetArrayViewFromImage(label)
     if arr.dtype.kind == "f":
         nan = int(np.isnan(arr).sum())
-        if nan:
+        if nan and not any(f.code == "nan-in-label" and f.file == rel for f in problems):
             problems.append(error(rel, f"{nan} NaN voxel(s)",
                                   "re-export the segmentation as an integer label map",
                                   code="nan-in-label"))
+        if nan:
             arr = arr[~np.isnan(arr)]
         values = np.unique(arr)
         fractional = values[values != np.round(values)]

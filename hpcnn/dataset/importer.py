@@ -465,7 +465,8 @@ def _scan(task: _ScanTask) -> _Scan:
 
 def _inspect(path: str, display: str, task: _ScanTask, findings: list[Finding]) -> bool:
     """Whether the file may be read (payload.py): inside the source folder (a symbolic link
-    may point anywhere), its data files too, a size a worker can hold, its data whole."""
+    may point anywhere), its data files too, a size a worker can hold, its data whole and
+    finite (NaN in a NIfTI is visible only there: SimpleITK reads it as 0)."""
     file, root = Path(path), Path(task.root)
     if not task.allow_outside and not payload.inside(file, root):
         findings.append(error(display, f"a symbolic link to {file.resolve()}, outside the source "
@@ -473,15 +474,9 @@ def _inspect(path: str, display: str, task: _ScanTask, findings: list[Finding]) 
                               hint="copy the file into the source folder, or pass "
                                    "--allow-outside-source if it is really yours to import"))
         return False
-    found = payload.layout(file)
-    if found is None:
-        return True
-    problems = payload.refusals(found, root=root, allow_outside=task.allow_outside,
-                                max_bytes=task.max_bytes)
-    if not problems:
-        damaged = payload.verify(found)
-        problems = [damaged] if damaged else []
-    findings.extend(error(display, message, hint=hint) for message, hint in problems)
+    problems = payload.examine(file, root=root, allow_outside=task.allow_outside,
+                               max_bytes=task.max_bytes)
+    findings.extend(error(display, p.message, hint=p.fix) for p in problems)
     return not problems
 
 

@@ -27,9 +27,9 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from hpcnn.dataset import sources
+from hpcnn.dataset import payload, sources
 from hpcnn.dataset.findings import Finding, error, notice, shorten, summary_lines
 from hpcnn.errors import DataError
 
@@ -177,8 +177,12 @@ def _files(items: Sequence[str],
     return found, problems
 
 
-def check_images(cases: Sequence[PredictCase], channel_names: Sequence[str]) -> None:
-    """Read every header; DataError naming each file that the model cannot take."""
+def check_images(cases: Sequence[PredictCase], channel_names: Sequence[str], *,
+                 max_bytes: int | None) -> None:
+    """Every file through ``dataset import``'s own checks (payload.examine: a data file outside
+    the input folder, more than ``max_bytes`` of voxels, damaged or cut-short data, NaN or
+    infinite voxels), then its header; DataError naming each file that the model cannot take,
+    before any worker reads a voxel."""
     import SimpleITK as sitk
 
     findings: list[Finding] = []
@@ -186,6 +190,11 @@ def check_images(cases: Sequence[PredictCase], channel_names: Sequence[str]) -> 
     for case in cases:
         first: tuple[str, tuple[int, ...]] | None = None
         for file in case.images:
+            problems = payload.examine(file.path, root=_root(file), allow_outside=False,
+                                       max_bytes=max_bytes, command="predict")
+            findings += [error(file.display, p.message, hint=p.fix) for p in problems]
+            if problems:
+                continue
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(file.path))
             try:
@@ -217,6 +226,13 @@ def check_images(cases: Sequence[PredictCase], channel_names: Sequence[str]) -> 
     refuse(findings)
 
 
+def _root(file: sources.SourceFile) -> Path:
+    """The folder the user named that holds ``file`` (its own folder for a file or a glob's
+    match): a detached header's data must lie inside it, as in ``dataset import``."""
+    depth = len(PurePosixPath(file.display).parts)
+    return file.path.parents[depth - 1] if depth else file.path.parent
+
+
 def check_output_folder(output: Path, items: Sequence[str]) -> None:
     """DataError when the output folder is an input folder."""
     resolved = output.expanduser().resolve()
@@ -231,10 +247,12 @@ def check_output_folder(output: Path, items: Sequence[str]) -> None:
                         hint="name a folder for the results (it is created when missing)")
 
 
-def check_outputs(cases: Sequence[PredictCase], extension: str | None,
-                  output: Path) -> list[Path]:
-    """The result path of every case; DataError when two cases would write one file, or when a
-    result would replace an input."""
+def check_outputs(cases: Sequence[PredictCase], extension: str | None, output: Path, *,
+                  force: bool = False, records: Sequence[str] = ()) -> list[Path]:
+    """The result path of every case; DataError when two cases would write one file, when a
+    result would replace an input, or (without ``force``) when a result or one of ``records``
+    (files every prediction writes into ``output``) already exists: an earlier prediction, or
+    a folder of manual segmentations under the same names, is never replaced silently."""
     inputs = {f.path.resolve(): f.display for c in cases for f in c.images}
     by_name: dict[str, list[PredictCase]] = {}
     for case in cases:
@@ -254,7 +272,19 @@ def check_outputs(cases: Sequence[PredictCase], extension: str | None,
                                   f"input {inputs[path.resolve()]}",
                                   hint="write the results to another folder"))
     refuse(findings)
+    if not force:
+        refuse_existing([*paths, *(output / r for r in records)], output)
     return paths
+
+
+def refuse_existing(paths: Sequence[Path], output: Path) -> None:
+    """DataError naming every one of ``paths`` (inside ``output``) that exists already."""
+    existing = [p.relative_to(output).as_posix() for p in paths if os.path.lexists(p)]
+    if existing:
+        raise DataError(f"{output}: {len(existing)} file(s) this prediction would write exist "
+                        f"already: {shorten(existing, 8)}; nothing was predicted",
+                        hint="write the results to another (or a new) folder, or pass --force "
+                             "to replace them")
 
 
 def case_id(index: int) -> str:

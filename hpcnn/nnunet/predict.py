@@ -18,7 +18,11 @@ The steps, each before the next writes anything:
    temporary name, so a reader never sees half a file; the work folder goes in every case.
 
 ``hpcnn_predict.json`` in OUTPUT records the model, folds, labels and which result came from which
-images (``hpcnn evaluate`` reads the labels from it).
+images (``hpcnn evaluate`` reads the labels from it); ``hpcnn_predict.log`` keeps nnU-Net's own
+output (its per-process chatter, per-fold progress bars, library warnings), which the user sees
+only with ``verbose``; the user sees hpcnn's lines and one progress bar over cases x folds.
+A result, the record or the log that exists already is refused before anything runs, unless
+``force``. Everything written is private (folders 0700, files 0600), as the datasets are.
 
 Steps 2 and 5 (``check_request``, ``result_folder``, ``deliver``) are also those of ``hpcnn
 predict --on-cluster`` (services/predict.py), where nnU-Net runs as a job on the cluster: the
@@ -37,12 +41,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from hpcnn.dataset import sources
 from hpcnn.dataset.findings import shorten
-from hpcnn.errors import DataError
-from hpcnn.fsutil import atomic_write_text
+from hpcnn.errors import DataError, HpcnnError
+from hpcnn.fsutil import atomic_write_text, ensure_dir
 from hpcnn.nnunet.inputs import (
     PredictCase,
     case_id,
@@ -50,6 +54,7 @@ from hpcnn.nnunet.inputs import (
     check_output_folder,
     check_outputs,
     collect,
+    refuse_existing,
     stage,
 )
 from hpcnn.nnunet.launcher import EXT_TRAINER
@@ -63,6 +68,14 @@ from hpcnn.nnunet.model_folder import (
 
 FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "seg.nrrd": ".seg.nrrd"}
 RECORD = "hpcnn_predict.json"
+LOG = "hpcnn_predict.log"
+PREDICT_COPIES = 8
+"""How many times an image's voxel bytes predicting it may take: nnU-Net holds it as float32
+(up to 4x a file of 8-bit voxels), its resampled copy and a logit map per class, in the main
+process and a preprocessing and an export worker. A file declaring more than the available
+memory divided by this is refused before a worker tries to allocate it (``--max-gib`` raises
+the bound)."""
+_LOG_TAIL = 25
 DEVICES = ("auto", "cuda", "mps", "cpu")
 _WORK_PREFIX = ".hpcnn-predict-"
 # Distinct, readable on dark and light backgrounds; Slicer picks its own when a file has none.
@@ -91,10 +104,16 @@ def predict(
     fast: bool = False,
     fmt: str | None = None,
     echo: Echo = print,
+    *,
+    force: bool = False,
+    max_gib: float | None = None,
+    verbose: bool = False,
 ) -> Prediction:
     """Predict every case in ``inputs`` into ``output`` with the model's finished folds (or
     ``folds``); ``fmt`` is a key of FORMATS (default: each input's own format); ``echo`` gets
-    the lines a user should read (warnings start with ``warning:``)."""
+    the lines a user should read (warnings start with ``warning:``). ``force`` replaces
+    existing results; ``max_gib`` bounds an image's voxel data (max_image_bytes);
+    ``verbose`` shows nnU-Net's own output instead of keeping it in the log."""
     start = time.perf_counter()
     model = open_model(model_dir)
     chosen = choose_folds(model, folds)
@@ -103,7 +122,8 @@ def predict(
          + (f" ({missing})" if missing else ""))
     for line in version_warnings(model, chosen):
         echo(f"warning: {line}")
-    cases, results = check_request(model, inputs, output, fmt, echo)
+    cases, results = check_request(model, inputs, output, fmt, echo, force=force,
+                                   max_gib=max_gib, records=(RECORD, LOG))
     torch_device = resolve_device(device)
     if torch_device == "cpu":
         echo(cpu_cost(model, cases, len(chosen), fast))
@@ -111,23 +131,40 @@ def predict(
     with result_folder(output) as work:
         lists = stage(cases, work / "input", model.file_ending)
         produced = [work / "output" / case_id(i) for i in range(len(cases))]
-        _run_predictor(model, chosen, torch_device, fast, lists, produced)
-        deliver(output, model, chosen, fast, cases, produced, results, fmt, echo)
+        with nnunet_output(work / LOG, verbose) as shown:
+            _run_predictor(model, chosen, torch_device, fast, lists, produced, shown, verbose)
+        deliver(output, model, chosen, fast, cases, produced, results, fmt, echo, force=force)
+        if not verbose:
+            os.replace(work / LOG, output / LOG)
     return Prediction(results, chosen, torch_device, time.perf_counter() - start)
 
 
 def check_request(model: ModelFolder, inputs: Sequence[str], output: Path, fmt: str | None,
-                  echo: Echo) -> tuple[list[PredictCase], list[Path]]:
+                  echo: Echo, *, force: bool = False, max_gib: float | None = None,
+                  records: Sequence[str] = (RECORD,)) -> tuple[list[PredictCase], list[Path]]:
     """The cases in ``inputs`` and the path of each one's result, every file checked against
     the model before anything is written: step 2, shared by a prediction here and one run as a
-    job on the cluster, so both take the same inputs and name the results the same."""
+    job on the cluster, so both take the same inputs (with ``dataset import``'s payload, size
+    and finite-value checks) and name the results the same. Results and ``records`` that exist
+    in ``output`` are refused unless ``force``."""
     extension = _extension(fmt)
     check_output_folder(output, inputs)
     cases, findings = collect(inputs, model.channel_names, exclude=output)
     for finding in findings:
         echo(f"{finding.level}: {finding.line()}")
-    check_images(cases, model.channel_names)
-    return cases, check_outputs(cases, extension, output)
+    check_images(cases, model.channel_names, max_bytes=max_image_bytes(max_gib))
+    return cases, check_outputs(cases, extension, output, force=force, records=records)
+
+
+def max_image_bytes(max_gib: float | None) -> int | None:
+    """The most voxel data one image may declare: ``max_gib``, else the available memory over
+    PREDICT_COPIES (None: unknown, no bound)."""
+    from hpcnn.dataset.workers import available_memory
+
+    if max_gib is not None:
+        return int(max_gib * 2**30)
+    memory = available_memory()
+    return memory // PREDICT_COPIES if memory else None
 
 
 @contextmanager
@@ -138,7 +175,8 @@ def result_folder(output: Path) -> Iterator[Path]:
     created = not output.exists()
     work = output / f"{_WORK_PREFIX}{uuid.uuid4().hex[:8]}"
     try:
-        work.mkdir(parents=True)
+        ensure_dir(output)  # private when created here; a folder the user made keeps its mode
+        work.mkdir(mode=0o700)
         yield work
     except BaseException:
         if created:
@@ -150,16 +188,22 @@ def result_folder(output: Path) -> Iterator[Path]:
 
 def deliver(output: Path, model: ModelFolder, folds: Sequence[str], fast: bool,
             cases: Sequence[PredictCase], produced: Sequence[Path], results: Sequence[Path],
-            fmt: str | None, echo: Echo, *, source: Mapping[str, object] | None = None) -> None:
+            fmt: str | None, echo: Echo, *, source: Mapping[str, object] | None = None,
+            force: bool = False) -> None:
     """Step 5: nnU-Net's results (``produced``, named ``case_NNNN`` without the file ending)
     renamed or converted to their final names and format, then ``hpcnn_predict.json``. Every
-    result is checked first, so a missing one leaves the earlier ones unplaced. ``source``
-    replaces what the record says of the model (a model on the cluster)."""
+    result is checked first, so a missing one leaves the earlier ones unplaced, and so is
+    every final name again (without ``force``): a file that appeared there while nnU-Net ran
+    is not replaced either. ``source`` replaces what the record says of the model (a model on
+    the cluster)."""
     made = [Path(f"{p}{model.file_ending}") for p in produced]
     missing = [final.name for m, final in zip(made, results, strict=True) if not m.is_file()]
     if missing:
         raise DataError(f"nnU-Net wrote no result for {shorten(missing)}",
-                        hint="see nnU-Net's output above (or the job's err.log)")
+                        hint="run it again with --verbose to see nnU-Net's whole output (on "
+                             "the cluster: the job's err.log)")
+    if not force:
+        refuse_existing(results, output)
     for case, result, final in zip(cases, made, results, strict=True):
         _place(result, final, model, fmt == "seg.nrrd")
         echo(f"{case.images[0].display} -> {final}")
@@ -269,8 +313,60 @@ def trainers_visible() -> Iterator[None]:
             os.environ[EXT_TRAINER] = before
 
 
+@contextmanager
+def nnunet_output(log: Path, verbose: bool) -> Iterator[TextIO | None]:
+    """nnU-Net's output (its prints, tqdm bars, warnings, its worker processes' output) into
+    ``log`` at the file-descriptor level, so spawned workers write there too; yields the
+    stream the user sees (the original stderr) for hpcnn's progress bar. With ``verbose``
+    nothing is redirected (yields None). When the block fails, the error carries the log's
+    last lines (the log itself goes with the work folder)."""
+    import sys
+    from contextlib import redirect_stderr, redirect_stdout
+
+    if verbose:
+        yield None
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        real = sys.stderr.fileno() == 2  # the terminal, not a test's capture
+    except (AttributeError, OSError, ValueError):
+        real = False
+    saved = (os.dup(1), os.dup(2))
+    shown: TextIO = os.fdopen(os.dup(2), "w", encoding="utf-8") if real else sys.stderr
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", buffering=1) as fh:
+            os.dup2(fh.fileno(), 1)
+            os.dup2(fh.fileno(), 2)
+            try:
+                with redirect_stdout(fh), redirect_stderr(fh):
+                    yield shown
+            except Exception as exc:
+                if isinstance(exc, HpcnnError):
+                    raise
+                fh.flush()
+                tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-_LOG_TAIL:]
+                raise HpcnnError(
+                    f"nnU-Net's predictor failed: {type(exc).__name__}: {exc}\n"
+                    + "\n".join(f"    | {line}" for line in tail),
+                    hint="run again with --verbose to see nnU-Net's whole output") from exc
+            finally:
+                fh.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for copy in saved:
+            os.close(copy)
+        if real:
+            shown.close()
+
+
 def _run_predictor(model: ModelFolder, folds: Sequence[str], device: str, fast: bool,
-                   lists: list[list[str]], produced: list[Path]) -> None:
+                   lists: list[list[str]], produced: list[Path], shown: TextIO | None = None,
+                   verbose: bool = True) -> None:
+    """nnU-Net's predictor on the file lists; with ``shown`` (nnU-Net's output redirected) one
+    progress bar there over cases x folds, advanced after each fold's sliding-window pass."""
     import sys
 
     import torch
@@ -282,7 +378,7 @@ def _run_predictor(model: ModelFolder, folds: Sequence[str], device: str, fast: 
     if device in ("cpu", "cuda"):
         torch.set_num_threads(available_cpus() if device == "cpu" else 1)
     predictor = nnUNetPredictor(use_mirroring=not fast, device=torch.device(device),
-                                verbose=False, allow_tqdm=sys.stderr.isatty())
+                                verbose=False, allow_tqdm=verbose and sys.stderr.isatty())
     with trainers_visible():
         try:
             predictor.initialize_from_trained_model_folder(
@@ -296,16 +392,43 @@ def _run_predictor(model: ModelFolder, folds: Sequence[str], device: str, fast: 
                             hint="put the trainer's module in a folder and add it to "
                                  f"{EXT_TRAINER}") from exc
     processes = max(1, min(3, available_cpus(), len(lists)))  # nnUNetv2_predict's -npp/-nps
-    predictor.predict_from_files(lists, [str(p) for p in produced], save_probabilities=False,
-                                 overwrite=True, num_processes_preprocessing=processes,
-                                 num_processes_segmentation_export=processes)
+    with _progress(shown, len(lists) * len(folds)) as advance:
+        one_pass = predictor.predict_sliding_window_return_logits
+
+        def counted(data: Any) -> Any:  # called once per fold and case
+            logits = one_pass(data)
+            advance()
+            return logits
+
+        predictor.predict_sliding_window_return_logits = counted  # type: ignore[method-assign]
+        predictor.predict_from_files(lists, [str(p) for p in produced],
+                                     save_probabilities=False, overwrite=True,
+                                     num_processes_preprocessing=processes,
+                                     num_processes_segmentation_export=processes)
+
+
+@contextmanager
+def _progress(stream: TextIO | None, total: int) -> Iterator[Callable[[], None]]:
+    """A rich progress bar over ``total`` fold passes on ``stream`` (nothing without one)."""
+    if stream is None:
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    bar = Progress("predicting", BarColumn(), MofNCompleteColumn(), "fold passes (cases x folds)",
+                   TimeElapsedColumn(), console=Console(file=stream), transient=False)
+    task = bar.add_task("predict", total=total)
+    with bar:
+        yield lambda: bar.advance(task)
 
 
 def _place(result: Path, final: Path, model: ModelFolder, slicer: bool) -> None:
     """Rename or convert nnU-Net's result to ``final`` through a temporary name beside it."""
-    final.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(final.parent)
     same_format = not slicer and final.name.lower().endswith(model.file_ending.lower())
     if same_format:
+        os.chmod(result, 0o600)
         os.replace(result, final)
         return
     import SimpleITK as sitk
@@ -325,6 +448,7 @@ def _place(result: Path, final: Path, model: ModelFolder, slicer: bool) -> None:
     tmp = final.with_name(f".{uuid.uuid4().hex[:8]}.tmp{suffix}")
     try:
         sitk.WriteImage(image, str(tmp), True)
+        os.chmod(tmp, 0o600)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -347,4 +471,4 @@ def _write_record(output: Path, model: ModelFolder, folds: Sequence[str], fast: 
                   for c, r in zip(cases, results, strict=True)],
     }
     record.update(source)
-    atomic_write_text(output / RECORD, json.dumps(record, indent=2) + "\n", mode=0o644)
+    atomic_write_text(output / RECORD, json.dumps(record, indent=2) + "\n", mode=0o600)

@@ -100,6 +100,8 @@ class Request:
     """``<remote_dir>/.hpcnn/predict/<id>`` on the cluster: ``input`` and ``output``."""
     nnunetv2_version: str | None = None
     submitted_at: float = 0.0
+    force: bool = False
+    """``--force``: results that exist in OUTPUT are replaced when they come back."""
     state: str = "submitted"
     """``submitted``, then ``done`` (results delivered) or ``failed``; ``cleaned`` when ``hpcnn
     clean`` removed the job's folder on the cluster first (nothing left to bring back)."""
@@ -182,7 +184,8 @@ def remote_model(session: Session, run: Run) -> ListedModel:
 def submit_prediction(session: Session, inputs: Sequence[str], output: Path, *,
                       run_id: str | None = None, folds: Sequence[str] | None = None,
                       device: str = "auto", fast: bool = False, fmt: str | None = None,
-                      echo: Echo = print) -> Request:
+                      echo: Echo = print, force: bool = False,
+                      max_gib: float | None = None) -> Request:
     """Steps 1-3: check everything, stage and push the images, submit the one job. Nothing is
     left on the cluster when a step before the submission fails."""
     run, _ = session.find_run(run_id)
@@ -191,7 +194,8 @@ def submit_prediction(session: Session, inputs: Sequence[str], output: Path, *,
     missing = model.describe_missing()
     echo(f"model {model.identifier} on {session.conn.description}: fold(s) {', '.join(chosen)}"
          + (f" ({missing})" if missing else ""))
-    cases, results = check_request(model, inputs, output, fmt, echo)
+    cases, results = check_request(model, inputs, output, fmt, echo, force=force,
+                                   max_gib=max_gib)
     version = check_versions(session, None)
     anchor_remote_dir(session)
     layout = session.remote
@@ -205,7 +209,7 @@ def submit_prediction(session: Session, inputs: Sequence[str], output: Path, *,
         output=str(output.absolute()), remote_dir=layout.predict_dir(pid),
         cases=[{"name": c.name, "images": [[str(f.path.resolve()), f.display] for f in c.images],
                 "result": str(r.absolute())} for c, r in zip(cases, results, strict=True)],
-        nnunetv2_version=version, submitted_at=time.time())
+        nnunetv2_version=version, submitted_at=time.time(), force=force)
     local = ensure_dir(predictions_dir(session)) / pid
     remote_input = posixpath.join(request.remote_dir, "input")
     try:
@@ -351,7 +355,8 @@ def bring_back(session: Session, request: Request, echo: Echo = print) -> list[P
         deliver(output, request.model_folder, request.folds, request.fast, cases, produced,
                 request.results, request.fmt, echo,
                 source={"model": f"{request.host}:{request.model}",
-                        "nnunetv2_version": request.nnunetv2_version, "job": request.job})
+                        "nnunetv2_version": request.nnunetv2_version, "job": request.job},
+                force=request.force)
     request.state = "done"
     request.save(predictions_dir(session))
     _remove_remote(session, request)
