@@ -15,6 +15,7 @@ import io
 import re
 import shlex
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import yaml
 
 from hpcnn.errors import ConfigError
 from hpcnn.jobs.model import FOLD, PREDICT, Run, job_name
+from hpcnn.nnunet.launcher import INFERENCE
 from hpcnn.remote.base import Connection, Result
 from hpcnn.services.clean import CleanPlan, Found, Item, apply_clean, checked, plan_clean
 from hpcnn.services.session import Session
@@ -87,9 +89,10 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cluster:
     return Cluster(ws, remote, config)
 
 
-def trained(c: Cluster, folds: dict[int, int | None]) -> None:
-    """The run pushed, and each fold completed with a final checkpoint there; ``folds`` maps a
-    fold to the size of its local checkpoint (None: never synced)."""
+def trained(c: Cluster, folds: dict[int, int | None], inference: Collection[int] = ()) -> None:
+    """The run pushed, and each fold completed with a final checkpoint there (and for the folds
+    in ``inference`` the launcher's inference checkpoint of 1400 bytes); ``folds`` maps a fold to
+    the size of its local checkpoint (None: never synced)."""
     from hpcnn.services.train import push_run
 
     with c.session() as s:
@@ -101,6 +104,8 @@ def trained(c: Cluster, folds: dict[int, int | None]) -> None:
             (Path(row.job_dir) / "out.log").write_text("trained\n")
             c.results(fold).mkdir(parents=True)
             (c.results(fold) / "checkpoint_final.pth").write_bytes(b"w" * 3000)
+            if fold in inference:
+                (c.results(fold) / INFERENCE).write_bytes(b"i" * 1400)
             if local is not None:
                 mine = c.ws / "nnUNet_results" / RUN.results_folder / f"fold_{fold}"
                 mine.mkdir(parents=True)
@@ -145,7 +150,8 @@ def test_clean_lists_asks_removes_the_copy_once_and_keeps_results(cluster: Clust
 
 def test_include_results_takes_synced_folds_and_asks_for_the_others(cluster: Cluster,
                                                                     hpcnn) -> None:
-    trained(cluster, {0: 3000, 1: None, 2: 2999})  # fold 2's local copy is not the final one
+    # fold 2's local copy is not the final one; fold 4's is the inference one sync brings
+    trained(cluster, {0: 3000, 1: None, 2: 2999, 4: 1400}, inference={4})
     with cluster.session() as s:  # fold 3 failed: a checkpoint_latest and no final one
         record_fold(s, RUN, 3, "failed")
     cluster.results(3).mkdir()
@@ -154,6 +160,7 @@ def test_include_results_takes_synced_folds_and_asks_for_the_others(cluster: Clu
                          "--include-results")
     assert code == 0, out
     assert not cluster.results(0).exists() and not cluster.copy.exists()
+    assert not cluster.results(4).exists()
     assert all(cluster.results(f).is_dir() for f in (1, 2, 3))
     assert "never-synced results of fold(s) 1, 2, 3" in out, out
     assert "results of fold 3 (not finished), never synced here: kept under --yes" in out, out
@@ -163,7 +170,7 @@ def test_include_results_takes_synced_folds_and_asks_for_the_others(cluster: Clu
         plan = plan_clean(s, include_results=True)
         assert [f.item.fold for f in plan.unsynced] == [1, 2, 3] and not plan.remove
         apply_clean(s, plan, unsynced=True)  # what a confirmation on a terminal does
-    assert not any(cluster.results(f).exists() for f in range(4))
+    assert not any(cluster.results(f).exists() for f in range(5))
     assert not (cluster.remote / ".hpcnn" / "runs" / RUN.id).exists()
     assert (cluster.remote / ".hpcnn" / "lib").is_dir()
 

@@ -32,7 +32,14 @@ from hpcnn.nnunet import (
     trainer_files,
 )
 from hpcnn.nnunet import launcher as launcher_module
-from hpcnn.nnunet.launcher import EXIT_CONTINUE, Stopper, StopRequest, validation_is_done
+from hpcnn.nnunet.launcher import (
+    EXIT_CONTINUE,
+    INFERENCE,
+    INFERENCE_KEYS,
+    Stopper,
+    StopRequest,
+    validation_is_done,
+)
 from hpcnn.nnunet.training_log import parse_text, read_fold
 
 pytest_plugins = ("models",)
@@ -92,7 +99,10 @@ def _imports(path: Path) -> set[str]:
 @pytest.mark.parametrize("path", [launcher_path(), *trainer_files()], ids=lambda p: p.name)
 def test_cluster_side_files_import_only_stdlib_and_nnunet(path: Path) -> None:
     """They run where hpcnn is not installed."""
-    foreign = _imports(path) - set(sys.stdlib_module_names) - {"__future__", "nnunetv2", "torch"}
+    # numpy: a dependency of nnunetv2 (the launcher names its scalar types, which nnU-Net's
+    # checkpoints hold, to load them weights-only)
+    foreign = _imports(path) - set(sys.stdlib_module_names) - {"__future__", "nnunetv2", "torch",
+                                                                "numpy"}
     assert not foreign, f"{path.name} imports {foreign}"
     assert trainer_files() and all(p.parent == trainer_dir() for p in trainer_files())
     assert {p.name for p in trainer_dir().iterdir()} <= {p.name for p in trainer_files()} | {
@@ -205,6 +215,14 @@ def _assert_completed(done: subprocess.CompletedProcess[str], fold: Path, epochs
     assert _epoch(fold / "checkpoint_final.pth") == epochs
     assert not (fold / "checkpoint_latest.pth").exists()
     assert validation_is_done(fold, npz=False)
+    # The inference checkpoint beside it: the final one's weights and what prediction reads.
+    import torch
+
+    slim = torch.load(fold / INFERENCE, map_location="cpu", weights_only=True)
+    full = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert sorted(slim) == sorted(INFERENCE_KEYS) and slim["current_epoch"] == epochs
+    assert all(torch.equal(v, full["network_weights"][k])
+               for k, v in slim["network_weights"].items())
     merged = read_fold(fold)
     assert merged.repeated == [], "no epoch trained twice"
     assert [e.epoch for e in merged.epochs] == list(range(epochs))

@@ -2,7 +2,8 @@
 
 On the embedded default (the local scheduler, jobs on this machine) with the tiny model trained
 once per session (tests/models.py): results under the inputs' own names, voxel for voxel those of
-a local ``hpcnn predict`` with the same fold and ``--fast``; a job that fails (its checkpoint
+a local ``hpcnn predict`` with the same fold and ``--fast`` (the job with the launcher's inference
+checkpoint, the local one with nnU-Net's full checkpoint); a job that fails (its checkpoint
 removed while it waited in the queue) is said with its error tail, exit 11 and no output; what is
 refused before anything is submitted (no results, unfinished folds, an environment without
 nnunetv2). Then once on the real test bed (sshd + Slurm): the model pushed into the cluster's
@@ -80,8 +81,13 @@ def arrays(folder: Path) -> dict[str, tuple]:
 def cluster_ws(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
     """A workspace on the local scheduler whose jobs' nnUNet_results hold the tiny model and
     whose registry knows its run; images to predict in ``in``."""
+    from hpcnn.nnunet.launcher import write_inference_checkpoint
+
     ws = local_workspace(tmp_path_factory.mktemp("predict-cluster"))
     shutil.copytree(tiny_model, ws / "nnUNet_results" / MODEL)
+    # Fold 0 as hpcnn's launcher leaves it (an inference checkpoint beside nnU-Net's), fold 1 as
+    # one trained before it wrote one.
+    write_inference_checkpoint(ws / "nnUNet_results" / MODEL / "fold_0")
     unseen_cases(ws.parent / "in", NAMES)
     return ws
 
@@ -115,6 +121,8 @@ def test_results_equal_a_local_predict_under_the_inputs_names(cluster_ws: Path,
         "state"] == "done"
     job_dir = cluster_ws / ".hpcnn" / "runs" / "501-hpcnnTinyTrainer-3d_fullres" / record["job"]
     assert (job_dir / "exit_code").read_text().startswith("0\n")
+    # The job loaded the inference checkpoint, the local predict nnU-Net's: identical results.
+    assert "-chk checkpoint_final_inference.pth" in (job_dir / "job.sh").read_text()
     assert (job_dir / "job.sh").stat().st_mode & 0o077 == 0
     again = cli(cluster_ws, "predict", "--attach", pid)
     assert again.returncode == 0 and "already brought back" in again.stdout

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from testbed_train import HPCNN, Bed, make_bed, remote_sha256, sha256, submit_fold_jobs
 
+from hpcnn.nnunet.launcher import INFERENCE
+
 pytestmark = pytest.mark.testbed
 pytest_plugins = ("testbed_train",)  # the shared fixtures
 
@@ -103,6 +105,37 @@ def test_a_killed_sync_two_at_once_and_cron(bed: Bed) -> None:
     assert all(remote[rel] == digest for rel, digest in pulled.items())
     again = b.cron("sync")
     assert (again.returncode, again.stdout, again.stderr) == (10, "", "")
+
+
+def test_sync_lands_the_inference_checkpoint_under_the_final_name(bed: Bed) -> None:
+    """Fold 0 has the launcher's inference checkpoint beside nnU-Net's, fold 1 was trained
+    before hpcnn wrote one. sync brings fold 0's inference checkpoint as checkpoint_final.pth
+    and fold 1's full one; a second sync moves nothing; --full-checkpoints brings nnU-Net's own
+    file, which the next plain sync keeps."""
+    b = bed
+    submit_fold_jobs(b, {0: [["true"]], 1: [["true"]]})
+    for fold in (0, 1):
+        _results(b, fold, 2)
+    b.remote(f"head -c 1M /dev/urandom > nnUNet_results/{MODEL}/fold_0/{INFERENCE}")
+    _wait_states(b, ["completed", "completed"])
+    remote = remote_sha256(b, f"nnUNet_results/{MODEL}")
+    local = b.ws / "nnUNet_results" / MODEL
+    res = b.cli("sync")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "pulled fold_0/checkpoint_final.pth (the inference checkpoint, 1.05 MB" in \
+        res.stdout, res.stdout
+    assert sha256(local / "fold_0" / "checkpoint_final.pth") == remote[f"fold_0/{INFERENCE}"]
+    assert sha256(local / "fold_1" / "checkpoint_final.pth") == \
+        remote["fold_1/checkpoint_final.pth"], "a fold without one: nnU-Net's own file"
+    assert not list(local.rglob(INFERENCE)) and not list(local.rglob("*.tmp-hpcnn"))
+    again = b.cli("sync")
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
+    full = b.cli("sync", "--full-checkpoints")
+    assert full.returncode == 0 and "pulled fold_0/checkpoint_final.pth (2.1 MB" in full.stdout
+    assert sha256(local / "fold_0" / "checkpoint_final.pth") == \
+        remote["fold_0/checkpoint_final.pth"]
+    again = b.cli("sync")
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", ""), "the full file stays"
 
 
 def test_a_completed_fold_whose_results_are_gone_is_named(bed: Bed) -> None:

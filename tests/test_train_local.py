@@ -15,6 +15,9 @@ import pytest
 from conftest import need
 from models import prepare_tiny_dataset
 
+from hpcnn.nnunet.checkpoint import check_checkpoint
+from hpcnn.nnunet.launcher import INFERENCE, INFERENCE_KEYS
+
 HPCNN = [sys.executable, "-m", "hpcnn.cli.main"]
 
 
@@ -62,6 +65,9 @@ def test_both_folds_complete_with_a_final_checkpoint(trained: Path) -> None:
         assert len(fold["pseudo_dice"]) == 2 and fold["best_ema_dice"] is not None
         assert fold["attempt"] == 1 and fold["exit_code"] == 0 and fold["node"]
         assert (model / f"fold_{fold['fold']}" / "checkpoint_final.pth").is_file()
+        # The launcher's inference checkpoint beside it: what prediction reads, weights only.
+        slim = check_checkpoint(model / f"fold_{fold['fold']}" / INFERENCE)
+        assert sorted(slim) == sorted(INFERENCE_KEYS), sorted(slim)
     # The job scripts and logs are private to the user (umask 077 in the job body).
     job_dir = next((trained / ".hpcnn" / "runs").glob("*/*-f0-a1"))
     assert (job_dir / "job.sh").stat().st_mode & 0o077 == 0

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 from testbed_train import MODEL, Bed, make_bed, remote_sha256, sha256
 
+from hpcnn.nnunet.checkpoint import check_checkpoint
+from hpcnn.nnunet.launcher import INFERENCE, INFERENCE_KEYS
+
 pytestmark = pytest.mark.testbed
 pytest_plugins = ("testbed_train",)  # the shared fixtures
 
@@ -92,12 +95,15 @@ def test_sync_pulls_exactly_what_prediction_needs_identical_to_the_remote(beds, 
     needed = {rel: digest for rel, digest in remote.items() if NEEDED.fullmatch(rel)}
     left = set(remote) - set(needed)  # e.g. the validation cases' segmentations
     assert any(rel.startswith("fold_0/validation/") for rel in left), sorted(remote)
+    for fold in range(5):  # the launcher's inference checkpoint lands under the final name
+        needed[f"fold_{fold}/checkpoint_final.pth"] = remote[f"fold_{fold}/{INFERENCE}"]
     local_dir = bed.ws / "nnUNet_results" / MODEL
     local = {str(p.relative_to(local_dir)): sha256(p) for p in local_dir.rglob("*")
              if p.is_file()}
     assert local == needed
     for fold in range(5):
-        assert f"fold_{fold}/checkpoint_final.pth" in local
+        checkpoint = check_checkpoint(local_dir / f"fold_{fold}" / "checkpoint_final.pth")
+        assert sorted(checkpoint) == sorted(INFERENCE_KEYS), "weights and what predict reads"
 
 
 def test_a_second_sync_moves_nothing_and_says_nothing(beds, trained) -> None:
@@ -121,6 +127,7 @@ def test_sync_as_cron_runs_it(beds, trained) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert "fold_3/checkpoint_final.pth" in res.stdout and "fold_0/" not in res.stdout
     remote = remote_sha256(bed, f"nnUNet_results/{MODEL}/fold_3")
+    remote["checkpoint_final.pth"] = remote[INFERENCE]
     pulled = {str(p.relative_to(local_dir / "fold_3")): sha256(p)
               for p in (local_dir / "fold_3").rglob("*") if p.is_file()}
     assert pulled and all(remote[rel] == digest for rel, digest in pulled.items())

@@ -187,7 +187,11 @@ def logs_cmd(app: AppContext, fold: int, run_id: str | None, err: bool, training
 
 @click.command("sync")
 @_RUN
-@click.option("--with-latest", is_flag=True, help="Also checkpoint_latest/best.pth.")
+@click.option("--with-latest", is_flag=True,
+              help="Also checkpoint_latest/best.pth, and nnU-Net's whole final checkpoint.")
+@click.option("--full-checkpoints", is_flag=True,
+              help="nnU-Net's whole checkpoint_final.pth (with the optimizer state, to resume "
+                   "or fine-tune here) instead of the inference checkpoint, half its size.")
 @click.option("--with-validation-npz", is_flag=True, help="Also validation/*.npz.")
 @click.option("--all", "everything", is_flag=True, help="Every file of the finished folds.")
 @click.option("--install-cron", metavar="SCHEDULE",
@@ -197,9 +201,9 @@ def logs_cmd(app: AppContext, fold: int, run_id: str | None, err: bool, training
               help="Once every fold is synced, predict INPUT into OUTPUT with the ensemble "
                    "(once: an OUTPUT that exists is left alone).")
 @pass_app
-def sync_cmd(app: AppContext, run_id: str | None, with_latest: bool, with_validation_npz: bool,
-             everything: bool, install_cron: str | None, uninstall_cron: bool,
-             then_predict: tuple[str, str] | None) -> None:
+def sync_cmd(app: AppContext, run_id: str | None, with_latest: bool, full_checkpoints: bool,
+             with_validation_npz: bool, everything: bool, install_cron: str | None,
+             uninstall_cron: bool, then_predict: tuple[str, str] | None) -> None:
     """Pull the finished folds' results into the local nnUNet_results (safe under cron).
 
     Quiet unless something changed. Never deletes a local file; an interrupted download never
@@ -218,7 +222,8 @@ def sync_cmd(app: AppContext, run_id: str | None, with_latest: bool, with_valida
     with app.session() as session:
         session.find_run(run_id)  # no runs: said before the sync lock leaves any state here
         result = sync_run(session, run_id, latest=with_latest, npz=with_validation_npz,
-                          everything=everything, echo=click.echo)
+                          everything=everything, full_checkpoints=full_checkpoints,
+                          echo=click.echo)
     synced = ', '.join(map(str, result.synced_folds)) or 'none'
     if result.pulled:
         click.echo(f"run {result.status.run.id}: {len(result.pulled)} file(s), "

@@ -202,16 +202,21 @@ def _dice(value: float | None) -> str:
 @click.option("--model", "model", type=click.Path(file_okay=False), help=_MODEL_HELP)
 @_RUN
 @click.option("--force", is_flag=True, help="Replace FILE.zip if it exists.")
+@click.option("--full-checkpoints", is_flag=True,
+              help="nnU-Net's whole checkpoints (with the optimizer state, to resume or "
+                   "fine-tune) instead of inference checkpoints, half their size.")
 @pass_app
 def export_command(app: AppContext, zip_file: str, model: str | None, run_id: str | None,
-                   force: bool) -> None:
+                   force: bool, full_checkpoints: bool) -> None:
     """Write a model zip that `hpcnn import-model` and nnU-Net's
-    nnUNetv2_install_pretrained_model_from_zip read, with every finished fold."""
+    nnUNetv2_install_pretrained_model_from_zip read, with every finished fold (each checkpoint
+    checked to hold weights and plain data only, and cut to what prediction reads)."""
     from pathlib import Path
 
     from hpcnn.nnunet.model_zip import export_model
 
-    done = export_model(app.model_folder(model, run_id), Path(zip_file), force=force)
+    done = export_model(app.model_folder(model, run_id), Path(zip_file), force=force,
+                        full_checkpoints=full_checkpoints)
     click.secho(f"{zip_file}: {done.identifier}, fold(s) {', '.join(done.folds)}, "
                 f"{done.size / 2**20:.1f} MiB", fg="green")
     if done.skipped:

@@ -196,10 +196,12 @@ def prep_spec(cfg: Config, layout: RemoteLayout, run: Run) -> JobSpec:
 
 
 def predict_spec(cfg: Config, layout: RemoteLayout, run: Run, prediction: str,
-                 folds: Sequence[str], *, device: str, fast: bool) -> JobSpec:
+                 folds: Sequence[str], *, device: str, fast: bool,
+                 checkpoint: str | None = None) -> JobSpec:
     """The job that predicts the staged images of ``prediction`` (its ``input`` folder, in
-    nnU-Net's naming) into its ``output`` folder with the run's model and ``folds``: the
-    cluster's python and nnunetv2 after environment.setup, as the fold jobs train."""
+    nnU-Net's naming) into its ``output`` folder with the run's model and ``folds`` (each loading
+    ``checkpoint``, nnU-Net's ``checkpoint_final.pth`` when None): the cluster's python and
+    nnunetv2 after environment.setup, as the fold jobs train."""
     name = job_name(run.id, None, kind=f"{PREDICT}-{prediction}")
     folder = layout.predict_dir(prediction)
     processes = str(max(1, min(3, cfg.resources.cpus)))  # as a local predict: -npp/-nps
@@ -212,6 +214,8 @@ def predict_spec(cfg: Config, layout: RemoteLayout, run: Run, prediction: str,
     ]
     if fast:
         argv.append("--disable_tta")
+    if checkpoint:  # nnU-Net's default: checkpoint_final.pth
+        argv += ["-chk", checkpoint]
     return JobSpec(
         run=run.id, name=name, job_dir=layout.job_dir(run.id, name), commands=[argv],
         kind=PREDICT, env=nnunet_env(cfg, layout, cfg.resources.cpus),

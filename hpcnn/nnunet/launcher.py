@@ -33,6 +33,11 @@ It is nnU-Net's own training entry point (``nnUNetv2_train``) plus what that lac
   cleanup until the scheduler's SIGKILL, which leaves no record. The continuation validates.
 - Checkpoints are written to a temporary name and renamed, so a job killed mid-write never leaves
   a truncated checkpoint for the continuation to load.
+- Once the fold is complete it writes ``checkpoint_final_inference.pth`` beside nnU-Net's final
+  checkpoint: what prediction reads (the network weights and a few small keys), without the
+  optimizer state that makes up half of nnU-Net's file, loadable with ``weights_only=True``.
+  ``hpcnn sync`` and ``export`` move it (landing as ``checkpoint_final.pth``); nnU-Net's own file
+  stays for resuming or fine-tuning.
 - ``hpcnn_provenance.json`` in the fold folder records the versions, host, job id and every
   attempt's start, end and outcome (nnU-Net records no nnunetv2 version).
 
@@ -71,6 +76,11 @@ LATEST = "checkpoint_latest.pth"
 BEST = "checkpoint_best.pth"
 RESUMABLE = (FINAL, LATEST, BEST)
 """The checkpoints ``--c`` resumes from, in nnU-Net's order."""
+INFERENCE = "checkpoint_final_inference.pth"
+INFERENCE_KEYS = ("network_weights", "init_args", "trainer_name",
+                  "inference_allowed_mirroring_axes", "current_epoch")
+"""What nnU-Net's predictor reads from a checkpoint (``initialize_from_trained_model_folder``),
+and the epoch for the record."""
 SUMMARY = ("validation", "summary.json")
 TMP_SUFFIX = ".hpcnn-tmp"
 # SIGUSR1 is the early warning a job script can ask the scheduler for (Slurm's --signal).
@@ -158,6 +168,57 @@ def validation_is_done(folder: Path, npz: bool) -> bool:
     except (ValueError, KeyError, TypeError):
         return False
     return not npz or any(summary.parent.glob("*.npz"))
+
+
+# --- the inference checkpoint ---------------------------------------------------------------
+
+
+def safe_numpy_globals() -> list[Any]:
+    """The numpy types nnU-Net's checkpoints hold (its training log keeps numpy floats), for
+    ``torch.serialization.safe_globals``."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    found: list[Any] = [core.multiarray.scalar, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        found += [getattr(dtypes, n) for n in getattr(dtypes, "__all__", ())]
+    return found
+
+
+def inference_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The keys of an nnU-Net checkpoint that prediction reads (no optimizer state, gradient
+    scaler or training log)."""
+    return {k: checkpoint[k] for k in INFERENCE_KEYS if k in checkpoint}
+
+
+def write_inference_checkpoint(folder: Path) -> Path:
+    """``INFERENCE`` from the fold's final checkpoint (loaded with tensors and plain data only),
+    through a temporary name; kept when it is already newer than the final checkpoint."""
+    import torch
+
+    final, target = folder / FINAL, folder / INFERENCE
+    if target.is_file() and target.stat().st_mtime >= final.stat().st_mtime:
+        return target
+    with torch.serialization.safe_globals(safe_numpy_globals()):
+        checkpoint = torch.load(final, map_location="cpu", weights_only=True)
+    tmp = folder / (INFERENCE + TMP_SUFFIX)
+    try:
+        torch.save(inference_checkpoint(checkpoint), tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def inference_or_warn(folder: Path) -> None:
+    """``write_inference_checkpoint``; a failure is only a warning: the fold is complete all the
+    same, and sync then moves nnU-Net's whole file."""
+    try:
+        write_inference_checkpoint(folder)
+    except Exception as exc:
+        print(f"hpcnn launcher: no {INFERENCE} ({type(exc).__name__}: {exc}); sync and export "
+              f"will move the whole {FINAL}", file=sys.stderr)
 
 
 # --- provenance -----------------------------------------------------------------------------
@@ -519,6 +580,8 @@ def attempt_fold(args: argparse.Namespace, stopper: Stopper) -> int:
     folder = fold_folder(args.dataset, args.trainer, args.plans, args.configuration, args.fold)
     attempt = new_attempt(args)
     if validation_is_done(folder, args.npz):
+        if not (folder / INFERENCE).is_file():  # completed by a launcher that wrote none
+            inference_or_warn(folder)
         record_attempt(folder, {**attempt, "ended": _now(), "outcome": "already complete",
                                 "exit_code": EXIT_COMPLETE})
         print(f"hpcnn launcher: {folder} is complete; nothing to do")
@@ -555,6 +618,7 @@ def attempt_fold(args: argparse.Namespace, stopper: Stopper) -> int:
         raise
     if validation_is_done(folder, args.npz):
         code, outcome = EXIT_COMPLETE, "completed"
+        inference_or_warn(folder)
     elif info.get("stopped"):
         code, outcome = EXIT_CONTINUE, f"stopped for continuation ({info['stopped']})"
     else:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from hpcnn.errors import DataError
 from hpcnn.nnunet.launcher import FINAL as CHECKPOINT
+from hpcnn.nnunet.launcher import INFERENCE
 from hpcnn.nnunet.launcher import PROVENANCE as FOLD_PROVENANCE
 
 MODEL_FILES = ("dataset.json", "plans.json")  # what the predictor reads besides checkpoints
@@ -133,22 +134,31 @@ class ListedModel(ModelFolder):
     so fold choice and messages are the same as for a model on this machine."""
 
     final: tuple[str, ...] = ()
+    inference: tuple[str, ...] = ()
+    """Finished folds that also hold the launcher's inference checkpoint."""
     synced: ClassVar[bool] = False
 
     @property
     def finished(self) -> list[str]:
         return [f for f in self.fold_dirs if f in self.final]
 
+    def checkpoint_for(self, folds: Sequence[str]) -> str | None:
+        """The checkpoint a prediction with ``folds`` loads (one name for all folds): the
+        inference checkpoint where every fold has one (half the bytes to read), else None
+        (nnU-Net's default, ``checkpoint_final.pth``)."""
+        return INFERENCE if folds and all(f in self.inference for f in folds) else None
 
-def listed_model(path: str, dataset_json: dict[str, Any],
-                 folders: Mapping[str, bool]) -> ListedModel:
+
+def listed_model(path: str, dataset_json: dict[str, Any], folders: Mapping[str, bool],
+                 inference: Collection[str] = ()) -> ListedModel:
     """``folders``: each folder of the model (``fold_0`` ...) → whether it holds a final
-    checkpoint, as the listing found them; other folders (``fold_0.replaced-...``) are not
-    folds."""
+    checkpoint, as the listing found them; ``inference``: the folders that also hold an
+    inference checkpoint; other folders (``fold_0.replaced-...``) are not folds."""
     dirs = sorted((Path(path, n) for n in folders if _FOLD_DIR.fullmatch(n)), key=_fold_order)
     fold_dirs = {d.name.removeprefix("fold_"): d for d in dirs}
-    return ListedModel(Path(path), dataset_json, fold_dirs,
-                       tuple(f for f, d in fold_dirs.items() if folders[d.name]))
+    final = tuple(f for f, d in fold_dirs.items() if folders[d.name])
+    return ListedModel(Path(path), dataset_json, fold_dirs, final,
+                       tuple(f for f in final if fold_dirs[f].name in inference))
 
 
 def choose_folds(model: ModelFolder, wanted: Sequence[str] | None) -> list[str]:

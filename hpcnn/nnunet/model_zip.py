@@ -7,28 +7,38 @@ because nnU-Net's exporter stops at the first fold without ``progress.png`` or
 ``validation/summary.json``.
 
 nnU-Net's installer extracts whatever a zip holds over whatever is there. The import here checks
-first and writes nothing when a check fails: a readable zip with intact data (CRC), only plain
-files and folders (no links), no absolute or ``..`` paths, a bounded total size that fits on the
-disk, nnU-Net's layout with at least one finished fold, checkpoints that load with
-``torch.load(weights_only=True)`` on the CPU (tensors and plain data only: a pickle that would run
-code is refused), and no model of the same name unless ``force``. It extracts into a hidden
-folder inside ``nnUNet_results`` and renames each model folder into place.
+first and writes nothing when a check fails: a readable zip with intact data (each member's CRC,
+read as it is extracted into a hidden work folder; a damaged member is named), no two members of
+one name, only plain files and folders (no links), no absolute or ``..`` paths, a bounded total
+size that fits on the disk, nnU-Net's layout with at least one finished fold, and every
+checkpoint it carries (final, latest and best, of finished and unfinished folds: nnU-Net's
+``--c`` loads the latter) passing the one weights-only check (checkpoint.py), and no model of
+the same name unless ``force``. Files a model does not use (code, pickles, anything outside
+``MODEL_PATTERNS``) are left out, and the notes name them. Model folders are renamed into place.
+
+The export moves each finished fold's inference checkpoint (what prediction reads, about half of
+nnU-Net's file) as ``checkpoint_final.pth``, unless ``full_checkpoints``; either way each
+checkpoint passes the same check first, so hpcnn never hands on a file that would run code.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
 import stat
+import time
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from hpcnn.dataset.importer import _move_into_place
 from hpcnn.dataset.layout import existing_datasets, parse_folder_name
 from hpcnn.errors import DataError
+from hpcnn.nnunet.checkpoint import check_checkpoint, slim_bytes
 from hpcnn.nnunet.model_folder import (
     CHECKPOINT,
     FINGERPRINT,
@@ -43,6 +53,11 @@ FOLD_FILES = (CHECKPOINT, "debug.json", "progress.png", "validation/summary.json
               FOLD_PROVENANCE)
 _IDENTIFIER = re.compile(r"[^_/][^/]*__[^/]+__[^/]+")
 _FOLD = re.compile(r"fold_(\d+|all)")
+MODEL_PATTERNS = (*MODEL_FILES, FINGERPRINT, "fold_*/checkpoint_*.pth", "fold_*/progress.png",
+                  "fold_*/training_log_*.txt", "fold_*/debug.json",
+                  "fold_*/validation/summary.json", f"fold_*/{FOLD_PROVENANCE}")
+"""What import-model installs of a model folder (paths inside ``Trainer__Plans__config``)."""
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError)
 
 
 @dataclass
@@ -54,9 +69,11 @@ class Exported:
     skipped: str
 
 
-def export_model(model_dir: Path, zip_path: Path, *, force: bool = False) -> Exported:
-    """Zip the model's shared files and its finished folds; the zip appears whole or not at
-    all (written beside it, then renamed)."""
+def export_model(model_dir: Path, zip_path: Path, *, force: bool = False,
+                 full_checkpoints: bool = False) -> Exported:
+    """Zip the model's shared files and its finished folds (their inference checkpoints, unless
+    ``full_checkpoints``); the zip appears whole or not at all (written beside it, then
+    renamed)."""
     model = open_model(model_dir)
     if zip_path.suffix.lower() != ".zip":
         raise DataError(f"{zip_path}: a model zip must end in .zip",
@@ -81,9 +98,17 @@ def export_model(model_dir: Path, zip_path: Path, *, force: bool = False) -> Exp
     try:
         with zipfile.ZipFile(tmp, "w") as zf:
             for source, arcname in members:
+                if source.name != CHECKPOINT:
+                    zf.write(source, arcname, compress_type=zipfile.ZIP_DEFLATED)
+                    continue
                 # Checkpoints are mostly float data that deflate barely shrinks: store them.
-                method = zipfile.ZIP_STORED if source.suffix == ".pth" else zipfile.ZIP_DEFLATED
-                zf.write(source, arcname, compress_type=method)
+                slim = None if full_checkpoints else slim_bytes(source)
+                if slim is None:
+                    check_checkpoint(source)
+                    zf.write(source, arcname, compress_type=zipfile.ZIP_STORED)
+                else:
+                    zf.writestr(_member(source, arcname), slim,
+                                compress_type=zipfile.ZIP_STORED)
         os.replace(tmp, zip_path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -113,27 +138,20 @@ def import_model(zip_path: Path, results: Path, *, force: bool = False,
         _check_space(name, results, sum(i.file_size for i in infos))
         dataset = next(iter(models)).split("/")[0]
         _check_target(name, results, dataset, models, force)
-        try:
-            bad = zf.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-            raise DataError(f"{name}: damaged zip ({exc})",
-                            hint="download or copy it again") from exc
-        if bad is not None:
-            raise DataError(f"{name}: {bad} is damaged (its checksum does not match)",
-                            hint="download or copy the zip again")
         results.mkdir(parents=True, exist_ok=True)
         work = results / f".hpcnn-import-{uuid.uuid4().hex[:8]}"
         try:
             for info in infos:
-                if "/".join(info.filename.split("/")[:2]) in models:
-                    _extract(zf, info, work)
+                if _installed(info.filename, models):
+                    _extract(name, zf, info, work)
             installed, folds = [], {}
             for identifier in sorted(models):
                 folder = work / identifier
                 model = open_model(folder)
-                for fold in model.finished:
-                    _check_checkpoint(name, f"{identifier}/{model.fold_dirs[fold].name}",
-                                      model.fold_dirs[fold] / CHECKPOINT)
+                for path in sorted(folder.glob("fold_*/*.pth")):
+                    check_checkpoint(path, f"{name}: {path.relative_to(work).as_posix()}",
+                                     hint="export the model again from a folder you trust; "
+                                          "a checkpoint that needs code to load is refused")
                 target = results / identifier
                 folds[target] = model.finished
                 installed.append(target)
@@ -152,6 +170,13 @@ def _check_members(name: str, infos: list[zipfile.ZipInfo],
     identifiers (``DatasetNNN_Name/Trainer__Plans__config``) and notes on what is skipped."""
     if not infos:
         raise DataError(f"{name}: an empty zip", hint="export the model again")
+    names = [i.filename.rstrip("/") for i in infos]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(f"{name}: member(s) {', '.join(repr(n) for n in twice[:5])} appear more "
+                        "than once: which copy would be installed is not defined",
+                        hint="a model zip names each file once; export the model again with "
+                             "`hpcnn export`")
     total = 0
     datasets: set[str] = set()
     models: dict[str, set[str]] = {}
@@ -207,9 +232,26 @@ def _check_members(name: str, infos: list[zipfile.ZipInfo],
             what = ", ".join(missing) if missing else f"fold_K/{CHECKPOINT}"
             raise DataError(f"{name}: {identifier} lacks {what}: not a usable model",
                             hint="export the model again from a folder with a finished fold")
+    unused = [f"{m}/{f}" for m, files in models.items() for f in sorted(files)
+              if not any(fnmatch.fnmatchcase(f, p) for p in MODEL_PATTERNS)]
     notes = [f"not installed ({len(skipped)} file(s) outside the model folders): "
-             f"{', '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}"] if skipped else []
+             f"{_some(skipped)}"] if skipped else []
+    if unused:
+        notes.append(f"left out {len(unused)} file(s) a model does not use (only checkpoints, "
+                     f"plans, logs and summaries are installed): {_some(unused)}")
     return set(models), notes
+
+
+def _some(paths: list[str], shown: int = 5) -> str:
+    return ", ".join(paths[:shown]) + (f" and {len(paths) - shown} more"
+                                       if len(paths) > shown else "")
+
+
+def _installed(path: str, models: set[str]) -> bool:
+    """Whether a member is a model file that import-model installs."""
+    parts = path.split("/")
+    return "/".join(parts[:2]) in models and any(
+        fnmatch.fnmatchcase("/".join(parts[2:]), p) for p in MODEL_PATTERNS)
 
 
 def _check_space(name: str, results: Path, total: int) -> None:
@@ -239,42 +281,26 @@ def _check_target(name: str, results: Path, dataset: str, models: set[str],
                              "new one is in place)")
 
 
-def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path) -> None:
-    """One member as a plain file under ``root`` (paths were checked; no modes or links)."""
+def _extract(name: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path) -> None:
+    """One member as a plain file under ``root`` (paths were checked; no modes or links); its
+    data is checked as it is read (zipfile checks the CRC at the end), a damaged member named."""
     target = root.joinpath(*PurePosixPath(info.filename).parts)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with zf.open(info) as src, open(target, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-
-
-def _check_checkpoint(name: str, where: str, path: Path) -> None:
-    """Load the checkpoint as nnU-Net will, but with tensors and plain data only."""
-    import pickle
-
-    import torch
-
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{name}: {where}/{CHECKPOINT} does not load as a checkpoint "
-                        f"({reason[:300]})",
-                        hint="export the model again; a checkpoint that needs code to load "
-                             "is refused") from exc
-    if not isinstance(data, dict) or "network_weights" not in data or \
-            "trainer_name" not in data:
-        raise DataError(f"{name}: {where}/{CHECKPOINT} is not an nnU-Net checkpoint (no "
-                        "network_weights or trainer_name)", hint="export the model again")
+        with zf.open(info) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except _ZIP_ERRORS as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, zipfile.BadZipFile) and \
+                exc.filename is not None:
+            raise  # the disk here, not the zip
+        detail = str(exc).replace(repr(info.filename), "").replace(info.filename, "").strip()
+        raise DataError(f"{name}: {info.filename} is damaged: its data cannot be unpacked or "
+                        f"does not match its checksum ({type(exc).__name__}: {detail[:200]})",
+                        hint="download or copy the zip again; nothing was installed") from exc
 
 
-def _numpy_globals() -> list[object]:
-    """The numpy types nnU-Net's checkpoints hold (its training log keeps numpy floats)."""
-    import numpy as np
-
-    core = getattr(np, "_core", None) or np.core
-    found: list[object] = [core.multiarray.scalar, np.dtype]
-    dtypes = getattr(np, "dtypes", None)
-    if dtypes is not None:
-        found += [getattr(dtypes, n) for n in getattr(dtypes, "__all__", ())]
-    return found
+def _member(source: Path, arcname: str) -> zipfile.ZipInfo:
+    """A zip entry for ``arcname`` dated as ``source``."""
+    info = zipfile.ZipInfo(arcname, time.localtime(source.stat().st_mtime)[:6])
+    info.external_attr = 0o644 << 16
+    return info

@@ -3,7 +3,8 @@ images' own names.
 
 The steps, each before the next writes anything:
 
-1. the model folder: its finished folds (``checkpoint_final.pth``; the others are named), and a
+1. the model folder: its finished folds (``checkpoint_final.pth``; the others are named), each
+   through the weights-only check (checkpoint.py) before nnU-Net unpickles it, and a
    warning when the nnunetv2 that trained a fold (its ``hpcnn_provenance.json``) is not this one;
 2. the inputs (inputs.py): cases, channels in the model's order, every file's header checked, and
    every result name known and free of clashes with other results and with the inputs;
@@ -47,6 +48,7 @@ from hpcnn.dataset import sources
 from hpcnn.dataset.findings import shorten
 from hpcnn.errors import DataError, HpcnnError
 from hpcnn.fsutil import atomic_write_text, ensure_dir
+from hpcnn.nnunet.checkpoint import check_folds
 from hpcnn.nnunet.inputs import (
     PredictCase,
     case_id,
@@ -117,6 +119,7 @@ def predict(
     start = time.perf_counter()
     model = open_model(model_dir)
     chosen = choose_folds(model, folds)
+    check_folds(model, chosen)  # nnU-Net's loader would run a pickle's code: refused first
     missing = model.describe_missing()
     echo(f"model {model.identifier}: fold(s) {', '.join(chosen)}"
          + (f" ({missing})" if missing else ""))

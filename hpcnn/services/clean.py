@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from hpcnn.errors import ConfigError, JobsActive, SchedulerUnavailable
 from hpcnn.jobs import engine
 from hpcnn.jobs.model import FOLD, PREDICT, PREP, Run
+from hpcnn.nnunet.launcher import FINAL, INFERENCE
 from hpcnn.schedulers.base import JobState
 from hpcnn.services.predict import (
     Request,
@@ -52,7 +53,6 @@ from hpcnn.services.session import Session
 from hpcnn.state import JobRow
 from hpcnn.workspace import PREPROCESSED, RAW, RESULTS, RemoteLayout
 
-FINAL = "checkpoint_final.pth"
 CLEANED = "clean"
 """The registry's transfer direction for a removal: source the removed path, destination the
 host. Pushes never read the table (rsync compares the files), so the next push copies all
@@ -221,7 +221,12 @@ def plan_clean(session: Session, run_id: str | None = None, *,
         Item(posixpath.join(rel.predict_dir(p.id), "input"),
              f"images staged for prediction {p.id} (its job {p.state})", prediction=p.id))]
     items = [*inputs, *results, jobs, *staged]
-    root, sizes, finals = _listing(session, items, [posixpath.join(r.rel, FINAL) for r in results])
+    # A fold's local checkpoint_final.pth is its final checkpoint or, as sync brings it, the
+    # launcher's inference checkpoint.
+    root, sizes, exact = _listing(session, items,
+                                  [posixpath.join(r.rel, name) for name in (FINAL, INFERENCE)
+                                   for r in results])
+    finals = list(zip(exact[:len(results)], exact[len(results):], strict=True))
     plan = CleanPlan(run, f"{session.host}:{root or session.remote.root}", root)
     if root is None:
         return plan
@@ -249,10 +254,10 @@ def plan_clean(session: Session, run_id: str | None = None, *,
     local = session.workspace.results / run.results_folder
     for f, remote_final in present:
         mine = local / f"fold_{f.item.fold}" / FINAL
-        if remote_final is None:  # a fold that did not finish: its checkpoints would go
+        if remote_final[0] is None:  # a fold that did not finish: its checkpoints would go
             plan.unsynced.append(Found(Item(f.item.rel, f"{f.item.what} (not finished)",
                                             f.item.fold), f.path, f.nbytes))
-        elif mine.is_file() and mine.stat().st_size == remote_final:
+        elif mine.is_file() and mine.stat().st_size in remote_final:
             plan.remove.append(f)
         else:
             plan.unsynced.append(f)

@@ -3,7 +3,9 @@
 
 1. The run (``--run``, default the most recent) names the model; one remote command lists its
    results folder on the cluster: which folds have ``checkpoint_final.pth`` (the others are
-   named) and its ``dataset.json`` (channels, labels, file ending).
+   named), which of them the launcher's inference checkpoint too (the job loads those, half
+   the bytes, when every chosen fold has one) and its ``dataset.json`` (channels, labels, file
+   ending).
 2. The inputs are checked and staged here by the local prediction's own code (nnunet/predict.py,
    inputs.py): every image under its nnU-Net name in one folder, converted where needed.
 3. That folder goes to ``<remote_dir>/.hpcnn/predict/<id>/input`` (incremental, private) with
@@ -43,6 +45,7 @@ from hpcnn.fsutil import atomic_write_text, ensure_dir
 from hpcnn.jobs import engine, transfer
 from hpcnn.jobs.model import PREDICT, Run, job_name, predict_spec
 from hpcnn.nnunet.inputs import PredictCase, case_id, stage
+from hpcnn.nnunet.launcher import INFERENCE
 from hpcnn.nnunet.model_folder import (
     CHECKPOINT,
     MODEL_FILES,
@@ -155,7 +158,9 @@ def remote_model(session: Session, run: Run) -> ListedModel:
     res = session.conn.run_shell(
         f"cd {shlex.quote(folder)} 2>/dev/null || exit 44; "
         'for d in fold_*; do [ -d "$d" ] || continue; '
-        f'if [ -f "$d"/{shlex.quote(CHECKPOINT)} ]; then echo "final $d"; '
+        f'if [ -f "$d"/{shlex.quote(INFERENCE)} ] && [ -f "$d"/{shlex.quote(CHECKPOINT)} ]; '
+        'then echo "inference $d"; '
+        f'elif [ -f "$d"/{shlex.quote(CHECKPOINT)} ]; then echo "final $d"; '
         'else echo "unfinished $d"; fi; done; '
         f'for f in {files}; do [ -f "$f" ] || echo "missing $f"; done; '
         f"echo {_DATASET}; cat dataset.json 2>/dev/null; true", check=False)
@@ -168,17 +173,20 @@ def remote_model(session: Session, run: Run) -> ListedModel:
         raise HpcnnError(f"cannot list {where}: {res.stderr.strip() or res.returncode}")
     listing, _, dataset_text = res.stdout.partition(f"{_DATASET}\n")
     folds: dict[str, bool] = {}
+    inference: set[str] = set()
     for line in listing.splitlines():
         kind, _, name = line.partition(" ")
         if kind == "missing":
             raise DataError(f"{where}/{name}: missing; nnU-Net's predictor needs it",
                             hint="train the run again with `hpcnn train-all-folds` (it writes "
                                  "the model folder's files)")
-        if kind in ("final", "unfinished"):
-            folds[name] = kind == "final"
+        if kind in ("inference", "final", "unfinished"):
+            folds[name] = kind != "unfinished"
+        if kind == "inference":
+            inference.add(name)
     dataset_json = read_dataset_json(dataset_text, f"{where}/dataset.json",
                                      hint="train the run again with `hpcnn train-all-folds`")
-    return listed_model(folder, dataset_json, folds)
+    return listed_model(folder, dataset_json, folds, inference)
 
 
 def submit_prediction(session: Session, inputs: Sequence[str], output: Path, *,
@@ -202,7 +210,7 @@ def submit_prediction(session: Session, inputs: Sequence[str], output: Path, *,
     pid = uuid.uuid4().hex[:8]
     spec = predict_spec(session.cfg, layout, run, pid, chosen,
                         device=session.cfg.training.device if device == "auto" else device,
-                        fast=fast)
+                        fast=fast, checkpoint=model.checkpoint_for(chosen))
     request = Request(
         id=pid, run=run.id, host=session.host, job=spec.name, model=str(model.path),
         dataset_json=model.dataset_json, folds=chosen, fast=fast, fmt=fmt,

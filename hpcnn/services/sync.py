@@ -3,7 +3,12 @@
 
 Only finished folds are pulled, and of them only what prediction and review use (the final
 checkpoint, the plans, the logs, the validation summary, hpcnn's provenance); ``--with-latest``,
-``--with-validation-npz`` and ``--all`` widen that. One remote listing tells what changed (size and
+``--with-validation-npz`` and ``--all`` widen that. Of the final checkpoint, the inference one
+the launcher wrote on the cluster (launcher.INFERENCE: the weights and the keys prediction
+reads, half of nnU-Net's file) lands as ``checkpoint_final.pth``; a fold trained before hpcnn
+wrote it brings nnU-Net's own file, as do ``--full-checkpoints``, ``--with-latest`` and
+``--all`` (for resuming here). A local ``checkpoint_final.pth`` equal to either file on the
+cluster is up to date. One remote listing tells what changed (size and
 mtime, as rsync decides); the changed files come in one transfer (one remote command with the
 openssh transport), each written to a temporary name and renamed, so an interrupted sync never
 replaces a good file with half of one, and nothing local is ever deleted.
@@ -21,6 +26,7 @@ from pathlib import Path
 
 from hpcnn.errors import EXIT_OK, Locked
 from hpcnn.fsutil import ensure_dir
+from hpcnn.nnunet.launcher import FINAL, INFERENCE
 from hpcnn.remote.ssh_common import (
     PARTIAL_SUFFIX,
     local_listing,
@@ -35,7 +41,7 @@ from hpcnn.units import format_bytes
 from hpcnn.workspace import RESULTS
 
 MODEL_FILES = ("dataset.json", "plans.json", "dataset_fingerprint.json")
-FOLD_FILES = ("checkpoint_final.pth", "progress.png", "training_log_*.txt", "debug.json",
+FOLD_FILES = (FINAL, "progress.png", "training_log_*.txt", "debug.json",
               "validation/summary.json", "hpcnn_provenance.json")
 LATEST = ("checkpoint_latest.pth", "checkpoint_best.pth")
 VALIDATION_NPZ = ("validation/*.npz", "validation/*.pkl")
@@ -70,7 +76,7 @@ def wanted(rel: str, done_folds: set[int], *, latest: bool, npz: bool, everythin
 
 
 def sync_run(session: Session, run_id: str | None = None, *, latest: bool = False,
-             npz: bool = False, everything: bool = False,
+             npz: bool = False, everything: bool = False, full_checkpoints: bool = False,
              echo: Callable[[str], None] = lambda s: None) -> SyncResult:
     """Refresh the run's state and pull what its finished folds need (see the module doc)."""
     from filelock import FileLock, Timeout
@@ -83,13 +89,14 @@ def sync_run(session: Session, run_id: str | None = None, *, latest: bool = Fals
                      hint="let it finish (cron runs overlap when a sync takes longer than the "
                           "interval)") from None
     try:
-        return _sync(session, run_id, latest=latest, npz=npz, everything=everything, echo=echo)
+        return _sync(session, run_id, latest=latest, npz=npz, everything=everything,
+                     slim=not (full_checkpoints or latest or everything), echo=echo)
     finally:
         lock.release()
 
 
 def _sync(session: Session, run_id: str | None, *, latest: bool, npz: bool, everything: bool,
-          echo: Callable[[str], None]) -> SyncResult:
+          slim: bool, echo: Callable[[str], None]) -> SyncResult:
     status = run_status(session, run_id)
     run = status.run
     local_dir = session.workspace.results / run.results_folder
@@ -102,20 +109,26 @@ def _sync(session: Session, run_id: str | None, *, latest: bool, npz: bool, ever
     _remove_partial_downloads(local_dir, echo)
     listing = parse_listing(session.conn.run_shell(remote_listing_line(remote_dir),
                                                    check=False).stdout)
-    result.missing = sorted(f for f in done if f"fold_{f}/checkpoint_final.pth" not in listing)
+    result.missing = sorted(f for f in done if f"fold_{f}/{FINAL}" not in listing)
     needed = {rel: meta for rel, meta in listing.items()
               if wanted(rel, done, latest=latest, npz=npz, everything=everything)}
+    here = local_listing(local_dir)
+    lands_as = _inference_instead(needed, listing, here, local_dir) if slim else {}
     # Temporary files of a write in progress there (hpcnn's, nnU-Net's) are never pulled.
-    todo = {rel: listing[rel] for rel in to_copy(needed, local_listing(local_dir), ["*.tmp*"])}
+    todo = {rel: listing[rel] for rel in to_copy(needed, here, ["*.tmp*"])}
     started = time.time()
 
     def landed(rel: str) -> None:
         nonlocal started
         size, mtime = todo[rel]
         os.utime(local_dir / rel, (mtime, mtime))  # as listed: the next sync compares equal
-        result.pulled.append(rel)
+        name = lands_as.get(rel, rel)
+        if name != rel:
+            os.replace(local_dir / rel, local_dir / name)
+        result.pulled.append(name)
         result.nbytes += size
-        echo(f"pulled {rel} ({format_bytes(size)}, {time.time() - started:.1f} s)")
+        kind = "the inference checkpoint, " if name != rel else ""
+        echo(f"pulled {name} ({kind}{format_bytes(size)}, {time.time() - started:.1f} s)")
         started = time.time()
 
     if todo:
@@ -123,12 +136,34 @@ def _sync(session: Session, run_id: str | None, *, latest: bool, npz: bool, ever
             ensure_dir(folder)  # private, as the rest of the workspace's data
         session.conn.fetch_files(remote_dir, local_dir, list(todo), on_file=landed)
     result.synced_folds = sorted(
-        f for f in done if (local_dir / f"fold_{f}" / "checkpoint_final.pth").is_file())
+        f for f in done if (local_dir / f"fold_{f}" / FINAL).is_file())
     if result.pulled:
         tid = session.registry.start_transfer(run.id, "pull", remote_dir, str(local_dir))
         session.registry.finish_transfer(tid, ok=True, files=len(result.pulled),
                                          nbytes=result.nbytes)
     return result
+
+
+def _inference_instead(needed: dict[str, tuple[int, int]], listing: dict[str, tuple[int, int]],
+                       here: dict[str, tuple[int, int]], local_dir: Path) -> dict[str, str]:
+    """Swap each needed final checkpoint for the fold's inference checkpoint where the cluster
+    has one as new as it, unless the local file already equals either; returns inference name
+    → the name it lands as. One that a killed sync landed but did not rename is renamed now."""
+    lands_as = {}
+    for final in [rel for rel in needed if rel.endswith(f"/{FINAL}")]:
+        light = f"{final.rsplit('/', 1)[0]}/{INFERENCE}"
+        if light not in listing or listing[light][1] < needed[final][1]:
+            continue  # none (trained before hpcnn wrote one) or stale: nnU-Net's own file comes
+        meta = needed.pop(final)
+        if here.get(final) in (meta, listing[light]):
+            continue
+        if here.get(light) == listing[light]:
+            os.replace(local_dir / light, local_dir / final)
+            here[final] = here.pop(light)
+            continue
+        needed[light] = listing[light]
+        lands_as[light] = final
+    return lands_as
 
 
 def _remove_partial_downloads(local_dir: Path, echo: Callable[[str], None]) -> None:
