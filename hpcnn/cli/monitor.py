@@ -57,15 +57,23 @@ def fold_record(fold: FoldStatus, now) -> dict[str, object]:  # noqa: ANN001 - d
     }
 
 
+def _record(status: RunStatus) -> dict[str, object]:
+    """One run as ``--json`` gives it."""
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc)
+    return {"run": status.run.id, "configuration": status.run.configuration,
+            "dataset": status.run.dataset, "scheduler_answered": status.answered,
+            "exit_code": status.exit_code, "folds": [fold_record(f, now) for f in status.folds]}
+
+
 def _render(status: RunStatus, as_json: bool) -> None:
     from datetime import datetime, timezone
 
     now = datetime.now(timezone.utc)
     records = [fold_record(f, now) for f in status.folds]
     if as_json:
-        click.echo(json.dumps({"run": status.run.id, "dataset": status.run.dataset,
-                               "scheduler_answered": status.answered,
-                               "exit_code": status.exit_code, "folds": records}, indent=2))
+        click.echo(json.dumps(_record(status), indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -101,13 +109,16 @@ def _render(status: RunStatus, as_json: bool) -> None:
 
 @click.command("status")
 @_RUN
+@click.option("--configuration", "-c", "configurations", multiple=True,
+              help="Only this configuration of the experiment (repeat for several; default: "
+                   "every configuration of the most recent experiment).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--watch", is_flag=True, help="Refresh until every fold has finished (Ctrl-C stops).")
 @click.option("--interval", type=float, default=30.0, show_default=True,
               help="Seconds between refreshes with --watch (at least 10).")
 @pass_app
-def status_cmd(app: AppContext, run_id: str | None, as_json: bool, watch: bool,
-               interval: float) -> None:
+def status_cmd(app: AppContext, run_id: str | None, configurations: tuple[str, ...],
+               as_json: bool, watch: bool, interval: float) -> None:
     """Where every fold of a run stands: state, true exit status, attempt, epoch, pseudo-Dice,
     best EMA Dice, epoch time, ETA, node, GPU-hours — in one SSH round trip.
 
@@ -115,14 +126,14 @@ def status_cmd(app: AppContext, run_id: str | None, as_json: bool, watch: bool,
     cancelled, 3 the cluster or its scheduler did not answer.
     """
     from hpcnn.errors import EXIT_FAILED, EXIT_OK, HpcnnError
-    from hpcnn.services.status import run_status
+    from hpcnn.services.status import experiment_status, worst_exit
 
     interval = max(10.0, interval)
     with app.session() as session:
         wait = interval
         while True:
             try:
-                status = run_status(session, run_id)
+                statuses = experiment_status(session, run_id, list(configurations) or None)
             except HpcnnError as exc:
                 if not watch or exc.exit_code == 2:
                     raise
@@ -131,15 +142,21 @@ def status_cmd(app: AppContext, run_id: str | None, as_json: bool, watch: bool,
                 wait = min(wait * 2, 600)
                 continue
             wait = interval
-            _render(status, as_json)
-            if not watch or status.exit_code in (EXIT_OK, EXIT_FAILED):
+            code = worst_exit(statuses)
+            if as_json and len(statuses) > 1:
+                click.echo(json.dumps({"exit_code": code,
+                                       "runs": [_record(s) for s in statuses]}, indent=2))
+            else:
+                for status in statuses:
+                    _render(status, as_json)
+            if not watch or code in (EXIT_OK, EXIT_FAILED):
                 break
             try:
                 time.sleep(interval)
             except KeyboardInterrupt:
                 click.echo("stopped watching; the jobs go on", err=True)
                 break
-    raise click.exceptions.Exit(status.exit_code)
+    raise click.exceptions.Exit(code)
 
 
 @click.command("runs")

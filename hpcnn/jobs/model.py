@@ -15,14 +15,20 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from hpcnn.config import Config
+from hpcnn.config import Config, ResourcesSection
 from hpcnn.dataset.layout import parse_folder_name
 from hpcnn.errors import ConfigError
+from hpcnn.jobs.engine import BLOCKED_EXIT
 from hpcnn.jobs.folds import CONTINUE_GUARD
+from hpcnn.jobs.resources import cpu_resources, fold_resources
 from hpcnn.workspace import RemoteLayout
 
-FOLD, PREP, PROBE, PREDICT = "fold", "prep", "probe", "predict"
+FOLD, PREP, PROBE, PREDICT, FIND_BEST = "fold", "prep", "probe", "predict", "find_best"
 """Job kinds."""
+
+CASCADE, LOWRES, FULLRES = "3d_cascade_fullres", "3d_lowres", "3d_fullres"
+"""The configurations whose jobs depend on each other: a cascade fold trains on the
+predictions all five 3d_lowres folds wrote of their validation cases."""
 
 
 _WRITE_SPLITS = """\
@@ -90,9 +96,12 @@ class Run:
 
 
 def job_name(run_id: str, fold: int | None, attempt: int = 1, kind: str = FOLD) -> str:
-    """``hpcnn-<run>-f<fold>-a<attempt>``; ``hpcnn-<run>-prep`` for the preprocessing job."""
+    """``hpcnn-<run>-f<fold>-a<attempt>``; ``hpcnn-<run>-prep`` for the preprocessing job;
+    ``hpcnn-<experiment>-find_best-a<attempt>`` (run again after folds were retrained)."""
     if kind == FOLD:
         return f"hpcnn-{run_id}-f{fold}-a{attempt}"
+    if kind == FIND_BEST:
+        return f"hpcnn-{run_id}-{kind}-a{attempt}"
     return f"hpcnn-{run_id}-{kind}"
 
 
@@ -110,6 +119,8 @@ class JobSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     path_env: Mapping[str, str] = field(default_factory=dict)
     """Variables holding paths where jobs run (``nnUNet_*``); relative ones are under $HOME."""
+    resources: ResourcesSection | None = None
+    """What this job asks the scheduler for (hpcnn.jobs.resources); None: ``cfg.resources``."""
 
 
 def job_python(cfg: Config) -> str:
@@ -136,11 +147,14 @@ _WITH_DEADLINE = 'exec "$@" ${HPCNN_DEADLINE:+--deadline "$HPCNN_DEADLINE"}'
 
 
 def fold_spec(cfg: Config, layout: RemoteLayout, run: Run, fold: int, attempt: int = 1, *,
-              npz: bool = False) -> JobSpec:
+              npz: bool = False, needs: Sequence[str] = ()) -> JobSpec:
     """The job that trains (or continues) one fold through hpcnn's launcher. A continuation
-    (attempt > 1) first checks that the attempt before it stopped for its walltime."""
+    (attempt > 1) first checks that the attempt before it stopped for its walltime; a first
+    attempt that depends on other jobs (``needs``: their job folders, e.g. the last attempts
+    of the five 3d_lowres folds) first checks that each of them completed."""
     name = job_name(run.id, fold, attempt)
-    gpus = cfg.resources.gpus
+    resources = fold_resources(cfg, run.configuration)
+    gpus = resources.gpus
     # walltime_margin 0: no deadline of its own (the launcher keeps a reserve before one); the
     # scheduler's SIGTERM at the walltime stops the launcher at the end of its epoch.
     margin = cfg.training.walltime_margin
@@ -162,27 +176,101 @@ def fold_spec(cfg: Config, layout: RemoteLayout, run: Run, fold: int, attempt: i
     if attempt > 1:
         previous = layout.job_dir(run.id, job_name(run.id, fold, attempt - 1))
         commands.insert(0, ["bash", "-c", CONTINUE_GUARD, "hpcnn-guard", previous])
+    elif needs:
+        commands.insert(0, needs_guard(needs))
     return JobSpec(
         run=run.id, name=name, job_dir=layout.job_dir(run.id, name), commands=commands,
         kind=FOLD, fold=fold, attempt=attempt,
-        env=nnunet_env(cfg, layout, cfg.resources.cpus), path_env=layout.nnunet_env(),
+        env=nnunet_env(cfg, layout, resources.cpus), path_env=layout.nnunet_env(),
+        resources=None if resources is cfg.resources else resources,
     )
 
 
-def prep_spec(cfg: Config, layout: RemoteLayout, run: Run) -> JobSpec:
-    """The job that preprocesses the dataset on the cluster and writes its split, so that the
-    fold jobs (which depend on it with afterok) never race on splits_final.json."""
-    name = job_name(run.id, None, kind=PREP)
-    python = job_python(cfg)
-    cpus = str(max(1, cfg.resources.cpus))
+NEEDS_GUARD = f"""\
+for d in "$@"; do
+    code=$(head -n 1 "$d/exit_code" 2>/dev/null)
+    [ "$code" = 0 ] && continue
+    echo "hpcnn: blocked: ${{d##*/}} did not complete (exit ${{code:-none}}): this job needs it" >&2
+    exit {BLOCKED_EXIT}
+done
+"""
+"""``bash -c GUARD _ JOB_DIR...``: passes only when every needed job's exit marker is 0.
+
+Slurm, Torque/PBS and the local queue never start a job whose ``afterok`` dependency failed;
+Grid Engine's ``-hold_jid`` starts it once the needed job ENDED, however it ended. This guard
+makes the dependent stop at once as blocked there (exit ``BLOCKED_EXIT``, status names the job
+it waited for), and costs nothing elsewhere."""
+
+
+def needs_guard(job_dirs: Sequence[str]) -> list[str]:
+    return ["bash", "-c", NEEDS_GUARD, "hpcnn-needs", *job_dirs]
+
+
+def data_configurations(configurations: Sequence[str]) -> list[str]:
+    """The configurations plan_and_preprocess writes data for: a cascade trains on
+    3d_fullres's data (nnU-Net's plans make it inherit them)."""
+    out: list[str] = []
+    for name in configurations:
+        name = FULLRES if name == CASCADE else name
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def plan_and_preprocess_argv(dataset_id: int, configurations: Sequence[str],
+                             cpus: int) -> list[str]:
+    """nnUNetv2_plan_and_preprocess as a preprocessing job runs it (the one place this module
+    builds it; hpcnn.nnunet.commands takes it over)."""
+    n = str(max(1, cpus))
+    return ["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id),
+            "-c", *data_configurations(configurations),
+            "--verify_dataset_integrity", "-np", n, "-npfp", n, "--no_pbar"]
+
+
+def find_best_argv(run: Run, configurations: Sequence[str], folds: Sequence[int],
+                   cpus: int) -> list[str]:
+    """nnUNetv2_find_best_configuration over the experiment's configurations and folds."""
+    return ["nnUNetv2_find_best_configuration", str(run.dataset_id),
+            "-c", *configurations, "-p", run.plans, "-tr", run.trainer,
+            "-f", *map(str, folds), "-np", str(max(1, cpus))]
+
+
+def prep_spec(cfg: Config, layout: RemoteLayout, run: Run,
+              configurations: Sequence[str] | None = None, owner: str | None = None) -> JobSpec:
+    """The CPU job that preprocesses the dataset on the cluster (for ``configurations``,
+    default the run's) and writes its split, so that the fold jobs (which depend on it with
+    afterok) never race on splits_final.json. ``owner``: the experiment id its job folder
+    and registry rows go under (default the run's)."""
+    owner = owner or run.id
+    name = job_name(owner, None, kind=PREP)
+    resources = cpu_resources(cfg, PREP)
     return JobSpec(
-        run=run.id, name=name, job_dir=layout.job_dir(run.id, name), kind=PREP,
+        run=owner, name=name, job_dir=layout.job_dir(owner, name), kind=PREP,
         commands=[
-            ["nnUNetv2_plan_and_preprocess", "-d", str(run.dataset_id), "-c", run.configuration,
-             "--verify_dataset_integrity", "-np", cpus, "-npfp", cpus, "--no_pbar"],
-            [python, "-c", _WRITE_SPLITS, run.dataset],
+            plan_and_preprocess_argv(run.dataset_id, configurations or [run.configuration],
+                                     resources.cpus),
+            [job_python(cfg), "-c", _WRITE_SPLITS, run.dataset],
         ],
-        env=nnunet_env(cfg, layout, cfg.resources.cpus), path_env=layout.nnunet_env(),
+        env=nnunet_env(cfg, layout, resources.cpus), path_env=layout.nnunet_env(),
+        resources=resources,
+    )
+
+
+def find_best_spec(cfg: Config, layout: RemoteLayout, run: Run, owner: str,
+                   configurations: Sequence[str], folds: Sequence[int], attempt: int,
+                   needs: Sequence[str]) -> JobSpec:
+    """The CPU job that runs find_best_configuration once every fold of every configuration
+    completed (``needs``: the job folders of each chain's last attempt); ``run`` gives the
+    dataset, trainer and plans."""
+    name = job_name(owner, None, attempt, kind=FIND_BEST)
+    resources = cpu_resources(cfg, FIND_BEST)
+    return JobSpec(
+        run=owner, name=name, job_dir=layout.job_dir(owner, name), kind=FIND_BEST,
+        attempt=attempt,
+        commands=[needs_guard(needs),
+                  find_best_argv(run, configurations, folds, resources.cpus)],
+        env=nnunet_env(cfg, layout, resources.cpus), path_env=layout.nnunet_env(),
+        resources=resources,
     )
 
 

@@ -18,8 +18,5 @@ def cancel_run(session: Session, run_id: str | None = None,
     rows = [r for r in session.registry.jobs(run.id)
             if r.scheduler_id and not JobState(r.state).finished
             and (folds is None or r.fold in folds)]
-    engine.cancel(session.conn, session.dialect, [r.scheduler_id or "" for r in rows])
-    for row in rows:
-        session.registry.update(row.name, state=JobState.CANCELLED.value,
-                                detail="cancelled with hpcnn cancel")
+    engine.cancel_rows(session.registry, session.conn, session.dialect, rows)
     return run, rows

@@ -175,9 +175,27 @@ def _parse_fold(text: str) -> tuple[list[Attempt], TrainingLog]:
     return attempts, parse_texts((name, "\n".join(lines)) for name, lines in logs)
 
 
-def run_status(session: Session, run_id: str | None = None) -> RunStatus:
+def experiment_status(session: Session, run_id: str | None = None,
+                      configurations: list[str] | None = None) -> list[RunStatus]:
+    """``run_status`` of each run ``status`` shows (``Session.experiment_runs``): the most
+    recent experiment's configurations, or those asked for."""
+    return [run_status(session, found=pair)
+            for pair in session.experiment_runs(run_id, configurations)]
+
+
+def worst_exit(statuses: list[RunStatus]) -> int:
+    """One exit code for several runs: failed, else unreachable, else running, else done."""
+    codes = {s.exit_code for s in statuses}
+    for code in (EXIT_FAILED, EXIT_UNREACHABLE, EXIT_RUNNING):
+        if code in codes:
+            return code
+    return EXIT_OK
+
+
+def run_status(session: Session, run_id: str | None = None, *,
+               found: tuple[Run, RunRow] | None = None) -> RunStatus:
     """Refresh the run's jobs and read every fold's progress, in one remote round trip."""
-    run, row = session.find_run(run_id)
+    run, row = found or session.find_run(run_id)
     rows = [r for r in session.registry.jobs(run.id) if r.kind == FOLD]
     folds = sorted({r.fold for r in rows if r.fold is not None})
     snippets = [_fold_snippet(session, run, f, [r for r in rows if r.fold == f]) for f in folds]
