@@ -26,7 +26,8 @@ from pydantic import (
 )
 
 from hpcnn.errors import ConfigError
-from hpcnn.units import format_hms, parse_memory, parse_walltime
+from hpcnn.units import format_hms, format_memory, parse_memory, parse_walltime
+from hpcnn.yamlfile import read_yaml
 
 CONFIG_ENV = "HPCNN_CONFIG"
 DEFAULT_CONFIG_NAME = "cluster.yaml"
@@ -48,7 +49,9 @@ def _margin(value: str | int) -> int:
 Margin = Annotated[int, BeforeValidator(_margin), PlainSerializer(format_hms, return_type=str)]
 """Seconds, as a Walltime, or 0."""
 
-Memory = Annotated[int, BeforeValidator(parse_memory)]
+Memory = Annotated[
+    int, BeforeValidator(parse_memory), PlainSerializer(format_memory, return_type=str)
+]
 """Megabytes; accepts ``64gb``, ``64G``, ``64000mb``."""
 
 
@@ -65,6 +68,30 @@ def _one_line(v: str) -> str:
 
 Line = Annotated[str, AfterValidator(_one_line)]
 """Text that lands in a job header, script or remote command: one line, no control characters."""
+
+
+class KeyProblem(ValueError):
+    """A problem of several keys, reported at the line of ``loc`` (a model validator's own
+    errors have no key of their own)."""
+
+    def __init__(self, loc: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def margin_problem(walltime: int | None, walltime_key: str, margin: int) -> str | None:
+    """Why a walltime leaves no time to train once ``training.walltime_margin`` is kept back,
+    or None. The launcher stops ``margin`` before the walltime: a margin as long as the
+    walltime stops every attempt after its first epoch, and each continuation the same, until
+    max_resubmits is used up. ``walltime_key`` names where the walltime came from (the config
+    key, a per-configuration key or a command-line option)."""
+    if walltime is None or not margin or margin < walltime:
+        return None
+    return (f"training.walltime_margin ({format_hms(margin)}) is not shorter than "
+            f"{walltime_key} ({format_hms(walltime)}): each job would stop at once, after "
+            "one epoch, and every continuation the same; lower training.walltime_margin "
+            "(a few minutes: the time to validate and save), or 0 to train until the "
+            f"scheduler's stop signal, or raise {walltime_key}")
 
 
 class _Section(BaseModel):
@@ -261,7 +288,7 @@ class TrainingSection(_Section):
     plans: Line = "nnUNetPlans"
     folds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
     max_resubmits: int = Field(default=3, ge=0)
-    walltime_margin: Margin = 600
+    walltime_margin: Margin = "10m"
     """Stop this long before the walltime; 0: train until the scheduler's SIGTERM."""
     preprocess: Literal["local", "remote"] = "local"
     device: Literal["cuda", "cpu", "mps"] = "cuda"
@@ -322,7 +349,7 @@ class LocalSection(_Section):
 class StatusSection(_Section):
     """How status decides a job is gone."""
 
-    lost_grace: Walltime = 300
+    lost_grace: Walltime = "5m"
 
 
 class Config(_Section):
@@ -338,6 +365,14 @@ class Config(_Section):
     templates_dir: Path | None = None
 
     source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _margin_inside_walltime(self) -> Config:
+        problem = margin_problem(self.resources.walltime, "resources.walltime",
+                                 self.training.walltime_margin)
+        if problem:
+            raise KeyProblem(("training", "walltime_margin"), problem)
+        return self
 
     @property
     def remote_dir(self) -> str:
@@ -375,18 +410,7 @@ def load_config_file(path: Path) -> Config:
             f"{path}: no such config file. Create one with `hpcnn init`, or copy "
             "cluster.yaml.example."
         )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: YAML syntax error: {problem}") from exc
+    data, root = read_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -405,10 +429,21 @@ def load_config_file(path: Path) -> Config:
 
 def _explain(exc: ValidationError, path: Path, root: yaml.Node | None) -> str:
     lines = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
+    for loc, msg in validation_problems(exc):
         line = _line_of(root, loc)
-        where = f"{path}:{line}" if line else str(path)
+        lines.append(f"{f'{path}:{line}' if line else path}: {msg}")
+    return "\n".join(lines)
+
+
+def validation_problems(exc: ValidationError) -> list[tuple[list[str], str]]:
+    """Each problem of a validation as (key path, a message that names the key)."""
+    problems = []
+    for err in exc.errors():
+        problem = err.get("ctx", {}).get("error")
+        if isinstance(problem, KeyProblem):
+            problems.append((list(problem.loc), str(problem)))
+            continue
+        loc = [str(p) for p in err["loc"]]
         key = ".".join(loc) or "(top level)"
         if err["type"] == "extra_forbidden":
             msg = f"unknown key {key!r}"
@@ -419,8 +454,8 @@ def _explain(exc: ValidationError, path: Path, root: yaml.Node | None) -> str:
             msg = f"{key}: {_clean(err['msg'])}"
             if "input" in err and not isinstance(err["input"], dict | list):
                 msg += f" (got {err['input']!r})"
-        lines.append(f"{where}: {msg}")
-    return "\n".join(lines)
+        problems.append((loc, msg))
+    return problems
 
 
 def _clean(msg: str) -> str:

@@ -141,6 +141,7 @@ def cluster_config(testbed: dict[str, str], testbed_ssh_config: Path, tmp_path: 
             "workspace": str(tmp_path / "ws"),
             "cluster": section,
             "resources": {"cpus": 1, "gpus": 0, "mem": "100mb", "walltime": "0:05:00"},
+            "training": {"walltime_margin": "1m"},  # shorter than the walltime
             "environment": {"setup": testbed_environment},
         }
         path = tmp_path / f"cluster-{scheduler}-{ssh}.yaml"

@@ -176,7 +176,18 @@ def test_segmentation_on_another_grid_is_put_on_the_image_grid(
         assert np.array_equal(read(result.path / "labelsTr" / f"{case.key}.nrrd"), _truth(case))
 
 
-def test_segmentation_that_does_not_overlap_its_image(src: Path, fails) -> None:
+@pytest.fixture
+def plain_src(workspace: Path) -> Path:
+    """Two good cases with plain label maps (a Slicer case beside a plain map needs
+    labels.yaml's source_values: test_dataset_import_mixed.py)."""
+    folder = workspace / "plain"
+    for key in ("a", "b"):
+        synthetic.labelled_case(folder, key, seg="labelmap")
+    return folder
+
+
+def test_segmentation_that_does_not_overlap_its_image(plain_src: Path, fails) -> None:
+    src = plain_src
     case = synthetic.labelled_case(src, "h", seg=None)
     far = Grid(case.grid.size, case.grid.spacing, (900.0, 0.0, 0.0))
     synthetic.write_image(src / "h_label.nrrd", _truth(case), far)
@@ -304,7 +315,9 @@ def test_float_labels_that_are_not_whole_numbers(src: Path, fails) -> None:
     fails(src, "lin_label.nrrd: label values are not whole numbers (e.g. 0.5)")
 
 
-def test_negative_labels_error_unless_remapped(src: Path, fails, hpcnn, workspace: Path) -> None:
+def test_negative_labels_error_unless_remapped(plain_src: Path, fails, hpcnn,
+                                              workspace: Path) -> None:
+    src = plain_src
     grid = synthetic.labelled_case(src, "neg", seg=None).grid
     labels = _two_values(grid, 1, 2, np.int16)
     labels[0, 0, 0] = -1

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from hpcnn.config import Config, EnvironmentSection, LocalSection, ResourcesSection
+from hpcnn.config import (
+    Config,
+    EnvironmentSection,
+    LocalSection,
+    ResourcesSection,
+    TrainingSection,
+)
 from hpcnn.jobs import engine as jobs
 from hpcnn.jobs.model import JobSpec
 from hpcnn.jobs.script import render_job
@@ -173,7 +179,8 @@ def test_cancel_queued_job_never_starts(tmp_path: Path, queue: Path) -> None:
 
 
 def test_walltime_sends_term_then_timeout(tmp_path: Path, queue: Path) -> None:
-    cfg = make_cfg(tmp_path, resources=ResourcesSection(walltime=2))
+    cfg = make_cfg(tmp_path, resources=ResourcesSection(walltime="2s"),
+                   training=TrainingSection(walltime_margin=0))
     job, jdir = submit(cfg, "slow", [["sleep", "60"]])
     wait_until(lambda: state_of(job, jdir).state.finished, timeout=30, what="walltime")
     v = state_of(job, jdir)
@@ -246,7 +253,7 @@ def test_job_survives_the_submitting_process(tmp_path: Path, queue: Path) -> Non
 def test_sigterm_before_the_walltime_is_not_a_timeout(tmp_path: Path, queue: Path) -> None:
     """A job killed early (e.g. by an administrator) with SIGTERM is failed, not timeout,
     when the scheduler does not say why: the job's own clock is below its walltime."""
-    cfg = make_cfg(tmp_path, resources=ResourcesSection(walltime=3600))
+    cfg = make_cfg(tmp_path, resources=ResourcesSection(walltime="1h"))
     job, jdir = submit(cfg, "killed", [["sleep", "60"]])
     wait_until(lambda: Path(jdir, "started").exists(), what="started")
     pid = int(dict(line.split("=", 1) for line in

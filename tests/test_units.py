@@ -8,13 +8,13 @@ from hpcnn.units import format_bytes, format_hms, format_memory, parse_memory, p
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("5:00:00", 18000), ("05:00:00", 18000), ("90:00", 5400), ("5h", 18000), ("90m", 5400),
-     ("1h30m", 5400), ("1-12:00:00", 129600), ("3600", 3600), (7200, 7200), ("48:00:00", 172800)],
+     ("1h30m", 5400), ("1-12:00:00", 129600), ("48:00:00", 172800)],
 )
 def test_walltime(text: str | int, seconds: int) -> None:
     assert parse_walltime(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "5 hours", "1:60:00", "0", "abc", "-5h"])
+@pytest.mark.parametrize("text", ["", "5 hours", "1:60:00", "0", "abc", "-5h", "3600", 7200])
 def test_walltime_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_walltime(text)
@@ -23,13 +23,13 @@ def test_walltime_rejects(text: str) -> None:
 @pytest.mark.parametrize(
     ("text", "mb"),
     [("64gb", 65536), ("64G", 65536), ("64000mb", 64000), ("512M", 512), ("1.5tb", 1572864),
-     ("64GiB", 65536), (2048, 2048), ("100", 100)],
+     ("64GiB", 65536)],
 )
 def test_memory(text: str | int, mb: int) -> None:
     assert parse_memory(text) == mb
 
 
-@pytest.mark.parametrize("text", ["", "gb", "64 parsecs", "-1gb", "0.1kb"])
+@pytest.mark.parametrize("text", ["", "gb", "64 parsecs", "-1gb", "0.1kb", "100", 2048, "1.5"])
 def test_memory_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_memory(text)

@@ -87,6 +87,8 @@ def import_command(app: AppContext, source: str, name: str, dataset_id: int | No
       tumor: [lesion, tumour]     # short form: synonyms only
       vessel: 3                   # short form: the class value
       background: [unlabelled]    # names that mean background
+    Plain label maps beside Slicer segmentations need source_values (which value is which
+    class): nothing else says it.
     """
     from pathlib import Path  # off the start-up path, like everything below
 

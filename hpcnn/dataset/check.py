@@ -30,8 +30,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpcnn.dataset.findings import DATASET_JSON, CheckReport, Finding, error, warning
+from hpcnn.dataset.findings import (
+    DATASET_JSON,
+    CheckReport,
+    Finding,
+    error,
+    shorten,
+    warning,
+)
 from hpcnn.dataset.geometry import Geometry
+from hpcnn.dataset.labels import is_plain_class_name
 from hpcnn.dataset.layout import NNUNET_FOLDS, SPLITS, read_dataset_json, too_few_training
 from hpcnn.dataset.payload import layout, refusals, verify
 from hpcnn.dataset.workers import Progress, available_cpus, runner
@@ -723,6 +731,7 @@ def _compare_cases(results: list[CaseResult], meta: Meta, folds: Sequence[int],
     if read:
         problems.extend(_spacing_problems(read))
     problems.extend(_duplicates(results))
+    problems.extend(_mixed_label_kinds(results, meta))
     seen = frozenset().union(*(r.label_values for r in results))
     if seen and meta.foreground:
         for value, name in sorted(meta.foreground.items()):
@@ -735,6 +744,36 @@ def _compare_cases(results: list[CaseResult], meta: Meta, folds: Sequence[int],
                                         "remove it from labels (and renumber)",
                                         code="label-never-present"))
     report.add(problems)
+
+
+def _mixed_label_kinds(results: list[CaseResult], meta: Meta) -> list[Finding]:
+    """A dataset imported from Slicer segmentations AND plain label maps with nothing mapping
+    one onto the other (hpcnn did so before it stopped such an import): the plain maps'
+    values became classes of their own (``label_1``, hpcnn's name for an unnamed value), and
+    no case holds both kinds, so every structure is two classes learnt from part of the cases."""
+    plain = {v for v, n in meta.foreground.items() if is_plain_class_name(n)}
+    named = set(meta.foreground) - plain
+    if not plain or not named:
+        return []
+    with_named = sorted(r.case for r in results if r.label_values & named)
+    with_plain = sorted(r.case for r in results if r.label_values & plain)
+    if not with_named or not with_plain or set(with_named) & set(with_plain):
+        return []
+
+    def names(values: set[int]) -> str:
+        return shorten([meta.foreground[v] for v in sorted(values)])
+
+    return [error(DATASET_JSON,
+                  f"classes {names(named)} and {names(plain)} never occur in one case: "
+                  f"{len(with_named)} case(s) hold only the first ({shorten(with_named)}), "
+                  f"{len(with_plain)} only the second ({shorten(with_plain)}), hpcnn's names "
+                  "for the values of plain label maps: Slicer segmentations and plain label "
+                  "maps imported as different classes, so nnU-Net would learn each structure "
+                  "as two classes, each from part of the cases",
+                  "import the sources again with `hpcnn dataset import --force --labels "
+                  "labels.yaml`, the labels.yaml giving each class the values that mean it in "
+                  "the plain label maps (source_values; see labels.yaml in the README)",
+                  code="mixed-label-kinds")]
 
 
 def _spacing_problems(read: list[CaseResult]) -> list[Finding]:

@@ -17,7 +17,9 @@ labels.yaml (classes in order; every key but the name is optional)::
     background: [unlabelled]    # names that mean background
 
 Values, when given, must be given for every class; they set the order, and gaps are closed.
-Without ``source_values`` anywhere, a plain label map's values are taken as the class values.
+Without ``source_values`` anywhere, a plain label map's values are taken as the class values;
+next to Slicer segmentations (named segments) plain maps need ``source_values``, or the import
+stops: nothing else says which number is which name.
 """
 
 from __future__ import annotations
@@ -30,13 +32,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpcnn.dataset.findings import Finding, error, fix, warning
+from hpcnn.dataset.findings import Finding, error, fix, shorten, warning
 from hpcnn.errors import DataError
+from hpcnn.yamlfile import read_yaml
 
 if TYPE_CHECKING:
     from hpcnn.dataset.slicer import SlicerSegment
 
 BACKGROUND = "background"
+_PLAIN_NAME = re.compile(r"label_-?\d+")
+
+
+def plain_class_name(value: int) -> str:
+    """The class name of a plain label map's value when nothing names it (``label_3``)."""
+    return f"label_{value}"
+
+
+def is_plain_class_name(name: str) -> bool:
+    """Whether ``name`` is one hpcnn gave a plain label map's value (``plain_class_name``)."""
+    return _PLAIN_NAME.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
@@ -57,14 +71,7 @@ class LabelSpec:
 
 def load_labels_file(path: Path) -> LabelSpec:
     """Read and validate labels.yaml; errors name the file and the class."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise DataError(f"{path}: YAML syntax error: {exc}") from exc
+    data, _ = read_yaml(path, DataError)
     if not isinstance(data, dict) or not data:
         raise DataError(f"{path}: expected a mapping of class names, e.g. 'liver: [Leber]'")
     classes: list[tuple[ClassSpec, int | None]] = []
@@ -250,7 +257,10 @@ def plan_labels(
     by_value: dict[int, int] = {0: 0}
     sources = {v: i for i, c in enumerate(spec.classes, start=1) for v in c.source_values} \
         if spec else {}
-    for v in (x for x in plain_values if x > 0):
+    unmapped = _unmapped_plain(infos, remap, names[:n_named], spec, sources)
+    if unmapped:
+        findings.append(unmapped)
+    for v in (x for x in plain_values if x > 0 and not unmapped):
         if spec and sources:
             if v in sources:
                 by_value[v] = sources[v]
@@ -258,9 +268,9 @@ def plan_labels(
             if v <= n_named:
                 by_value[v] = v
         else:
-            names.append(f"label_{v}")
+            names.append(plain_class_name(v))
             by_value[v] = len(names)
-    if not spec and any(by_value[v] != v for v in plain_values if v > 0):
+    if not spec and not unmapped and any(by_value[v] != v for v in plain_values if v > 0):
         renumbered = ", ".join(f"{v}→{by_value[v]}" for v in plain_values if v > 0)
         findings.append(fix("", f"label values are not consecutive from 1: renumbered "
                                 f"{renumbered} (nnU-Net needs 0, 1, 2, ...; class names keep "
@@ -275,9 +285,41 @@ def plan_labels(
                                     f"the value {value}",
                                 hint="check the value; Slicer segmentations map by name, "
                                      "not by --remap"))
-    findings += _per_file(infos, spec, by_name, by_value, remap, names[:n_named])
+    findings += _per_file([i for i in infos if not (unmapped and i.segments is None)], spec,
+                          by_name, by_value, remap, names[:n_named])
     classes = {name: i for i, name in enumerate(names, start=1)}
     return LabelPlan(classes, by_name, by_value, dict(remap)), findings
+
+
+def _unmapped_plain(infos: Sequence[SegInfo], remap: Mapping[int, int], named: Sequence[str],
+                    spec: LabelSpec | None, sources: Mapping[int, int]) -> Finding | None:
+    """The error of a dataset that mixes Slicer segmentations (classes by segment name) with
+    plain label maps (numbers only) when nothing says which number is which name, or None.
+    Numbering the plain values as classes of their own made one structure two classes
+    (``liver`` and ``label_1``), each learnt from half the cases; taking them as the named
+    classes' numbers would rest on an order nobody wrote down."""
+    slicer = [i.file for i in infos if i.segments is not None]
+    plain = [i.file for i in infos if i.segments is None
+             and any(remap.get(v, v) > 0 for v in i.values)]
+    if not (slicer and plain) or sources:
+        return None
+    values = sorted({remap.get(v, v) for i in infos if i.segments is None for v in i.values
+                     if remap.get(v, v) > 0})
+    example = " and ".join(f"'{n}: {{source_values: [{v}]}}'" for n, v in zip(named, values,
+                                                                               strict=False))
+    where = ("give each class in the --labels file" if spec else
+             "write a labels.yaml that gives each class")
+    return error("", f"segmentations of two kinds: {len(slicer)} Slicer segmentation(s) name "
+                     f"their segments ({shorten(slicer)}: {shorten(list(named))}), "
+                     f"{len(plain)} plain label map(s) hold only numbers ({shorten(plain)}: "
+                     f"values {shorten([str(v) for v in values])}); which number is which "
+                     "named class is written nowhere",
+                 hint=f"{where} the values that mean it in the plain label maps"
+                      + (f", e.g. {example} (look up in one plain map which value is which)"
+                         if example else "")
+                      + ("" if spec else " and pass --labels labels.yaml")
+                      + "; or export every segmentation the same way (all .seg.nrrd from "
+                        "Slicer, or all label maps)")
 
 
 def _same_class(file: str, first: SlicerSegment, second: SlicerSegment) -> Finding:

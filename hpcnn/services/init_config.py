@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from hpcnn.config import Config
+from hpcnn.config import Config, validation_problems
 from hpcnn.errors import ConfigError
 from hpcnn.fsutil import atomic_write_text
 
@@ -43,9 +43,7 @@ def build_config(answers: Mapping[str, object]) -> str:
     try:
         Config.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(msg for _, msg in validation_problems(exc))
         raise ConfigError(f"these answers do not make a valid config: {problems}") from exc
     return _HEADER + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcnn.config import Config, ResourcesSection
+from hpcnn.config import Config, ResourcesSection, margin_problem
 from hpcnn.dataset.layout import SPLITS
 from hpcnn.errors import ConfigError, DataError, HpcnnError, Locked
 from hpcnn.fsutil import atomic_write_text
@@ -98,6 +98,10 @@ def effective_config(cfg: Config, resources: dict[str, object]) -> Config:
         merged = ResourcesSection.model_validate({**cfg.resources.model_dump(), **given})
     except ValueError as exc:
         raise ConfigError(f"invalid resource override: {exc}") from exc
+    problem = margin_problem(merged.walltime, "--walltime" if "walltime" in given
+                             else "resources.walltime", cfg.training.walltime_margin)
+    if problem:
+        raise ConfigError(problem)
     return cfg.model_copy(update={"resources": merged})
 
 
