@@ -228,9 +228,9 @@ class ResourcesSection(_Section):
     mail_address: Line | None = None
     extra_directives: list[Line] = Field(default_factory=list)
     prep: CpuJobResources = Field(
-        default_factory=lambda: CpuJobResources(cpus=8, mem=32 * 1024, walltime=4 * 3600))
+        default_factory=lambda: CpuJobResources(cpus=8, mem="32gb", walltime="4h"))
     find_best: CpuJobResources = Field(
-        default_factory=lambda: CpuJobResources(cpus=4, mem=16 * 1024, walltime=2 * 3600))
+        default_factory=lambda: CpuJobResources(cpus=4, mem="16gb", walltime="2h"))
 
     @field_validator("queue")
     @classmethod
@@ -372,6 +372,12 @@ class Config(_Section):
                                  self.training.walltime_margin)
         if problem:
             raise KeyProblem(("training", "walltime_margin"), problem)
+        for name, override in self.training.resources_per_configuration.items():
+            key = ("training", "resources_per_configuration", name, "walltime")
+            problem = margin_problem(override.walltime, ".".join(key),
+                                     self.training.walltime_margin)
+            if problem:
+                raise KeyProblem(key, problem)
         return self
 
     @property

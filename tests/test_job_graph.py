@@ -119,6 +119,9 @@ def test_training_configurations_in_cluster_yaml() -> None:
             config(configurations=bad)
     with pytest.raises(ValueError, match="not among"):
         config(configuration="2d", configurations=["3d_fullres"])
+    # a configuration's own walltime must leave room for training.walltime_margin (10m)
+    with pytest.raises(ValueError, match=r"resources_per_configuration\.2d\.walltime"):
+        config(resources_per_configuration={"2d": {"walltime": "5m"}})
 
 
 def plan_of(exp: Experiment, rows: list[JobRow], **asked: object):
@@ -348,3 +351,48 @@ def test_status_shows_each_configuration_of_the_experiment(tmp_path: Path) -> No
             experiment_status(session, configurations=["3d_lowres"])
         (one,) = experiment_status(session, exp.run("3d_fullres").id)
         assert one.run.configuration == "3d_fullres"
+
+
+def method_workspace(ws: Path, configurations: list[str]) -> None:
+    """A workspace preprocessed for ``configurations`` (plans and split only: enough to plan)
+    and a cluster.yaml for a Slurm cluster."""
+    folder = ws / "nnUNet_preprocessed" / DATASET
+    folder.mkdir(parents=True)
+    (folder / "nnUNetPlans.json").write_text(json.dumps(
+        {"configurations": {c: {} for c in configurations}}))
+    (folder / "splits_final.json").write_text(json.dumps([{"train": ["a"], "val": ["b"]}] * 5))
+    (ws / "cluster.yaml").write_text(
+        "cluster: {scheduler: slurm, host: login.example.org, remote_dir: /scratch/me}\n"
+        "resources: {walltime: '10:00:00', gpus: 1, cpus: 4, mem: 32gb}\n"
+        "training: {dataset: 501, max_resubmits: 1}\n")
+
+
+def test_dry_run_shows_the_graph_and_the_gpu_hours(workspace: Path, hpcnn) -> None:
+    method_workspace(workspace, list(METHOD))
+    code, out, err = hpcnn("train-all-folds", "-c", "3d_lowres", "-c", "3d_cascade_fullres",
+                           "--dry-run")
+    assert code == 0, out + err
+    graph = out.split("# ===== the job graph")[1].split("# ===== what would run")[0]
+    lowres_last = [f"hpcnn-501-nnUNetTrainer-3d_lowres-f{f}-a2" for f in range(5)]
+    line = next(x for x in graph.splitlines()
+                if x.startswith("hpcnn-501-nnUNetTrainer-3d_cascade_fullres-f3-a1 "))
+    assert "<-  " + ", ".join(f"afterok {n}" for n in lowres_last) in line
+    assert "[4 cpu, 1 gpu, 32768 MB, 10:00:00]" in line
+    best = next(x for x in graph.splitlines() if "-find_best-a1" in x)
+    assert "0 gpu" in best and best.count("afterok") == 10
+    # 10 chains of 2 attempts, 10 h and 1 GPU each; find_best asks for no GPU
+    assert "GPU-hours asked for at most: 200.0" in graph
+    assert "--npz" in out
+    assert Registry(workspace / ".hpcnn" / "state.db").jobs() == []  # nothing recorded
+    code, out, err = hpcnn("train-all-folds", "--dry-run")  # today's one configuration
+    assert code == 0 and "GPU-hours asked for at most: 100.0" in out, out + err
+    assert "-find_best" not in out and "--npz" not in out
+
+
+def test_a_configuration_the_plans_lack_is_refused_before_anything(workspace: Path,
+                                                                  hpcnn) -> None:
+    method_workspace(workspace, ["2d", "3d_fullres"])
+    code, out, err = hpcnn("train-all-folds", "-c", "3d_lowres", "-c", "3d_cascade_fullres")
+    assert code == 2 and "define no 3d_lowres, 3d_cascade_fullres" in err, out + err
+    assert "nothing" not in out and "submitted" not in out
+    assert not (workspace / ".hpcnn" / "dry-run").exists()
