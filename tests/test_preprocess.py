@@ -20,6 +20,8 @@ import hpcnn.dataset
 from hpcnn.config import Config
 from hpcnn.dataset import layout, preprocess
 from hpcnn.errors import ConfigError, DataError
+from hpcnn.nnunet import launcher, launcher_path
+from hpcnn.nnunet.launcher import splits_cover
 from hpcnn.workspace import Workspace
 
 NAME = "Dataset501_Liver"
@@ -78,9 +80,9 @@ def test_prepare_decides_clean_workers_and_command(workspace: Path,
 
     job = prepare(workers=3)
     assert not job.clean and job.workers == 3
-    assert job.command[1:] == ["-m", preprocess.ENTRY_MODULE, "-d", "501", "-c", "3d_fullres",
-                               "--verify_dataset_integrity", "-np", "3", "-npfp", "3",
-                               "--no_pbar"]
+    assert job.command[1:] == [str(launcher_path()), "nnunet", "nnUNetv2_plan_and_preprocess",
+                               "-d", "501", "-c", "3d_fullres", "--verify_dataset_integrity",
+                               "-np", "3", "-npfp", "3", "--no_pbar"]
     assert job.env["nnUNet_preprocessed"] == str(ws.preprocessed)
     assert job.env["nnUNet_raw"] == str(ws.raw) and job.env["nnUNet_results"] == str(ws.results)
     assert job.cases == [f"case_{i:03d}" for i in range(6)]
@@ -145,7 +147,7 @@ def test_an_existing_split_is_kept_only_when_it_is_nnunets_five_folds(tmp_path: 
         splits = [{"train": (train[i] if train else [c for c in cases if c not in val]),
                    "val": val} for i, val in enumerate(folds)]
         path.write_text(json.dumps(splits))
-        return preprocess._covers(path, set(cases))
+        return splits_cover(path, set(cases))
 
     five = [cases[i::5] for i in range(5)]
     assert covers(five)
@@ -170,6 +172,8 @@ def test_fold_and_split_constants_are_defined_once() -> None:
                     if isinstance(n, ast.Name) and n.id in names:
                         defined.setdefault(n.id, []).append(module.name)
     assert defined == {n: ["layout.py"] for n in names}
+    # the pushed launcher cannot import hpcnn: its own copies must agree
+    assert (launcher.SPLIT_FOLDS, launcher.SPLITS_FILE) == (layout.NNUNET_FOLDS, layout.SPLITS)
 
 
 def test_the_dataset_is_the_argument_else_training_dataset(workspace: Path, hpcnn) -> None:

@@ -13,7 +13,8 @@ others race on it (nnU-Net issue 3064); and it records no versions. So this comm
 3. runs ``nnUNetv2_plan_and_preprocess --verify_dataset_integrity`` from this Python, with
    ``-np``/``-npfp`` sized to the cores and memory, and streams its output;
 4. writes ``splits_final.json`` with nnU-Net's own ``generate_crossval_split`` unless the one
-   there is a 5-fold split of exactly the current cases, so all fold jobs can start at once;
+   there is a 5-fold split of exactly the current cases, so all fold jobs can start at once (the
+   launcher's ``write_splits``, which a preprocessing job on the cluster runs too);
 5. writes ``hpcnn_provenance.json`` (versions, time, configuration, case list and the hashes), last
    and atomically: its presence means a completed run on exactly those cases. Training and
    prediction read it back with ``read_provenance``.
@@ -37,7 +38,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 from hpcnn.dataset.check import check_dataset
 from hpcnn.dataset.layout import (
     NNUNET_FOLDS,
-    SPLITS,
     DatasetRef,
     chosen_dataset,
     parse_folder_name,
@@ -47,6 +47,8 @@ from hpcnn.dataset.layout import (
 from hpcnn.dataset.workers import Progress, available_cpus, available_memory
 from hpcnn.errors import DataError, HpcnnError
 from hpcnn.fsutil import atomic_write_text, ensure_dir
+from hpcnn.nnunet import commands, launcher_path
+from hpcnn.nnunet.launcher import write_splits
 from hpcnn.workspace import RAW, Workspace
 
 if TYPE_CHECKING:
@@ -54,10 +56,8 @@ if TYPE_CHECKING:
 
 PROVENANCE = "hpcnn_provenance.json"
 FINGERPRINT = "dataset_fingerprint.json"
-NNUNET_SPLIT_SEED = 12345  # what nnUNetTrainer.do_split uses
 RAW_FILES = ("imagesTr", "labelsTr")  # what nnU-Net fingerprints and preprocesses
 PLANS = "nnUNetPlans"  # what plan_and_preprocess writes with its default planner
-ENTRY_MODULE = "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints"
 WORKER_BASE_BYTES = 512 * 2**20  # a spawned nnU-Net worker (torch imported) before any data
 BYTES_PER_VOXEL_CHANNEL = 32  # float32 data + segmentation, resampled copies, headroom
 
@@ -193,12 +193,10 @@ def prepare(
                                          report.channels)
     if workers is not None:
         sized, workers_reason = workers, "--workers"
-    command = [sys.executable, "-m", ENTRY_MODULE, "-d", str(ref.id), "-c", configuration,
-               "--verify_dataset_integrity", "-np", str(sized), "-npfp", str(sized)]
-    if clean:
-        command.append("--clean")
-    if not interactive:
-        command.append("--no_pbar")
+    command = commands.through_launcher(sys.executable, str(launcher_path()),
+                                        commands.plan_and_preprocess(
+                                            ref.id, [configuration], workers=sized, clean=clean,
+                                            progress_bar=interactive))
     env = {**os.environ, **workspace.nnunet_env(), RAW: str(raw_folder.parent),
            "PYTHONUNBUFFERED": "1"}
     job = PreprocessJob(ref, raw_folder, output, configuration, report.cases, sized,
@@ -218,7 +216,7 @@ def run(job: PreprocessJob, out: TextIO | None = None) -> PreprocessResult:
         raise PreprocessFailed(
             f"nnUNetv2_plan_and_preprocess exited with code {code}; its last lines:\n{tail}",
             hint=_failure_hint(tail, job.workers))
-    splits = _ensure_splits(job.output, job.cases)
+    splits = write_splits(job.output, job.cases)
     provenance = _write_provenance(job, splits)
     return PreprocessResult(job.output, splits, provenance)
 
@@ -281,40 +279,6 @@ def _failure_hint(tail: str, workers: int) -> str:
         return (f"a worker ran out of memory: run again with fewer workers "
                 f"(--workers {max(1, workers // 2)})")
     return "see nnU-Net's output above; `hpcnn dataset check` reports dataset problems"
-
-
-def _ensure_splits(output: Path, cases: list[str]) -> str:
-    """Keep a split file that is a valid 5-fold split of exactly ``cases``; otherwise write
-    nnU-Net's default one."""
-    from nnunetv2.utilities.crossval_split import generate_crossval_split
-
-    path = output / SPLITS
-    existed = path.exists()
-    if existed and _covers(path, set(cases)):
-        return "kept"
-    splits = generate_crossval_split(sorted(cases), seed=NNUNET_SPLIT_SEED,
-                                     n_splits=NNUNET_FOLDS)
-    plain = [{"train": [str(c) for c in s["train"]], "val": [str(c) for c in s["val"]]}
-             for s in splits]
-    atomic_write_text(path, json.dumps(plain, indent=4) + "\n")
-    return "regenerated" if existed else "written"
-
-
-def _covers(path: Path, cases: set[str]) -> bool:
-    """nnU-Net's NNUNET_FOLDS folds, each case validated in exactly one of them, and in each
-    fold train is all the other cases (disjoint from val)."""
-    try:
-        splits = json.loads(path.read_text(encoding="utf-8"))
-        folds = [(list(s["train"]), list(s["val"])) for s in splits]
-    except (ValueError, TypeError, KeyError):
-        return False
-    if len(folds) != NNUNET_FOLDS:
-        return False
-    validated = [c for _, val in folds for c in val]
-    if len(validated) != len(cases) or set(validated) != cases:
-        return False
-    return all(len(train) == len(set(train)) and set(train) == cases - set(val)
-               for train, val in folds)
 
 
 def _write_provenance(job: PreprocessJob, splits: str) -> Path:

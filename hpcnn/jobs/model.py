@@ -19,44 +19,11 @@ from hpcnn.config import Config
 from hpcnn.dataset.layout import parse_folder_name
 from hpcnn.errors import ConfigError
 from hpcnn.jobs.folds import CONTINUE_GUARD
+from hpcnn.nnunet import commands
 from hpcnn.workspace import RemoteLayout
 
 FOLD, PREP, PROBE, PREDICT = "fold", "prep", "probe", "predict"
 """Job kinds."""
-
-
-_WRITE_SPLITS = """\
-import json, os, sys
-from nnunetv2.utilities.crossval_split import generate_crossval_split
-folder = os.path.join(os.environ["nnUNet_preprocessed"], sys.argv[1])
-path = os.path.join(folder, "splits_final.json")
-ending = json.load(open(os.path.join(folder, "dataset.json")))["file_ending"]
-cases = sorted(f[: -len(ending)] for f in os.listdir(os.path.join(folder, "gt_segmentations"))
-               if f.endswith(ending))
-splits = generate_crossval_split(cases, seed=12345, n_splits=5)
-with open(path + ".tmp", "w") as handle:
-    json.dump([{"train": list(s["train"]), "val": list(s["val"])} for s in splits], handle)
-os.replace(path + ".tmp", path)
-print("hpcnn: wrote", path, "for", len(cases), "cases")
-"""
-"""Writes nnU-Net's own 5-fold split (KFold seed 12345, as nnUNetTrainer.do_split) after
-preprocessing on the cluster, before any fold starts (five folds racing on it is nnU-Net
-issue 3064)."""
-
-
-_PREDICT = """\
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("hpcnn_launcher", sys.argv.pop(1))
-launcher = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(launcher)
-from nnunetv2.inference import predict_from_raw_data as nnunet_predict
-nnunet_predict.recursive_find_trainer_class_by_name = launcher.find_trainer
-sys.argv[0] = "nnUNetv2_predict"
-nnunet_predict.predict_entry_point()
-"""
-"""``python -c PREDICT LAUNCHER ARGS...``: nnUNetv2_predict with ARGS, its trainer class looked up
-the launcher's way (``nnUNet_extTrainer`` first), so that a cluster whose optional packages break
-nnU-Net's own lookup predicts as it trained."""
 
 
 @dataclass(frozen=True)
@@ -145,25 +112,22 @@ def fold_spec(cfg: Config, layout: RemoteLayout, run: Run, fold: int, attempt: i
     # scheduler's SIGTERM at the walltime stops the launcher at the end of its epoch.
     margin = cfg.training.walltime_margin
     deadline = ["bash", "-c", _WITH_DEADLINE, "hpcnn-launch"] if margin else []
-    argv = [
-        *deadline, job_python(cfg), layout.launcher, run.dataset, run.configuration, str(fold),
-        "-tr", run.trainer, "-p", run.plans, "-device", cfg.training.device,
-    ]
+    # The launcher takes nnUNetv2_train's arguments (and always continues, as with --c).
+    train = commands.train(run.dataset, run.configuration, fold, trainer=run.trainer,
+                           plans=run.plans, device=cfg.training.device, npz=npz,
+                           num_gpus=gpus)
+    argv = [*deadline, job_python(cfg), layout.launcher, *train[1:]]
     if margin:
         # walltime_margin is the whole reserve before the walltime: the launcher's own default
         # reserve (60 s) on top of it left no time to validate under short walltimes, so every
         # continuation stopped before validation until max_resubmits was used up.
         argv += ["--safety", "0"]
-    if npz:
-        argv.append("--npz")
-    if gpus > 1:
-        argv += ["-num_gpus", str(gpus)]
-    commands = [argv]
+    lines = [argv]
     if attempt > 1:
         previous = layout.job_dir(run.id, job_name(run.id, fold, attempt - 1))
-        commands.insert(0, ["bash", "-c", CONTINUE_GUARD, "hpcnn-guard", previous])
+        lines.insert(0, ["bash", "-c", CONTINUE_GUARD, "hpcnn-guard", previous])
     return JobSpec(
-        run=run.id, name=name, job_dir=layout.job_dir(run.id, name), commands=commands,
+        run=run.id, name=name, job_dir=layout.job_dir(run.id, name), commands=lines,
         kind=FOLD, fold=fold, attempt=attempt,
         env=nnunet_env(cfg, layout, cfg.resources.cpus), path_env=layout.nnunet_env(),
     )
@@ -174,14 +138,12 @@ def prep_spec(cfg: Config, layout: RemoteLayout, run: Run) -> JobSpec:
     fold jobs (which depend on it with afterok) never race on splits_final.json."""
     name = job_name(run.id, None, kind=PREP)
     python = job_python(cfg)
-    cpus = str(max(1, cfg.resources.cpus))
+    cpus = max(1, cfg.resources.cpus)
+    plan = commands.plan_and_preprocess(run.dataset_id, [run.configuration], workers=cpus)
     return JobSpec(
         run=run.id, name=name, job_dir=layout.job_dir(run.id, name), kind=PREP,
-        commands=[
-            ["nnUNetv2_plan_and_preprocess", "-d", str(run.dataset_id), "-c", run.configuration,
-             "--verify_dataset_integrity", "-np", cpus, "-npfp", cpus, "--no_pbar"],
-            [python, "-c", _WRITE_SPLITS, run.dataset],
-        ],
+        commands=[commands.through_launcher(python, layout.launcher, plan),
+                  commands.write_splits(python, layout.launcher, run.dataset)],
         env=nnunet_env(cfg, layout, cfg.resources.cpus), path_env=layout.nnunet_env(),
     )
 
@@ -193,16 +155,12 @@ def predict_spec(cfg: Config, layout: RemoteLayout, run: Run, prediction: str,
     cluster's python and nnunetv2 after environment.setup, as the fold jobs train."""
     name = job_name(run.id, None, kind=f"{PREDICT}-{prediction}")
     folder = layout.predict_dir(prediction)
-    processes = str(max(1, min(3, cfg.resources.cpus)))  # as a local predict: -npp/-nps
-    argv = [
-        job_python(cfg), "-c", _PREDICT, layout.launcher,
-        "-i", posixpath.join(folder, "input"), "-o", posixpath.join(folder, "output"),
-        "-d", run.dataset, "-c", run.configuration, "-tr", run.trainer, "-p", run.plans,
-        "-f", *folds, "-device", device, "-npp", processes, "-nps", processes,
-        "--disable_progress_bar",
-    ]
-    if fast:
-        argv.append("--disable_tta")
+    processes = max(1, min(3, cfg.resources.cpus))  # as a local predict: -npp/-nps
+    line = commands.predict(
+        posixpath.join(folder, "input"), posixpath.join(folder, "output"), run.dataset,
+        run.configuration, trainer=run.trainer, plans=run.plans, folds=folds, device=device,
+        workers=processes, tta=not fast)
+    argv = commands.through_launcher(job_python(cfg), layout.launcher, line)
     return JobSpec(
         run=run.id, name=name, job_dir=layout.job_dir(run.id, name), commands=[argv],
         kind=PREDICT, env=nnunet_env(cfg, layout, cfg.resources.cpus),
