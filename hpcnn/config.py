@@ -340,6 +340,16 @@ class TrainingSection(_Section):
         return v
 
 
+class PreprocessSection(_Section):
+    """How nnU-Net plans: the planner class and the GPU memory its networks are sized for."""
+
+    planner: Line | None = None
+    """``nnUNetPlannerResEncM``/``L``/``XL`` (nnU-Net's recommendation), a site's own class, or
+    None: nnU-Net's default ``ExperimentPlanner``."""
+    gpu_memory_target: float | None = Field(default=None, gt=0)
+    """GB; None: the planner's own (8 GB default, 24 ResEnc L, 40 ResEnc XL)."""
+
+
 class LocalSection(_Section):
     """The local scheduler: jobs on this machine."""
 
@@ -360,6 +370,7 @@ class Config(_Section):
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     environment: EnvironmentSection = Field(default_factory=EnvironmentSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
+    preprocess: PreprocessSection = Field(default_factory=PreprocessSection)
     local: LocalSection = Field(default_factory=LocalSection)
     status: StatusSection = Field(default_factory=StatusSection)
     templates_dir: Path | None = None

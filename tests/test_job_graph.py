@@ -396,3 +396,28 @@ def test_a_configuration_the_plans_lack_is_refused_before_anything(workspace: Pa
     assert code == 2 and "define no 3d_lowres, 3d_cascade_fullres" in err, out + err
     assert "nothing" not in out and "submitted" not in out
     assert not (workspace / ".hpcnn" / "dry-run").exists()
+
+
+def test_cpu_jobs_run_what_the_experiment_needs() -> None:
+    """The preprocessing job prepares each configuration's data once (the cascade trains on
+    3d_fullres's) and asks for no GPU; find_best_configuration gets every configuration and
+    fold, after its guard."""
+    from hpcnn.jobs.model import find_best_spec, prep_spec
+
+    cfg, exp, layout = config(), experiment(*METHOD), RemoteLayout("/home/u/hpcnn")
+    prep = prep_spec(cfg, layout, exp.runs[0], exp.configurations, exp.id)
+    plan_line = prep.commands[0]
+    c = plan_line.index("-c")
+    assert plan_line[c + 1:c + 4] == ["2d", "3d_fullres", "3d_lowres"]
+    assert plan_line[c + 4].startswith("-") and "-np" in plan_line
+    assert plan_line[plan_line.index("-np") + 1] == "8"  # resources.prep.cpus
+    assert prep.resources is not None and prep.resources.gpus == 0
+    assert prep.name == f"hpcnn-{exp.id}-prep" and prep.run == exp.id
+    best = find_best_spec(cfg, layout, exp.runs[0], exp.id, exp.configurations, exp.folds, 2,
+                          ["/j/a", "/j/b"])
+    guard, line = best.commands
+    assert guard[-2:] == ["/j/a", "/j/b"] and "hpcnn-needs" in guard
+    assert "nnUNetv2_find_best_configuration" in line
+    assert line[line.index("-c") + 1:line.index("-p")] == list(METHOD)
+    assert line[line.index("-f") + 1:line.index("-np")] == ["0", "1", "2", "3", "4"]
+    assert best.name == f"hpcnn-{exp.id}-find_best-a2"

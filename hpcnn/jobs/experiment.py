@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcnn.errors import ConfigError
-from hpcnn.jobs.model import CASCADE, LOWRES, Run
+from hpcnn.jobs.model import Run
+from hpcnn.nnunet.commands import CASCADE, LOWRES
 
 ALL = "all"
 """``--configuration all``: every configuration the plans define."""

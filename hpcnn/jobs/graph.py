@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 from hpcnn.config import Config, ResourcesSection
 from hpcnn.jobs.experiment import Experiment
-from hpcnn.jobs.model import CASCADE, FIND_BEST, FOLD, LOWRES, PREP, Run
+from hpcnn.jobs.model import FIND_BEST, FOLD, PREP, Run
 from hpcnn.jobs.resources import cpu_resources, fold_resources
+from hpcnn.nnunet.commands import CASCADE, LOWRES
 
 AFTEROK, AFTERANY = "afterok", "afterany"
 

@@ -21,48 +21,14 @@ from hpcnn.errors import ConfigError
 from hpcnn.jobs.engine import BLOCKED_EXIT
 from hpcnn.jobs.folds import CONTINUE_GUARD
 from hpcnn.jobs.resources import cpu_resources, fold_resources
+from hpcnn.nnunet import commands
+from hpcnn.nnunet.commands import CASCADE
 from hpcnn.workspace import RemoteLayout
 
 FOLD, PREP, PROBE, PREDICT, FIND_BEST = "fold", "prep", "probe", "predict", "find_best"
 """Job kinds."""
 
-CASCADE, LOWRES, FULLRES = "3d_cascade_fullres", "3d_lowres", "3d_fullres"
-"""The configurations whose jobs depend on each other: a cascade fold trains on the
-predictions all five 3d_lowres folds wrote of their validation cases."""
-
-
-_WRITE_SPLITS = """\
-import json, os, sys
-from nnunetv2.utilities.crossval_split import generate_crossval_split
-folder = os.path.join(os.environ["nnUNet_preprocessed"], sys.argv[1])
-path = os.path.join(folder, "splits_final.json")
-ending = json.load(open(os.path.join(folder, "dataset.json")))["file_ending"]
-cases = sorted(f[: -len(ending)] for f in os.listdir(os.path.join(folder, "gt_segmentations"))
-               if f.endswith(ending))
-splits = generate_crossval_split(cases, seed=12345, n_splits=5)
-with open(path + ".tmp", "w") as handle:
-    json.dump([{"train": list(s["train"]), "val": list(s["val"])} for s in splits], handle)
-os.replace(path + ".tmp", path)
-print("hpcnn: wrote", path, "for", len(cases), "cases")
-"""
-"""Writes nnU-Net's own 5-fold split (KFold seed 12345, as nnUNetTrainer.do_split) after
-preprocessing on the cluster, before any fold starts (five folds racing on it is nnU-Net
-issue 3064)."""
-
-
-_PREDICT = """\
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("hpcnn_launcher", sys.argv.pop(1))
-launcher = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(launcher)
-from nnunetv2.inference import predict_from_raw_data as nnunet_predict
-nnunet_predict.recursive_find_trainer_class_by_name = launcher.find_trainer
-sys.argv[0] = "nnUNetv2_predict"
-nnunet_predict.predict_entry_point()
-"""
-"""``python -c PREDICT LAUNCHER ARGS...``: nnUNetv2_predict with ARGS, its trainer class looked up
-the launcher's way (``nnUNet_extTrainer`` first), so that a cluster whose optional packages break
-nnU-Net's own lookup predicts as it trained."""
+FULLRES = "3d_fullres"
 
 
 @dataclass(frozen=True)
@@ -159,27 +125,24 @@ def fold_spec(cfg: Config, layout: RemoteLayout, run: Run, fold: int, attempt: i
     # scheduler's SIGTERM at the walltime stops the launcher at the end of its epoch.
     margin = cfg.training.walltime_margin
     deadline = ["bash", "-c", _WITH_DEADLINE, "hpcnn-launch"] if margin else []
-    argv = [
-        *deadline, job_python(cfg), layout.launcher, run.dataset, run.configuration, str(fold),
-        "-tr", run.trainer, "-p", run.plans, "-device", cfg.training.device,
-    ]
+    # The launcher takes nnUNetv2_train's arguments (and always continues, as with --c).
+    train = commands.train(run.dataset, run.configuration, fold, trainer=run.trainer,
+                           plans=run.plans, device=cfg.training.device, npz=npz,
+                           num_gpus=gpus)
+    argv = [*deadline, job_python(cfg), layout.launcher, *train[1:]]
     if margin:
         # walltime_margin is the whole reserve before the walltime: the launcher's own default
         # reserve (60 s) on top of it left no time to validate under short walltimes, so every
         # continuation stopped before validation until max_resubmits was used up.
         argv += ["--safety", "0"]
-    if npz:
-        argv.append("--npz")
-    if gpus > 1:
-        argv += ["-num_gpus", str(gpus)]
-    commands = [argv]
+    lines = [argv]
     if attempt > 1:
         previous = layout.job_dir(run.id, job_name(run.id, fold, attempt - 1))
-        commands.insert(0, ["bash", "-c", CONTINUE_GUARD, "hpcnn-guard", previous])
+        lines.insert(0, ["bash", "-c", CONTINUE_GUARD, "hpcnn-guard", previous])
     elif needs:
-        commands.insert(0, needs_guard(needs))
+        lines.insert(0, needs_guard(needs))
     return JobSpec(
-        run=run.id, name=name, job_dir=layout.job_dir(run.id, name), commands=commands,
+        run=run.id, name=name, job_dir=layout.job_dir(run.id, name), commands=lines,
         kind=FOLD, fold=fold, attempt=attempt,
         env=nnunet_env(cfg, layout, resources.cpus), path_env=layout.nnunet_env(),
         resources=None if resources is cfg.resources else resources,
@@ -217,24 +180,6 @@ def data_configurations(configurations: Sequence[str]) -> list[str]:
     return out
 
 
-def plan_and_preprocess_argv(dataset_id: int, configurations: Sequence[str],
-                             cpus: int) -> list[str]:
-    """nnUNetv2_plan_and_preprocess as a preprocessing job runs it (the one place this module
-    builds it; hpcnn.nnunet.commands takes it over)."""
-    n = str(max(1, cpus))
-    return ["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id),
-            "-c", *data_configurations(configurations),
-            "--verify_dataset_integrity", "-np", n, "-npfp", n, "--no_pbar"]
-
-
-def find_best_argv(run: Run, configurations: Sequence[str], folds: Sequence[int],
-                   cpus: int) -> list[str]:
-    """nnUNetv2_find_best_configuration over the experiment's configurations and folds."""
-    return ["nnUNetv2_find_best_configuration", str(run.dataset_id),
-            "-c", *configurations, "-p", run.plans, "-tr", run.trainer,
-            "-f", *map(str, folds), "-np", str(max(1, cpus))]
-
-
 def prep_spec(cfg: Config, layout: RemoteLayout, run: Run,
               configurations: Sequence[str] | None = None, owner: str | None = None) -> JobSpec:
     """The CPU job that preprocesses the dataset on the cluster (for ``configurations``,
@@ -244,12 +189,14 @@ def prep_spec(cfg: Config, layout: RemoteLayout, run: Run,
     owner = owner or run.id
     name = job_name(owner, None, kind=PREP)
     resources = cpu_resources(cfg, PREP)
+    python = job_python(cfg)
     return JobSpec(
         run=owner, name=name, job_dir=layout.job_dir(owner, name), kind=PREP,
         commands=[
-            plan_and_preprocess_argv(run.dataset_id, configurations or [run.configuration],
-                                     resources.cpus),
-            [job_python(cfg), "-c", _WRITE_SPLITS, run.dataset],
+            commands.through_launcher(python, layout.launcher, commands.plan_and_preprocess(
+                run.dataset_id, data_configurations(configurations or [run.configuration]),
+                workers=resources.cpus)),
+            commands.write_splits(python, layout.launcher, run.dataset),
         ],
         env=nnunet_env(cfg, layout, resources.cpus), path_env=layout.nnunet_env(),
         resources=resources,
@@ -267,8 +214,10 @@ def find_best_spec(cfg: Config, layout: RemoteLayout, run: Run, owner: str,
     return JobSpec(
         run=owner, name=name, job_dir=layout.job_dir(owner, name), kind=FIND_BEST,
         attempt=attempt,
-        commands=[needs_guard(needs),
-                  find_best_argv(run, configurations, folds, resources.cpus)],
+        commands=[needs_guard(needs), commands.through_launcher(
+            job_python(cfg), layout.launcher, commands.find_best_configuration(
+                run.dataset, configurations, trainer=run.trainer, plans=run.plans, folds=folds,
+                workers=resources.cpus))],
         env=nnunet_env(cfg, layout, resources.cpus), path_env=layout.nnunet_env(),
         resources=resources,
     )
@@ -281,16 +230,12 @@ def predict_spec(cfg: Config, layout: RemoteLayout, run: Run, prediction: str,
     cluster's python and nnunetv2 after environment.setup, as the fold jobs train."""
     name = job_name(run.id, None, kind=f"{PREDICT}-{prediction}")
     folder = layout.predict_dir(prediction)
-    processes = str(max(1, min(3, cfg.resources.cpus)))  # as a local predict: -npp/-nps
-    argv = [
-        job_python(cfg), "-c", _PREDICT, layout.launcher,
-        "-i", posixpath.join(folder, "input"), "-o", posixpath.join(folder, "output"),
-        "-d", run.dataset, "-c", run.configuration, "-tr", run.trainer, "-p", run.plans,
-        "-f", *folds, "-device", device, "-npp", processes, "-nps", processes,
-        "--disable_progress_bar",
-    ]
-    if fast:
-        argv.append("--disable_tta")
+    processes = max(1, min(3, cfg.resources.cpus))  # as a local predict: -npp/-nps
+    line = commands.predict(
+        posixpath.join(folder, "input"), posixpath.join(folder, "output"), run.dataset,
+        run.configuration, trainer=run.trainer, plans=run.plans, folds=folds, device=device,
+        workers=processes, tta=not fast)
+    argv = commands.through_launcher(job_python(cfg), layout.launcher, line)
     return JobSpec(
         run=run.id, name=name, job_dir=layout.job_dir(run.id, name), commands=[argv],
         kind=PREDICT, env=nnunet_env(cfg, layout, cfg.resources.cpus),
