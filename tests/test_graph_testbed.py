@@ -49,7 +49,7 @@ def graph_config(cluster_config, testbed: dict[str, str], scheduler: str) -> Con
     small = {"cpus": 1, "mem": "1gb" if scheduler == "sge" else "100mb", "walltime": "0:05:00"}
     data["resources"].update(mem=small["mem"], find_best=small, prep=small)
     data["environment"]["setup"] = [LOWRES_FAILS]
-    data["training"] = {"max_resubmits": 0, "find_best": True}
+    data.setdefault("training", {}).update(max_resubmits=0, find_best=True)
     path.write_text(yaml.safe_dump(data))
     return load_config_file(path)
 

@@ -421,3 +421,57 @@ def test_cpu_jobs_run_what_the_experiment_needs() -> None:
     assert line[line.index("-c") + 1:line.index("-p")] == list(METHOD)
     assert line[line.index("-f") + 1:line.index("-np")] == ["0", "1", "2", "3", "4"]
     assert best.name == f"hpcnn-{exp.id}-find_best-a2"
+
+
+def test_the_local_queue_never_starts_a_cascade_after_a_failed_lowres_fold(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole graph through the local scheduler, no nnU-Net: every 3d_lowres job fails in
+    its environment setup (97); the queue cancels the cascade folds and find_best it holds
+    (their afterok failed) without starting them; the next plan with --resubmit-failed
+    submits them again after new 3d_lowres chains."""
+    import time
+
+    from hpcnn.jobs import engine
+    from hpcnn.schedulers.base import JobState
+    from hpcnn.services.session import Session
+
+    monkeypatch.setenv("HPCNN_LOCALQ_DIR", str(tmp_path / "queue"))
+    cfg = Config.model_validate({
+        "workspace": tmp_path, "resources": {"cpus": 1, "gpus": 0},
+        "environment": {"setup": ['case "$HPCNN_JOB_DIR" in */*-3d_lowres/*) false ;; esac']},
+        "training": {"max_resubmits": 0}, "local": {"max_parallel": 2}})
+    exp = experiment("3d_lowres", "3d_cascade_fullres")
+    with Session(cfg) as session:
+        graph = build_graph(cfg, exp, remote_prep=False, find_best=True)
+        plan = make_plan(graph, [], TrainOptions(), 1, session.registry.dependencies)
+        rows = Submission(session, cfg, plan, lambda _: None).run()
+        assert len(rows) == 11
+        deadline = time.time() + 90
+        while not all(JobState(r.state).finished for r in rows) and time.time() < deadline:
+            time.sleep(1)
+            rows, _, _, _ = engine.refresh(session.registry, session.conn, session.dialect,
+                                           rows, grace=30)
+        states = {r.name: (r.state, r.exit_code) for r in rows}
+        lowres = exp.run("3d_lowres").id
+        for row in rows:
+            if row.run == lowres:
+                assert states[row.name] == ("failed", 97), states
+            else:
+                assert states[row.name][0] == "cancelled", states
+                assert not (Path(row.job_dir) / "started").exists()  # never ran
+        from hpcnn.jobs.submit import record_experiment
+        from hpcnn.services.status import experiment_status
+
+        record_experiment(session.registry, exp, "local")
+        lowres_status, cascade_status = experiment_status(session)
+        fold = cascade_status.folds[2]
+        assert fold.view.state == JobState.CANCELLED
+        assert f"waits on hpcnn-{lowres}-f0-a1 (failed), " in fold.view.detail
+        assert f"hpcnn-{lowres}-f4-a1 (failed)" in fold.view.detail
+        assert "--resubmit-failed" in fold.hint
+        assert lowres_status.folds[2].view.exit_code == 97
+        again = make_plan(graph, session.registry.jobs(lowres)
+                          + session.registry.jobs(exp.run("3d_cascade_fullres").id)
+                          + session.registry.jobs(exp.id), TrainOptions(resubmit_failed=True),
+                          1, session.registry.dependencies)
+        assert len(again.to_submit) == 11 and not again.blocked

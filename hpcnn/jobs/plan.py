@@ -21,7 +21,7 @@ from hpcnn.jobs.folds import FoldView, fold_views
 from hpcnn.jobs.graph import Graph, Node
 from hpcnn.jobs.model import FIND_BEST, FOLD, PREP
 from hpcnn.schedulers.base import JobState
-from hpcnn.state import JobRow
+from hpcnn.state import JobRow, Registry
 
 RETRY = (JobState.FAILED, JobState.LOST, JobState.CANCELLED, JobState.TIMEOUT)
 """Fold states ``--resubmit-failed`` retries."""
@@ -212,3 +212,14 @@ def _find_best(plan: Plan, node: Node, rows: Sequence[JobRow], opts: Asked) -> S
     if opts.resubmit_failed and last in RETRY:
         return Step(node, SUBMIT, attempt=nxt, rows=mine, why=f"was {last}")
     return Step(node, KEEP, rows=mine)
+
+
+def waiting_for(registry: Registry, row: JobRow) -> str:
+    """What keeps a job back: the jobs it needs (``afterok``) that have not completed, with
+    their states (``waits on hpcnn-...-3d_lowres-f2-a4 (failed)``); "" when none."""
+    missing = []
+    for name, kind in registry.needed_jobs(row.name):
+        other = registry.get(name)
+        if kind == "afterok" and (other is None or other.state != JobState.COMPLETED.value):
+            missing.append(f"{name} ({other.state if other else 'forgotten'})")
+    return f"waits on {', '.join(missing)}" if missing else ""

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from hpcnn.errors import EXIT_FAILED, EXIT_OK, EXIT_RUNNING, EXIT_UNREACHABLE
 from hpcnn.jobs import engine
+from hpcnn.jobs.engine import BLOCKED_EXIT
 from hpcnn.jobs.folds import FoldView, fold_views
 from hpcnn.jobs.model import FOLD, Run
+from hpcnn.jobs.plan import waiting_for
 from hpcnn.nnunet.training_log import LOG_GLOB, TrainingLog, parse_texts
 from hpcnn.schedulers.base import JobState
 from hpcnn.services.session import Session
 from hpcnn.state import JobRow, RunRow
 from hpcnn.workspace import RESULTS
+
+_HELD_BACK = (JobState.QUEUED, JobState.HELD, JobState.CANCELLED)
+"""Fold states that may mean "a job it needs did not complete" (status then names it)."""
 
 LOG_TAIL_LINES = 400
 """Lines of each training log read per fold (about 50 epochs): enough for the pace and the last
@@ -208,7 +213,14 @@ def run_status(session: Session, run_id: str | None = None, *,
         attempts, log = _parse_fold(text)
         err = next((a.err_tail for a in attempts if a.attempt == view.attempt), "")
         hint = ""
-        if view.state in (JobState.FAILED, JobState.LOST, JobState.TIMEOUT):
+        if view.state in _HELD_BACK or view.exit_code == BLOCKED_EXIT:
+            waits = waiting_for(session.registry, view.row)
+            if waits:
+                view = replace(view, detail="; ".join(p for p in (view.detail, waits) if p))
+                hint = ("`hpcnn train-all-folds --resubmit-failed` resubmits the fold it waits "
+                        "on, and then this one") if view.state.finished or "never" in (
+                            view.detail.lower()) else ""
+        if not hint and view.state in (JobState.FAILED, JobState.LOST, JobState.TIMEOUT):
             hint = hint_for(view.state, f"{view.detail}\n{err}", view.exit_code)
         result.append(FoldStatus(view, log, attempts, err.strip(), hint, gpus))
     return RunStatus(run, row, result, answered)
