@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import need, testbed_ssh
+from conftest import need
+from conftest import testbed_ssh as ssh_argv
 
 from hpcnn.config import Config, load_config_file
 from hpcnn.jobs import engine
@@ -113,22 +114,29 @@ def test_the_cascade_graph_as_each_scheduler_holds_it(cluster_config, testbed, s
                               **{i: set(lowres) for i in cascade},
                               best: set(lowres + cascade)}, listed
             engine.cancel(conn, session.dialect, [blocker])
-            settled = follow(session, [r for r in rows if r.kind in (FOLD, FIND_BEST)],
-                             scheduler)
-            for row in settled:
-                if row.run == exp.run("3d_lowres").id:
-                    assert (row.state, row.exit_code) == ("failed", 97), row
-                elif scheduler == "sge":  # -hold_jid ran it: its guard stopped it at once
+            mine = [r for r in rows if r.kind in (FOLD, FIND_BEST)]
+            lowres_run = exp.run("3d_lowres").id
+            settled = follow(session, [r for r in mine if r.run == lowres_run])
+            assert all((r.state, r.exit_code) == ("failed", 97) for r in settled), settled
+            others = [r for r in mine if r.run != lowres_run]
+            if scheduler == "sge":  # -hold_jid ran them: each guard stopped its job at once
+                for row in follow(session, others):
                     assert (row.state, row.exit_code) == ("failed", BLOCKED_EXIT), row
                     assert "blocked: hpcnn-501-nnUNetTrainer-3d_lowres-f" in (row.detail or "")
-                else:  # afterok never satisfied: held by Slurm, never started
-                    assert row.state == "held" and "DependencyNeverSatisfied" in (
-                        row.detail or ""), row
+            else:  # afterok never satisfied: Slurm holds them, they never start
+                reasons = never_satisfied(conn, [r.scheduler_id or "" for r in others])
+                assert set(reasons.values()) == {"DependencyNeverSatisfied"}, reasons
+                rows_now, _, _, _ = engine.refresh(session.registry, conn, session.dialect,
+                                                   others, grace=60)
+                for row in rows_now:
+                    assert not JobState(row.state).finished, row
+                    if scheduler == "slurm":  # the Torque wrappers' qstat shows only Q
+                        assert (row.state, row.detail) == ("held", "DependencyNeverSatisfied")
         finally:
             live = [r.scheduler_id for r in rows if r.scheduler_id]
             engine.cancel(conn, session.dialect, [i for i in live if i])
             if scheduler == "sge":
-                subprocess.run([*testbed_ssh(testbed)[:-1],
+                subprocess.run([*ssh_argv(testbed)[:-1],
                                 f"{testbed['TESTBED_SGE_USER']}@{testbed['TESTBED_HOST']}",
                                 f"rm -rf {cfg.cluster.remote_dir}"], capture_output=True,
                                check=False)
@@ -140,22 +148,25 @@ def render(cfg: Config, session: Session, spec: JobSpec) -> str:
     return render_job(cfg, session.dialect, spec)
 
 
-def follow(session: Session, rows: list[JobRow], scheduler: str,
-           timeout: float = 150) -> list[JobRow]:
-    """Refresh until every 3d_lowres job ended and every other job ended (Grid Engine) or
-    is held with Slurm's DependencyNeverSatisfied."""
+def follow(session: Session, rows: list[JobRow], timeout: float = 150) -> list[JobRow]:
+    """Refresh until every job of ``rows`` ended."""
     deadline = time.time() + timeout
     while True:
         rows, _, _, _ = engine.refresh(session.registry, session.conn, session.dialect, rows,
                                        grace=60)
-
-        def settled(row: JobRow) -> bool:
-            if JobState(row.state).finished:
-                return True
-            return (scheduler != "sge" and "-3d_lowres-f" not in row.name
-                    and "DependencyNeverSatisfied" in (row.detail or ""))
-
-        if all(settled(r) for r in rows) or time.time() > deadline:
+        if all(JobState(r.state).finished for r in rows) or time.time() > deadline:
             return rows
         time.sleep(2)
 
+
+def never_satisfied(conn: Connection, ids: list[str], timeout: float = 90) -> dict[str, str]:
+    """Slurm's reason for each pending job, once every one says DependencyNeverSatisfied (or
+    the time is up)."""
+    deadline = time.time() + timeout
+    while True:
+        out = conn.run(["squeue", "-h", "-o", "%i|%r", "-j", ",".join(ids)]).stdout
+        reasons = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+        if (set(reasons.values()) == {"DependencyNeverSatisfied"} and len(reasons) == len(ids)
+                or time.time() > deadline):
+            return reasons
+        time.sleep(2)
