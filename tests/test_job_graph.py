@@ -405,7 +405,9 @@ def test_cpu_jobs_run_what_the_experiment_needs() -> None:
     from hpcnn.jobs.model import find_best_spec, prep_spec
 
     cfg, exp, layout = config(), experiment(*METHOD), RemoteLayout("/home/u/hpcnn")
+    cfg.preprocess.planner = "nnUNetPlannerResEncM"
     prep = prep_spec(cfg, layout, exp.runs[0], exp.configurations, exp.id)
+    assert prep.commands[0][-3:-1] == ["-pl", "nnUNetPlannerResEncM"]
     plan_line = prep.commands[0]
     c = plan_line.index("-c")
     assert plan_line[c + 1:c + 4] == ["2d", "3d_fullres", "3d_lowres"]

@@ -195,7 +195,8 @@ def prep_spec(cfg: Config, layout: RemoteLayout, run: Run,
         commands=[
             commands.through_launcher(python, layout.launcher, commands.plan_and_preprocess(
                 run.dataset_id, data_configurations(configurations or [run.configuration]),
-                workers=resources.cpus)),
+                workers=resources.cpus, planner=cfg.preprocess.planner,
+                gpu_memory_target=cfg.preprocess.gpu_memory_target)),
             commands.write_splits(python, layout.launcher, run.dataset),
         ],
         env=nnunet_env(cfg, layout, resources.cpus), path_env=layout.nnunet_env(),
