@@ -171,6 +171,10 @@ class FakeConn:
 
     lines: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    argvs: list[list[str]] = field(default_factory=list)
+
+    def run(self, argv: list[str], check: bool = True) -> None:
+        self.argvs.append(argv)
 
     def write_text(self, path: str, text: str, mode: int = 0o600) -> None:
         self.files[path] = text
@@ -477,3 +481,49 @@ def test_the_local_queue_never_starts_a_cascade_after_a_failed_lowres_fold(
                           + session.registry.jobs(exp.id), TrainOptions(resubmit_failed=True),
                           1, session.registry.dependencies)
         assert len(again.to_submit) == 11 and not again.blocked
+
+
+def test_resubmitting_a_failed_lowres_fold_relinks_the_held_cascade(tmp_path: Path) -> None:
+    """Slurm holds the cascade folds forever once a 3d_lowres fold failed: --resubmit-failed
+    resubmits that fold, cancels the held cascade jobs and find_best (they never started) and
+    submits them again after the new chain: each job submitted once, none waiting on the
+    failed one."""
+    exp = experiment("3d_cascade_fullres", "3d_lowres")  # any order: lowres goes first
+    lowres, cascade = exp.run("3d_lowres"), exp.run("3d_cascade_fullres")
+    rows = [r for f in range(5) for r in fold_rows(
+        lowres, f, [("completed", 0), ("completed", 0)] if f != 2 else
+        [("failed", 1), ("failed", 98)], first_id=100 + 10 * f)]
+    rows += [r for f in range(5) for r in fold_rows(cascade, f, [("held", None), ("held", None)],
+                                                   first_id=200 + 10 * f)]
+    rows.append(JobRow(name=job_name(exp.id, None, 1, "find_best"), run=exp.id,
+                       kind="find_best", attempt=1, job_dir="/r/fb1", scheduler="slurm",
+                       state="held", scheduler_id="300"))
+    cfg = config()
+    graph = build_graph(cfg, exp, remote_prep=False, find_best=True)
+    def continues(name: str) -> list[tuple[str, str]]:
+        return [("1", "afterany")] if name.endswith("-a2") else []
+
+    plan = make_plan(graph, rows, TrainOptions(), 2, continues)
+    assert not plan.to_submit  # without --resubmit-failed the held jobs are left as they are
+    plan = make_plan(graph, rows, TrainOptions(resubmit_failed=True), 2, continues)
+    steps = {k: s for k, s in plan.steps.items() if s.action == SUBMIT}
+    assert list(steps) == ["3d_lowres/f2", *(f"3d_cascade_fullres/f{f}" for f in range(5)),
+                           "find_best"]
+    c0 = steps["3d_cascade_fullres/f0"]
+    assert (c0.chain.first, [r.scheduler_id for r in c0.replaces]) == (3, ["200", "201"])
+    assert "waits on 3d_lowres fold 2, resubmitted now" in c0.why
+    target = FakeTarget(Registry(tmp_path / "state.db"), FakeConn(), get_dialect("slurm"),
+                        RemoteLayout("/home/u/hpcnn"))
+    for row in rows:
+        target.registry.add(row)
+    said: list[str] = []
+    new = Submission(target, cfg, plan, said.append).run()
+    assert len(new) == 2 + 5 * 2 + 1
+    cancelled = [a for a in target.conn.argvs if a[0] == "scancel"]
+    assert [a[1:] for a in cancelled] == [["200", "201"], ["210", "211"], ["220", "221"],
+                                         ["230", "231"], ["240", "241"], ["300"]]
+    assert target.registry.get(job_name(cascade.id, 0, 1)).state == "cancelled"
+    first = job_name(cascade.id, 0, 3)
+    waits = dict(target.registry.needed_jobs(first))
+    assert waits == {job_name(lowres.id, 2, 4): "afterok"}  # only the one not yet complete
+    assert any("cancelled hpcnn-501-nnUNetTrainer-3d_cascade_fullres-f0-a1" in x for x in said)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hpcnn.config import Config, ResourcesSection
-from hpcnn.jobs.experiment import Experiment
+from hpcnn.jobs.experiment import Experiment, ordered
 from hpcnn.jobs.model import FIND_BEST, FOLD, PREP, Run
 from hpcnn.jobs.resources import cpu_resources, fold_resources
 from hpcnn.nnunet.commands import CASCADE, LOWRES
@@ -107,7 +107,7 @@ def build_graph(cfg: Config, experiment: Experiment, *, remote_prep: bool,
     if remote_prep:
         graph.add(Node(PREP, PREP, experiment.id, first, cpu_resources(cfg, PREP)))
         prep = (Need(PREP),)
-    for run in experiment.runs:
+    for run in (experiment.run(c) for c in ordered(experiment.configurations)):
         resources = fold_resources(cfg, run.configuration)
         needs = prep
         if run.configuration == CASCADE:

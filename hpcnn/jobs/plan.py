@@ -108,6 +108,10 @@ class Step:
     rows: tuple[JobRow, ...] = ()
     """The node's jobs already recorded, by attempt."""
     why: str = ""
+    replaces: tuple[JobRow, ...] = ()
+    """Unfinished jobs of the node that wait on jobs now replaced (a cascade fold held on a
+    failed 3d_lowres fold that is resubmitted): cancelled before the new chain is submitted,
+    so that it waits on the new jobs instead (nothing started, nothing submitted twice)."""
 
     @property
     def last(self) -> JobRow | None:
@@ -178,7 +182,7 @@ def make_plan(graph: Graph, rows: Sequence[JobRow], opts: Asked, chain_length: i
                                  if chain else Step(node, KEEP, view=view, rows=mine))
     for key, node in graph.nodes.items():
         if node.kind == FOLD:
-            step = decided[key]
+            step = _relinked(result, decided[key], chain_length)
             if step.action == SUBMIT and step.chain and step.chain.after is None:
                 why = _waiting_on(result, node)
                 if why:
@@ -197,6 +201,34 @@ def make_plan(graph: Graph, rows: Sequence[JobRow], opts: Asked, chain_length: i
     return result
 
 
+def _renewed(plan: Plan, node: Node) -> list[str]:
+    """The fold chains ``node`` needs that start anew in this plan."""
+    return [n.node for n in node.needs
+            if (s := plan.steps.get(n.node)) is not None and s.action == SUBMIT
+            and s.node.kind == FOLD and s.chain is not None and s.chain.after is None]
+
+
+def _unfinished(rows: Sequence[JobRow]) -> tuple[JobRow, ...]:
+    return tuple(r for r in rows if r.scheduler_id and not JobState(r.state).finished)
+
+
+def _relinked(plan: Plan, step: Step, chain_length: int) -> Step:
+    """A kept fold still waiting on folds that are resubmitted now would wait on the old,
+    failed jobs forever (Slurm: DependencyNeverSatisfied): it gets a new chain after the new
+    ones, and its waiting jobs are cancelled."""
+    view = step.view
+    if step.action != KEEP or view is None or view.state.finished or not step.node.needs:
+        return step
+    renewed = _renewed(plan, step.node)
+    waiting = _unfinished(step.rows)
+    if not renewed or not waiting or view.state == JobState.RUNNING:
+        return step
+    labels = ", ".join(plan.graph.nodes[k].label(plan.graph.several) for k in renewed)
+    why = f"waits on {labels}, resubmitted now"
+    chain = Chain(view.fold, view.attempts + 1, chain_length, why)
+    return Step(step.node, SUBMIT, chain, view=view, rows=step.rows, why=why, replaces=waiting)
+
+
 def _find_best(plan: Plan, node: Node, rows: Sequence[JobRow], opts: Asked) -> Step:
     mine = tuple(sorted((r for r in rows if r.run == node.owner and r.kind == FIND_BEST),
                         key=lambda r: r.attempt))
@@ -205,7 +237,8 @@ def _find_best(plan: Plan, node: Node, rows: Sequence[JobRow], opts: Asked) -> S
     if why:
         return Step(node, BLOCKED, rows=mine, why=why)
     if any(s.node.kind == FOLD for s in plan.to_submit):
-        return Step(node, SUBMIT, attempt=nxt, rows=mine, why="after the folds submitted now")
+        return Step(node, SUBMIT, attempt=nxt, rows=mine, why="after the folds submitted now",
+                    replaces=_unfinished(mine))
     if not mine:
         return Step(node, SUBMIT, attempt=1, rows=mine, why="new")
     last = JobState(mine[-1].state)

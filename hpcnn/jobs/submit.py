@@ -185,6 +185,11 @@ class Submission:
     def _submit(self, step: Step) -> None:
         node, layout, cfg = step.node, self.target.remote, self.cfg
         experiment = self.plan.graph.experiment
+        if step.replaces:
+            engine.cancel_rows(self.target.registry, self.target.conn, self.target.dialect,
+                               step.replaces, detail=f"replaced: {step.why}")
+            for row in step.replaces:
+                self.echo(f"cancelled {row.name} (job {row.scheduler_id}): {step.why}")
         waits = self.waits(node)
         if node.kind == PREP:
             spec = prep_spec(cfg, layout, node.run, experiment.configurations, node.owner)
