@@ -132,6 +132,24 @@ def test_the_cascade_graph_as_each_scheduler_holds_it(cluster_config, testbed, s
                     assert not JobState(row.state).finished, row
                     if scheduler == "slurm":  # the Torque wrappers' qstat shows only Q
                         assert (row.state, row.detail) == ("held", "DependencyNeverSatisfied")
+                # --resubmit-failed: new 3d_lowres chains; the held jobs are replaced by new
+                # ones that wait on the new chains (as Slurm lists them)
+                recorded = [r for o in graph.owners for r in session.registry.jobs(o)]
+                again = make_plan(graph, recorded, TrainOptions(resubmit_failed=True), 1,
+                                  session.registry.dependencies)
+                new = Submission(session, cfg, again, lambda _: None).run()
+                rows += new
+                ids = {r.name: r.scheduler_id or "" for r in new}
+                lowres = [ids[job_name(lowres_run, f, 2)] for f in range(5)]
+                cascade = [ids[job_name(exp.run("3d_cascade_fullres").id, f, 2)]
+                           for f in range(5)]
+                best = ids[job_name(exp.id, None, 2, FIND_BEST)]
+                listed = listed_dependencies(conn, scheduler, [*cascade, best])
+                assert listed == {**{i: set(lowres) for i in cascade},
+                                  best: set(lowres + cascade)}, listed
+                old = conn.run(["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j",
+                                ",".join(r.scheduler_id or "" for r in others)]).stdout
+                assert {line.split("|")[1] for line in old.split()} == {"CANCELLED"}, old
         finally:
             live = [r.scheduler_id for r in rows if r.scheduler_id]
             engine.cancel(conn, session.dialect, [i for i in live if i])
