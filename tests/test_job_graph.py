@@ -527,3 +527,26 @@ def test_resubmitting_a_failed_lowres_fold_relinks_the_held_cascade(tmp_path: Pa
     waits = dict(target.registry.needed_jobs(first))
     assert waits == {job_name(lowres.id, 2, 4): "afterok"}  # only the one not yet complete
     assert any("cancelled hpcnn-501-nnUNetTrainer-3d_cascade_fullres-f0-a1" in x for x in said)
+
+
+def test_cancel_takes_every_job_of_the_most_recent_experiment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpcnn.jobs.submit import record_experiment
+    from hpcnn.services.cancel import cancel_run
+    from hpcnn.services.session import Session
+
+    monkeypatch.setenv("HPCNN_LOCALQ_DIR", str(tmp_path / "queue"))
+    exp = experiment("2d", "3d_fullres", folds=(0,))
+    with Session(Config(workspace=tmp_path)) as session:
+        record_experiment(session.registry, exp, "local")
+        for c in exp.configurations:
+            for row in fold_rows(exp.run(c), 0, [("queued", None)]):
+                session.registry.add(row)
+        session.registry.add(JobRow(name=job_name(exp.id, None, 1, "find_best"), run=exp.id,
+                                    kind="find_best", job_dir="/j/fb", scheduler="local",
+                                    state="held", scheduler_id="77"))
+        _, rows = cancel_run(session)
+        assert len(rows) == 3
+        assert {r.state for r in session.registry.jobs(exp.id)} == {"cancelled"}
+        _, rows = cancel_run(session, exp.run("2d").id)
+        assert rows == []  # already cancelled

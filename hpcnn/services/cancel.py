@@ -13,9 +13,14 @@ from hpcnn.state import JobRow
 def cancel_run(session: Session, run_id: str | None = None,
                folds: list[int] | None = None) -> tuple[Run, list[JobRow]]:
     """Cancel every unfinished job of the run (of ``folds`` only, when given) in ONE scheduler
-    call, and record it; returns the run and the jobs cancelled."""
-    run, _ = session.find_run(run_id)
-    rows = [r for r in session.registry.jobs(run.id)
+    call, and record it; returns the run and the jobs cancelled. Without ``--run``: every run
+    of the most recent experiment, and its own jobs (preprocessing, find_best)."""
+    pairs = session.experiment_runs(run_id)
+    run, row = pairs[0]
+    owners = [r.id for r, _ in pairs]
+    if run_id is None and row.experiment and row.experiment not in owners:
+        owners.append(row.experiment)
+    rows = [r for owner in owners for r in session.registry.jobs(owner)
             if r.scheduler_id and not JobState(r.state).finished
             and (folds is None or r.fold in folds)]
     engine.cancel_rows(session.registry, session.conn, session.dialect, rows)
