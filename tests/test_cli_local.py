@@ -9,6 +9,13 @@ import pytest
 from hpcnn.config import load_config
 
 
+def _device() -> str:
+    """What this machine trains on (doctor fails a training.device it does not have)."""
+    from hpcnn.nnunet.predict import resolve_device
+
+    return resolve_device("auto")
+
+
 @pytest.fixture
 def queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HPCNN_LOCALQ_DIR", str(tmp_path / "localq"))
@@ -41,6 +48,7 @@ def test_init_rejects_bad_answers_and_writes_nothing(workspace: Path, hpcnn) -> 
 
 def test_doctor_probe_passes_locally(workspace: Path, queue: Path, hpcnn,
                                      nnunet_available: None) -> None:
+    (workspace / "cluster.yaml").write_text(f"training: {{device: {_device()}}}\n")
     code, out, _ = hpcnn("doctor", "--probe", "--probe-timeout", "60")
     assert code == 0, out
     assert "[ok  ] probe job" in out and "nnunetv2 2." in out
@@ -49,6 +57,7 @@ def test_doctor_probe_passes_locally(workspace: Path, queue: Path, hpcnn,
 
 def test_doctor_probe_reports_setup_failure(workspace: Path, queue: Path, hpcnn) -> None:
     (workspace / "cluster.yaml").write_text(
+        f"training: {{device: {_device()}}}\n"
         "environment:\n  setup:\n    - conda activate does-not-exist-env\n")
     code, out, err = hpcnn("doctor", "--probe", "--probe-timeout", "60")
     assert code == 1
@@ -81,33 +90,55 @@ def test_render_without_dataset_explains(workspace: Path, hpcnn) -> None:
     assert code == 2 and "training.dataset" in err
 
 
-def test_init_asks_on_a_terminal(workspace: Path) -> None:
-    """On a terminal, init asks for what no flag gave (answers typed into a pseudo-terminal)."""
+def on_terminal(cwd: Path, args: list[str], answers: list[str]) -> tuple[int, str]:
+    """``hpcnn ARGS`` on a pseudo-terminal, each answer typed when a question waits."""
     import os
     import pty
+    import select
     import subprocess
     import sys
     import time
 
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "hpcnn.cli.main", "init", "--host",
-                             "login.example.org"], stdin=slave, stdout=slave, stderr=slave,
-                            cwd=workspace, close_fds=True)
+    proc = subprocess.Popen([sys.executable, "-m", "hpcnn.cli.main", *args], stdin=slave,
+                            stdout=slave, stderr=slave, cwd=cwd, close_fds=True)
     os.close(slave)
-    answers = ["slurm", "me", "", "gpu", "2h", "1", "16gb", "module load nnunet"]
+    answers = list(answers)
     output = b""
     deadline = time.time() + 30
-    while proc.poll() is None and time.time() < deadline:
+    while time.time() < deadline:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
         try:
             chunk = os.read(master, 4096)
         except OSError:
             break
+        if not chunk:
+            break
         output += chunk
         if chunk.rstrip().endswith((b":", b"]:", b"):")) and answers:
             os.write(master, (answers.pop(0) + "\n").encode())
+    if proc.poll() is None:  # stuck at a question nobody answers
+        proc.kill()
     proc.wait(timeout=10)
     os.close(master)
-    assert proc.returncode == 0, output.decode(errors="replace")
+    assert not answers, f"questions not asked: {answers}\n{output.decode(errors='replace')}"
+    return proc.returncode, output.decode(errors="replace")
+
+
+def test_init_asks_on_a_terminal(workspace: Path) -> None:
+    """On a terminal, init asks for what no flag gave, checks each answer as it is typed and
+    asks again (answers typed into a pseudo-terminal)."""
+    code, output = on_terminal(workspace, ["init", "--host", "login.example.org"], [
+        "slurm", "me", "", "gpu", "5 hours", "2h", "1", "16 gigs", "16gb",
+        "module load nnunet", "Liver"])
+    assert code == 0, output
+    assert "Scheduler (local: run jobs on this machine) (" in output and "[auto]:" in output
+    assert "cannot read walltime '5 hours'" in output
+    assert "cannot read memory size '16 gigs'" in output
     cfg = load_config(workspace / "cluster.yaml")
     assert (cfg.cluster.scheduler, cfg.cluster.host, cfg.cluster.user) == (
         "slurm", "login.example.org", "me")
@@ -115,6 +146,35 @@ def test_init_asks_on_a_terminal(workspace: Path) -> None:
     assert (cfg.resources.queue, cfg.resources.walltime, cfg.resources.gpus) == ("gpu", 7200, 1)
     assert cfg.resources.mem == 16 * 1024
     assert cfg.environment.setup == ["module load nnunet"]
+    assert cfg.training.dataset == "Liver"
+
+
+def test_init_for_this_machine_asks_the_device(workspace: Path) -> None:
+    """Enter at every question: the scheduler -y would write (local here, no host), the device
+    this machine has, no dataset yet; doctor then passes the device check."""
+    code, output = on_terminal(workspace, ["init"], ["", "", ""])
+    assert code == 0, output
+    assert "[local]:" in output and "Device to train on" in output
+    cfg = load_config(workspace / "cluster.yaml")
+    assert cfg.cluster.scheduler == "local" and cfg.training.device == _device()
+    assert cfg.training.dataset is None
+
+
+def test_init_notices_an_existing_file_before_asking(workspace: Path) -> None:
+    (workspace / "cluster.yaml").write_text("cluster: {scheduler: slurm, host: h}\n")
+    code, output = on_terminal(workspace, ["init"], [])
+    assert code == 2 and "cluster.yaml already exists" in output and "--force" in output
+    assert "Scheduler" not in output
+    assert (workspace / "cluster.yaml").read_text() == "cluster: {scheduler: slurm, host: h}\n"
+
+
+def test_doctor_fails_a_training_device_this_machine_lacks(workspace: Path, queue: Path,
+                                                          hpcnn) -> None:
+    missing = "cuda" if _device() != "cuda" else "mps"
+    (workspace / "cluster.yaml").write_text(f"training: {{device: {missing}}}\n")
+    code, out, err = hpcnn("doctor")
+    assert code == 1 and "[FAIL] training device" in out and "all checks passed" not in out
+    assert f"training: {{device: {_device()}}}" in out and "first broken link" in err
 
 
 def test_probe_that_times_out_is_cancelled(workspace: Path, queue: Path, hpcnn) -> None:
@@ -135,6 +195,7 @@ def test_probe_that_times_out_is_cancelled(workspace: Path, queue: Path, hpcnn) 
         run="t", name="blocker", job_dir=blocker_dir,
         commands=[["bash", "-c", f"while [ ! -e {flag} ]; do sleep 0.1; done"]]))
     jobs.submit(LocalConnection(), dialect, text, blocker_dir)
+    (workspace / "cluster.yaml").write_text(f"training: {{device: {_device()}}}\n")
     try:
         code, out, _ = hpcnn("doctor", "--probe", "--probe-timeout", "2")
         assert code == 1 and "was cancelled" in out

@@ -532,7 +532,7 @@ def test_resubmitting_a_failed_lowres_fold_relinks_the_held_cascade(tmp_path: Pa
 def test_cancel_takes_every_job_of_the_most_recent_experiment(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from hpcnn.jobs.submit import record_experiment
-    from hpcnn.services.cancel import cancel_run
+    from hpcnn.services.cancel import cancel_jobs, live_jobs
     from hpcnn.services.session import Session
 
     monkeypatch.setenv("HPCNN_LOCALQ_DIR", str(tmp_path / "queue"))
@@ -545,8 +545,9 @@ def test_cancel_takes_every_job_of_the_most_recent_experiment(
         session.registry.add(JobRow(name=job_name(exp.id, None, 1, "find_best"), run=exp.id,
                                     kind="find_best", job_dir="/j/fb", scheduler="local",
                                     state="held", scheduler_id="77"))
-        _, rows = cancel_run(session)
+        _, rows = live_jobs(session)
         assert len(rows) == 3
+        cancel_jobs(session, rows)
         assert {r.state for r in session.registry.jobs(exp.id)} == {"cancelled"}
-        _, rows = cancel_run(session, exp.run("2d").id)
+        _, rows = live_jobs(session, exp.run("2d").id)
         assert rows == []  # already cancelled

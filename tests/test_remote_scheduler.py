@@ -95,12 +95,13 @@ def test_doctor_auto_detects_slurm(cluster_config, testbed, hpcnn) -> None:
     assert code == 0, out + err
     assert "[ok  ] scheduler: slurm (sbatch and squeue found" in out
     # Recorded: later commands render for the detected dialect without asking the cluster.
-    # The dataset exists only on the cluster: the run is still named by its folder there.
+    # render never connects: a dataset only on the cluster is named in full (DatasetNNN_Name).
     code, out, err = hpcnn("--config", cfg.source, "render", "--dataset", "7", "-f", "0")
-    assert code == 2 and "no dataset '7'" in err
+    assert code == 2 and "no dataset '7'" in err and "does not connect" in err
     subprocess.run([*ssh_argv(testbed), "mkdir -p "
                     f"{cfg.cluster.remote_dir}/nnUNet_preprocessed/Dataset007_Spleen"], check=True)
-    code, out, err = hpcnn("--config", cfg.source, "render", "--dataset", "spleen", "-f", "0")
+    code, out, err = hpcnn("--config", cfg.source, "render", "--dataset", "Dataset007_Spleen",
+                           "-f", "0")
     assert code == 0, err
     assert "#SBATCH --job-name=hpcnn-007-nnUNetTrainer-3d_fullres-f0-a1" in out
     assert " Dataset007_Spleen 3d_fullres 0 " in out

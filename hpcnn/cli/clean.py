@@ -51,7 +51,7 @@ def _unsynced(plan: CleanPlan) -> tuple[str, str]:
               help="Also remove the run's fold results on the cluster; folds never synced here "
                    "and prediction results never fetched are kept unless you confirm their loss "
                    "too.")
-@click.option("--yes", is_flag=True,
+@click.option("--yes", "-y", is_flag=True,
               help="Remove without asking (results never synced or fetched here are then kept).")
 @click.option("--dry-run", is_flag=True, help="Only list what would go, with sizes.")
 @pass_app

@@ -38,7 +38,7 @@ class AppContext:
         if model:
             return Path(model)
         with self.session() as session:
-            run, _ = session.find_run(run_id)
+            run, _ = session.find_run(run_id, for_model=True)
             return session.workspace.results / run.results_folder
 
     def session(self, *, scheduler: str | None = None) -> Session:

@@ -53,7 +53,9 @@ def doctor_cmd(app: AppContext, probe: bool, probe_timeout: float,
         first = next(r for r in results if r.outcome == Outcome.FAIL)
         click.secho(f"first broken link: {first.name}", fg="red", err=True)
         raise click.exceptions.Exit(code)
-    click.secho("all checks passed", fg="green")
+    warned = [r.name for r in results if r.outcome == Outcome.WARN]
+    click.secho("all checks passed" + (f", with {len(warned)} warning(s): {', '.join(warned)}"
+                                       if warned else ""), fg="yellow" if warned else "green")
 
 
 COMMANDS = [doctor_cmd]

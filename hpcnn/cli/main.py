@@ -36,7 +36,7 @@ from hpcnn.cli.common import AppContext
 @click.version_option(__version__, prog_name="hpcnn")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
-    """Train nnU-Net v2 on a PBS/Torque/Slurm cluster from your laptop.
+    """Train nnU-Net v2 on a Slurm, PBS/Torque, PBS Pro or Grid Engine cluster.
 
     \b
     Try it first (no cluster needed, a few minutes):

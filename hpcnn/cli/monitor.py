@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -15,26 +16,32 @@ if TYPE_CHECKING:
     from hpcnn.services.status import FoldStatus, RunStatus
 
 _RUN = click.option("--run", "run_id", help="Run id or prefix (default: the most recent run).")
-_COLOURS = {"completed": "green", "running": "cyan", "queued": "blue", "held": "blue",
-            "failed": "red", "lost": "red", "cancelled": "yellow", "timeout": "yellow",
-            "unknown": "magenta", "pending": "bright_black"}
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+def _on_terminal() -> bool:
+    import sys
+
+    return sys.stdout.isatty()
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    """nnU-Net logs float32 values (0.6624000072479248): shown as the digits that mean
+    something; NaN (a class not seen yet) becomes null, which JSON can carry."""
+    if value is None or math.isnan(value):
+        return None
+    return round(value, digits)
 
 
 def fold_record(fold: FoldStatus, now) -> dict[str, object]:  # noqa: ANN001 - datetime
     """One fold as ``--json`` gives it (and the table shows it)."""
+    from hpcnn.cli.status_table import mean
+
     view, log = fold.view, fold.log
     last = log.last
     best = log.best_ema
     planned = log.planned_epochs
+    dice = last.pseudo_dice if last else []
+    eta = log.eta_seconds() if view.state.value in ("running", "queued", "held") else None
     return {
         "fold": view.fold,
         "state": view.state.value,
@@ -46,10 +53,11 @@ def fold_record(fold: FoldStatus, now) -> dict[str, object]:  # noqa: ANN001 - d
         "node": fold.node,
         "epoch": last.epoch + 1 if last else 0,
         "planned_epochs": planned,
-        "pseudo_dice": last.pseudo_dice if last else [],
-        "best_ema_dice": best[0] if best else None,
-        "mean_epoch_s": log.mean_epoch_time(10),
-        "eta_s": log.eta_seconds() if view.state.value in ("running", "queued", "held") else None,
+        "pseudo_dice": [_rounded(d, 4) for d in dice],
+        "pseudo_dice_mean": _rounded(mean(dice), 4),
+        "best_ema_dice": _rounded(best[0], 4) if best else None,
+        "mean_epoch_s": _rounded(log.mean_epoch_time(10), 1),
+        "eta_s": None if eta is None else round(eta),
         "gpu_hours": round(fold.gpu_hours(now), 3),
         "detail": view.detail,
         "error_tail": fold.err_tail if view.state.value in ("failed", "lost", "timeout") else "",
@@ -67,7 +75,7 @@ def _record(status: RunStatus) -> dict[str, object]:
             "exit_code": status.exit_code, "folds": [fold_record(f, now) for f in status.folds]}
 
 
-def _render(status: RunStatus, as_json: bool) -> None:
+def _render(status: RunStatus, as_json: bool, wide: bool = False) -> None:
     from datetime import datetime, timezone
 
     now = datetime.now(timezone.utc)
@@ -76,25 +84,12 @@ def _render(status: RunStatus, as_json: bool) -> None:
         click.echo(json.dumps(_record(status), indent=2))
         return
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"run {status.run.id} ({status.run.results_folder})")
-    for column in ("fold", "state", "attempt", "job", "node", "epoch", "pseudo-Dice",
-                   "best EMA", "epoch time", "ETA", "GPU-h"):
-        table.add_column(column)
-    for r in records:
-        colour = _COLOURS.get(str(r["state"]), "white")
-        state = f"[{colour}]{r['state']}[/]" + (
-            f" ({r['exit_code']})" if r["exit_code"] not in (None, 0) else "")
-        planned = f"/{r['planned_epochs']}" if r["planned_epochs"] else ""
-        dice = ", ".join(f"{d:.2f}" for d in r["pseudo_dice"])  # type: ignore[union-attr]
-        best = f"{r['best_ema_dice']:.3f}" if r["best_ema_dice"] is not None else ""
-        table.add_row(str(r["fold"]), state, f"{r['attempt']}/{r['attempts']}",
-                      str(r["job_id"] or ""), str(r["node"]), f"{r['epoch']}{planned}", dice,
-                      best, _duration(r["mean_epoch_s"]), _duration(r["eta_s"]),  # type: ignore[arg-type]
-                      f"{r['gpu_hours']:.2f}")
+    from hpcnn.cli.status_table import print_table, summary
+
     console = Console()
-    console.print(table)
+    print_table(console, f"run {status.run.id} ({status.run.results_folder})", records,
+                wide=wide)
     for r in records:
         if r["detail"] and r["state"] not in ("completed",):
             console.print(f"fold {r['fold']}: {r['detail']}", markup=False, highlight=False)
@@ -103,8 +98,8 @@ def _render(status: RunStatus, as_json: bool) -> None:
                 console.print(f"    | {line}", markup=False, highlight=False)
         if r["hint"]:
             console.print(f"    fix: {r['hint']}", markup=False, highlight=False)
-    if not status.answered:
-        console.print("the scheduler did not answer: states it alone knows are 'unknown'")
+    console.print(summary(records, status.answered), markup=False, highlight=False,
+                  soft_wrap=True)
 
 
 @click.command("status")
@@ -112,15 +107,21 @@ def _render(status: RunStatus, as_json: bool) -> None:
 @click.option("--configuration", "-c", "configurations", multiple=True,
               help="Only this configuration of the experiment (repeat for several; default: "
                    "every configuration of the most recent experiment).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output (every class's pseudo-Dice included).")
+@click.option("--wide", is_flag=True,
+              help="Every column and the pseudo-Dice of each class, however wide.")
 @click.option("--watch", is_flag=True, help="Refresh until every fold has finished (Ctrl-C stops).")
 @click.option("--interval", type=float, default=30.0, show_default=True,
               help="Seconds between refreshes with --watch (at least 10).")
 @pass_app
 def status_cmd(app: AppContext, run_id: str | None, configurations: tuple[str, ...],
-               as_json: bool, watch: bool, interval: float) -> None:
-    """Where every fold of a run stands: state, true exit status, attempt, epoch, pseudo-Dice,
-    best EMA Dice, epoch time, ETA, node, GPU-hours — in one SSH round trip.
+               as_json: bool, wide: bool, watch: bool, interval: float) -> None:
+    """Where every fold of a run stands: state, true exit status, attempt, epoch, mean
+    pseudo-Dice, best EMA Dice, epoch time, ETA, node, GPU-hours — in one SSH round trip;
+    then one line with the counts and the next command. A narrow terminal drops the least
+    useful columns (job, node, GPU-hours first); --wide shows all and each class's Dice.
+    With several configurations (an experiment), a table for each.
 
     Exit codes: 0 all folds completed, 10 some queued or running, 11 some failed, lost or
     cancelled, 3 the cluster or its scheduler did not answer.
@@ -148,7 +149,7 @@ def status_cmd(app: AppContext, run_id: str | None, configurations: tuple[str, .
                                        "runs": [_record(s) for s in statuses]}, indent=2))
             else:
                 for status in statuses:
-                    _render(status, as_json)
+                    _render(status, as_json, wide)
             if not watch or code in (EXIT_OK, EXIT_FAILED):
                 break
             try:
@@ -180,8 +181,8 @@ def runs_cmd(app: AppContext) -> None:
 @_RUN
 @click.option("--err", is_flag=True, help="The job's stderr (err.log) instead of stdout.")
 @click.option("--training", is_flag=True, help="nnU-Net's training log of the fold instead.")
-@click.option("--tail", "tail", type=int, help="Only the last N lines.")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing what is appended (Ctrl-C).")
+@click.option("--tail", "tail", type=click.IntRange(min=0), help="Only the last N lines.")
+@click.option("--follow", is_flag=True, help="Keep printing what is appended (Ctrl-C).")
 @pass_app
 def logs_cmd(app: AppContext, fold: int, run_id: str | None, err: bool, training: bool,
              tail: int | None, follow: bool) -> None:
@@ -190,7 +191,8 @@ def logs_cmd(app: AppContext, fold: int, run_id: str | None, err: bool, training
 
     with app.session() as session:
         seen = fold_log(session, run_id, fold, err=err, training=training, tail=tail,
-                        echo=lambda text: click.echo(text, nl=False))
+                        echo=lambda text: click.echo(text, nl=False),
+                        note=lambda text: click.echo(f"note: {text}", err=True))
         try:
             while follow:
                 time.sleep(5)
@@ -231,12 +233,19 @@ def sync_cmd(app: AppContext, run_id: str | None, with_latest: bool, with_valida
     from hpcnn.services.sync import all_synced, sync_run
 
     with app.session() as session:
+        session.find_run(run_id)  # no runs: said before the sync lock leaves any state here
         result = sync_run(session, run_id, latest=with_latest, npz=with_validation_npz,
                           everything=everything, echo=click.echo)
+    synced = ', '.join(map(str, result.synced_folds)) or 'none'
     if result.pulled:
         click.echo(f"run {result.status.run.id}: {len(result.pulled)} file(s), "
                    f"{format_bytes(result.nbytes)} into {result.model_dir}; folds synced: "
-                   f"{', '.join(map(str, result.synced_folds)) or 'none'}")
+                   f"{synced}")
+    elif _on_terminal():  # under cron (its own log) a sync that changed nothing stays quiet
+        others = ", ".join(f"{f.view.fold} ({f.view.state})" for f in result.status.folds
+                           if f.view.fold not in result.synced_folds)
+        click.echo(f"run {result.status.run.id}: nothing new to pull; folds synced: {synced}"
+                   + (f"; not synced: {others}" if others else ""))
     for fold in result.missing:
         click.echo(f"warning: fold {fold} is completed but {result.remote_dir}/fold_{fold}/"
                    "checkpoint_final.pth is not on the cluster (moved or deleted there?); "

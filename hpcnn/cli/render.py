@@ -11,7 +11,7 @@ from hpcnn.cli.common import AppContext, SchedulerChoice, pass_app
 @click.option("--scheduler", "-s", type=SchedulerChoice(),
               help="Dialect to render for (default: cluster.scheduler from cluster.yaml).")
 @click.option("--dataset", "-d", help="Dataset id or name (default: training.dataset).")
-@click.option("--fold", "-f", "folds", type=int, multiple=True,
+@click.option("--folds", "--fold", "-f", "folds", type=int, multiple=True,
               help="Fold(s) to render (default: training.folds). Repeat for several.")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
               help="Write one <job-name>.sh per job into this folder instead of printing.")

@@ -29,15 +29,18 @@ def report_command(app: AppContext, model: str | None, run_id: str | None, out: 
     """
     from pathlib import Path
 
-    from hpcnn.services.report import write_report
+    from hpcnn.services.report import NO_CURVES, write_report
 
     written = write_report(app.model_folder(model, run_id), Path(out) if out else None,
                            with_html=with_html)
     _, rows = written.report.dice_table()
+    if not written.report.has_curves:
+        click.echo(f"note: {NO_CURVES}")
     for fold in written.report.folds:
         log, note = fold.log, fold.summary_problem
         last = log.last
-        line = f"fold {fold.fold}: {len(log.epochs)} epochs"
+        line = f"fold {fold.fold}: " + (f"{len(log.epochs)} epochs" if log.epochs
+                                         else "no training log")
         if last and last.pseudo_dice:
             line += f", last pseudo-Dice {' / '.join(f'{v:.3f}' for v in last.pseudo_dice)}"
         line += f", {note}" if note else f", validation Dice {fold.mean_dice:.3f}"

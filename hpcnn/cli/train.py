@@ -7,7 +7,7 @@ import click
 from hpcnn.cli.common import AppContext, pass_app
 from hpcnn.units import format_bytes
 
-_FOLDS = click.option("--folds", "folds", type=int, multiple=True,
+_FOLDS = click.option("--folds", "-f", "folds", type=int, multiple=True,
                       help="Fold(s) to act on (repeat; default: training.folds / all).")
 _RUN = click.option("--run", "run_id", help="Run id or prefix (default: the most recent run).")
 
@@ -102,24 +102,29 @@ def train_cmd(app: AppContext, dataset: str | None, folds: tuple[int, ...], trai
 @click.command("cancel")
 @_RUN
 @_FOLDS
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @pass_app
 def cancel_cmd(app: AppContext, run_id: str | None, folds: tuple[int, ...], yes: bool) -> None:
     """Cancel a run's jobs, queued continuations included: every job of the run (its folds,
     and a `predict --on-cluster` job of it), or only the folds given with --folds."""
-    from hpcnn.services.cancel import cancel_run
+    from hpcnn.services.cancel import cancel_jobs, live_jobs
 
-    what = (f"folds {', '.join(map(str, folds))}" if folds
-            else "every job (folds and predictions)")
-    if not yes:
-        click.confirm(f"Cancel {what} of {run_id or 'the most recent run'}?",
-                      abort=True)
     with app.session() as session:
-        run, rows = cancel_run(session, run_id, list(folds) or None)
+        if not session.runs():
+            click.echo(f"nothing to cancel: no runs in {session.workspace.root}")
+            return
+        run, rows = live_jobs(session, run_id, list(folds) or None)
+        if not rows:
+            click.echo(f"nothing to cancel: run {run.id} has no queued or running jobs"
+                       + (f" of fold(s) {', '.join(map(str, folds))}" if folds else ""))
+            return
+        what = (f"folds {', '.join(map(str, folds))}" if folds
+                else "every job (folds and predictions)")
+        if not yes:
+            click.confirm(f"Cancel {what} of run {run.id} ({len(rows)} job(s))?", abort=True)
+        cancel_jobs(session, rows)
     for row in rows:
         click.echo(f"cancelled {row.name} (job {row.scheduler_id})")
-    if not rows:
-        click.echo(f"run {run.id}: no queued or running jobs to cancel")
 
 
 COMMANDS = [push_cmd, train_cmd, cancel_cmd]

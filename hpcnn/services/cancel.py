@@ -10,11 +10,12 @@ from hpcnn.services.session import Session
 from hpcnn.state import JobRow
 
 
-def cancel_run(session: Session, run_id: str | None = None,
-               folds: list[int] | None = None) -> tuple[Run, list[JobRow]]:
-    """Cancel every unfinished job of the run (of ``folds`` only, when given) in ONE scheduler
-    call, and record it; returns the run and the jobs cancelled. Without ``--run``: every run
-    of the most recent experiment, and its own jobs (preprocessing, find_best)."""
+def live_jobs(session: Session, run_id: str | None = None,
+              folds: list[int] | None = None) -> tuple[Run, list[JobRow]]:
+    """The run's jobs that are still queued or running as last recorded (of ``folds`` only,
+    when given): what a cancel would act on, known before the user is asked to confirm.
+    Without ``--run``: every run of the most recent experiment, and the experiment's own jobs
+    (preprocessing, find_best)."""
     pairs = session.experiment_runs(run_id)
     run, row = pairs[0]
     owners = [r.id for r, _ in pairs]
@@ -23,5 +24,9 @@ def cancel_run(session: Session, run_id: str | None = None,
     rows = [r for owner in owners for r in session.registry.jobs(owner)
             if r.scheduler_id and not JobState(r.state).finished
             and (folds is None or r.fold in folds)]
-    engine.cancel_rows(session.registry, session.conn, session.dialect, rows)
     return run, rows
+
+
+def cancel_jobs(session: Session, rows: list[JobRow]) -> None:
+    """Cancel ``rows`` in ONE scheduler call, and record it."""
+    engine.cancel_rows(session.registry, session.conn, session.dialect, rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,8 +22,43 @@ _SECTIONS = {
     "cluster": ["scheduler", "host", "user", "port", "identity_file", "remote_dir", "ssh"],
     "resources": ["queue", "walltime", "cpus", "gpus", "mem", "mail_address"],
     "environment": ["setup"],
-    "training": ["dataset"],
+    "training": ["dataset", "device"],
 }
+_SECTION_OF = {key: section for section, keys in _SECTIONS.items() for key in keys}
+_HOST = re.compile(r"[A-Za-z0-9_.:\[\]%-]+")
+
+
+def check_answer(key: str, value: object) -> str | None:
+    """What is wrong with one answer, checked as it is typed (``hpcnn init`` asks again) by the
+    schema that loads cluster.yaml; None when it is fine."""
+    if value in (None, "", ()):
+        return None
+    if key == "host":
+        text = str(value)
+        if "@" in text:
+            return "give the login host alone; the account goes in the user question"
+        if text.startswith("-") or not _HOST.fullmatch(text):
+            return (f"{text!r} is not a host name, an IP address or an ~/.ssh/config alias "
+                    "(letters, digits, '.', '-', '_' only)")
+    from pydantic import ValidationError
+
+    section = _SECTION_OF[key]
+    try:
+        Config.model_validate({section: {key: list(value) if isinstance(value, tuple) else value}})
+    except ValidationError as exc:  # this answer's own errors (not how it goes with others)
+        return "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()
+                         if key in e["loc"]) or None
+    return None
+
+
+def refuse_existing(path: str | os.PathLike[str], *, force: bool) -> Path:
+    """The file to write, refused if it is there (before any question is asked, and again at
+    the end) unless ``force``."""
+    target = Path(path)
+    if target.exists() and not force:
+        raise ConfigError(f"{target} already exists; nothing was changed",
+                          hint="pass --force to overwrite it, or --path to write elsewhere")
+    return target
 
 
 def build_config(answers: Mapping[str, object]) -> str:
@@ -50,8 +86,4 @@ def build_config(answers: Mapping[str, object]) -> str:
 
 def write_config(path: str | os.PathLike[str], text: str, *, force: bool) -> Path:
     """Write atomically; refuse to replace an existing file without ``force``."""
-    target = Path(path)
-    if target.exists() and not force:
-        raise ConfigError(f"{target} already exists; nothing was changed",
-                          hint="pass --force to overwrite it, or --path to write elsewhere")
-    return atomic_write_text(target, text)
+    return atomic_write_text(refuse_existing(path, force=force), text)

@@ -20,7 +20,7 @@ def render_fold_scripts(
 ) -> dict[str, str] | list[Path]:
     """Scripts by job name; with ``out_dir`` they are written there (atomically) instead."""
     cfg, dialect = session.cfg, session.dialect
-    run = session.new_run(dataset)
+    run = session.new_run(dataset, connect=False)  # a review needs no cluster in reach
     scripts = {}
     for fold in folds or cfg.training.folds:
         spec = fold_spec(cfg, session.remote, run, fold)

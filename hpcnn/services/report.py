@@ -25,6 +25,9 @@ from hpcnn.nnunet.model_folder import ModelFolder, open_model
 from hpcnn.nnunet.training_log import TrainingLog, read_fold
 
 PANELS = ("loss", "pseudo-Dice", "epoch time (s)")
+NO_CURVES = ("the training curves are not in this model: its fold folders hold no nnU-Net "
+             "training log (training_log_*.txt; a model zip carries none), so the report shows "
+             "the validation Dice only")
 SUMMARY = Path("validation", "summary.json")
 
 
@@ -56,6 +59,11 @@ class Report:
     classes: list[str]
     folds: list[FoldReport]
     series: list[Series] = field(default_factory=list)
+
+    @property
+    def has_curves(self) -> bool:
+        """Whether any fold has a training log to draw (an imported model has none)."""
+        return bool(self.series)
 
     def plotted_folds(self) -> list[str]:
         return list(dict.fromkeys(s.fold for s in self.series))
@@ -172,6 +180,11 @@ def render_png(report: Report) -> bytes:
                 axes.set_xlabel("epoch")
             if col == 0 or panel == PANELS[1]:
                 axes.legend(fontsize=8, loc="best")
+    if not folds:  # say why there are no curves rather than leave the panels blank
+        note = figure.add_subplot(grid[:len(PANELS), :])
+        note.axis("off")
+        note.text(0.5, 0.5, NO_CURVES.replace(": ", ":\n", 1), ha="center", va="center",
+                  wrap=True, fontsize=11)
     table_axes = figure.add_subplot(grid[len(PANELS), :])
     table_axes.axis("off")
     table_axes.set_title("validation Dice (validation/summary.json)", fontsize=10)
@@ -203,6 +216,8 @@ def render_html(report: Report, png: bytes) -> str:
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
     notes = "".join(f"<li>fold {esc(f.fold)}: {esc(f.summary_problem)}</li>"
                     for f in report.folds if f.summary_problem)
+    if not report.has_curves:
+        notes = f"<li>{esc(NO_CURVES)}</li>" + notes
     title = esc(f"hpcnn report: {report.model.identifier}")
     image = base64.b64encode(png).decode("ascii")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"

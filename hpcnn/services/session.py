@@ -14,7 +14,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from hpcnn.config import Config
-from hpcnn.dataset.layout import chosen_dataset, existing_datasets, match_dataset
+from hpcnn.dataset.layout import (
+    chosen_dataset,
+    existing_datasets,
+    match_dataset,
+    parse_folder_name,
+)
 from hpcnn.errors import ConfigError
 from hpcnn.jobs.experiment import ALL, Experiment, choose_configurations, plans_configurations
 from hpcnn.jobs.model import Run
@@ -24,6 +29,11 @@ from hpcnn.workspace import PREPROCESSED, RAW, RemoteLayout, Workspace
 if TYPE_CHECKING:
     from hpcnn.remote.base import Connection
     from hpcnn.schedulers.base import Dialect
+
+NO_RUN_MODEL_HINT = (
+    "pass --model DIR (a trained model folder: nnUNet_results/DatasetNNN_Name/"
+    "Trainer__Plans__configuration), install a colleague's model with `hpcnn import-model "
+    "MODEL.zip` and pass the folder it prints, or train one with `hpcnn train-all-folds`")
 
 LOCAL_HOST = "local"
 """The registry's host key for this machine's own queue."""
@@ -61,7 +71,28 @@ class Session:
 
     @cached_property
     def registry(self) -> Registry:
+        """The workspace's registry, created on first use: only for commands that record."""
         return Registry(self.workspace.state_dir / "state.db")
+
+    @property
+    def recorded(self) -> Registry | None:
+        """The registry if this workspace has one, else None. What only reads (runs, status,
+        logs, the facts doctor recorded) asks this, so that a command run in the wrong folder
+        leaves no ``.hpcnn/state.db`` behind."""
+        if "registry" in self.__dict__ or (self.workspace.state_dir / "state.db").is_file():
+            return self.registry
+        return None
+
+    def runs(self) -> list[RunRow]:
+        """Every recorded run, the most recent first (none, and nothing created, without a
+        registry)."""
+        registry = self.recorded
+        return registry.runs() if registry else []
+
+    def facts(self) -> dict[str, str]:
+        """What ``hpcnn doctor`` recorded about this session's host."""
+        registry = self.recorded
+        return registry.facts(self.host) if registry else {}
 
     @property
     def conn(self) -> Connection:
@@ -84,7 +115,7 @@ class Session:
 
         name = self._scheduler or self.cfg.cluster.scheduler
         if name == "auto":
-            name = self.registry.facts(self.host).get("dialect", "auto")
+            name = self.facts().get("dialect", "auto")
         if name == "auto":
             raise ConfigError(
                 "cluster.scheduler is 'auto' and the scheduler has not been detected yet",
@@ -97,20 +128,24 @@ class Session:
         """Where jobs run: the absolute remote dir doctor recorded, else cluster.yaml's."""
         if self.is_local:
             return RemoteLayout(self.cfg.remote_dir)
-        return RemoteLayout(self.registry.facts(self.host).get("remote_dir")
-                            or self.cfg.remote_dir)
+        return RemoteLayout(self.facts().get("remote_dir") or self.cfg.remote_dir)
 
     # ---- runs
-    def resolve_dataset(self, spec: str) -> str:
+    def resolve_dataset(self, spec: str, *, connect: bool = True) -> str:
         """``DatasetNNN_Name`` for an id or name: found in the local workspace, else in the
-        cluster's ``nnUNet_preprocessed``/``nnUNet_raw`` over this session's connection."""
+        cluster's ``nnUNet_preprocessed``/``nnUNet_raw`` over this session's connection.
+        ``connect=False`` (render, dry runs: they must work with no cluster in reach) looks
+        here only and takes a full ``DatasetNNN_Name`` as given."""
         local = [p.name for p in existing_datasets(self.workspace.raw,
                                                    self.workspace.preprocessed).values()]
         found = match_dataset(spec, local)
         if found:
             return found
+        offline = not connect and not self.is_local
+        if offline and parse_folder_name(str(spec).strip()):
+            return str(spec).strip()
         remote: list[str] = []
-        if not self.is_local:
+        if not self.is_local and connect:
             folders = " ".join(shlex.quote(self.remote.path(d)) for d in (PREPROCESSED, RAW))
             res = self.conn.run_shell(f"ls -1 {folders} 2>/dev/null; true", check=False)
             remote = [line.strip() for line in res.stdout.splitlines() if line.strip()]
@@ -118,44 +153,51 @@ class Session:
             if found:
                 return found
         where = f"{self.workspace.raw}, {self.workspace.preprocessed}" + (
-            "" if self.is_local else f" or {self.remote.root} on {self.host}")
+            "" if self.is_local or offline else f" or {self.remote.root} on {self.host}")
         known = ", ".join(sorted(set(local + [n for n in remote if n.startswith("Dataset")])))
-        raise ConfigError(
-            f"no dataset {spec!r} in {where} (datasets found: {known or 'none'})",
-            hint="import and preprocess it (`hpcnn dataset import`, `hpcnn preprocess`), or "
-                 "fix training.dataset / --dataset",
-        )
+        hint = ("import and preprocess it (`hpcnn dataset import`, `hpcnn preprocess`), or "
+                "fix training.dataset / --dataset")
+        if offline:
+            hint += ("; this command does not connect to the cluster: for a dataset that is "
+                     "only there, name it in full (DatasetNNN_Name)")
+        raise ConfigError(f"no dataset {spec!r} in {where} (datasets found: {known or 'none'})",
+                          hint=hint)
 
     def new_run(self, dataset: str | None = None, *, trainer: str | None = None,
-                plans: str | None = None, configuration: str | None = None) -> Run:
-        """The run cluster.yaml's training section describes (each part overridable)."""
+                plans: str | None = None, configuration: str | None = None,
+                connect: bool = True) -> Run:
+        """The run cluster.yaml's training section describes (each part overridable);
+        ``connect`` as for resolve_dataset."""
         t = self.cfg.training
         spec = chosen_dataset(dataset, t.dataset, how="pass --dataset")
-        return Run(dataset=self.resolve_dataset(spec), trainer=trainer or t.trainer,
-                   plans=plans or t.plans,
+        return Run(dataset=self.resolve_dataset(spec, connect=connect),
+                   trainer=trainer or t.trainer, plans=plans or t.plans,
                    configuration=configuration or next(
                        (c for c in t.chosen_configurations if c != ALL), t.configuration))
 
     def new_experiment(self, dataset: str | None = None, *, trainer: str | None = None,
                        plans: str | None = None, configurations: list[str] | None = None,
-                       folds: list[int] | None = None) -> Experiment:
+                       folds: list[int] | None = None, connect: bool = True) -> Experiment:
         """The experiment cluster.yaml's training section describes (each part overridable):
         its configurations (``all`` expanded) checked against the plans preprocessed here,
-        before anything is submitted."""
+        before anything is submitted; ``connect`` as for resolve_dataset."""
         t = self.cfg.training
-        run = self.new_run(dataset, trainer=trainer, plans=plans)
+        run = self.new_run(dataset, trainer=trainer, plans=plans, connect=connect)
         plans_file = self.workspace.preprocessed / run.dataset / f"{run.plans}.json"
         chosen = choose_configurations(configurations or t.chosen_configurations,
                                        plans_configurations(plans_file), plans_file)
         return Experiment(run.dataset, run.trainer, run.plans, chosen,
                           tuple(folds or t.folds))
 
-    def find_run(self, run_id: str | None) -> tuple[Run, RunRow]:
-        """``--run``: the given run (an id or a unique prefix), else the most recent one."""
-        runs = self.registry.runs()
+    def find_run(self, run_id: str | None, *, for_model: bool = False) -> tuple[Run, RunRow]:
+        """``--run``: the given run (an id or a unique prefix), else the most recent one.
+        ``for_model``: the caller wants a trained model, which ``--model`` or an imported
+        model gives without any run; the "no runs" error says so."""
+        runs = self.runs()
         if not runs:
-            raise ConfigError("no runs in this workspace yet",
-                              hint="start one with `hpcnn train-all-folds`")
+            raise ConfigError(
+                f"no runs in {self.workspace.root} yet",
+                hint=NO_RUN_MODEL_HINT if for_model else "start one with `hpcnn train-all-folds`")
         if run_id is None:
             row = runs[0]
         else:

@@ -14,8 +14,9 @@ import shlex
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from hpcnn.config import Config
 from hpcnn.errors import EXIT_FAILED, EXIT_OK, EXIT_RUNNING, EXIT_UNREACHABLE
-from hpcnn.jobs import engine
+from hpcnn.jobs import engine, vmem
 from hpcnn.jobs.engine import BLOCKED_EXIT
 from hpcnn.jobs.folds import FoldView, fold_views
 from hpcnn.jobs.model import FOLD, Run
@@ -33,8 +34,10 @@ LOG_TAIL_LINES = 400
 """Lines of each training log read per fold (about 50 epochs): enough for the pace and the last
 pseudo-Dice without moving whole logs on every poll."""
 
+_GPU_OOM = re.compile(r"CUDA out of memory|OutOfMemoryError", re.I)
+
 HINTS = [
-    (re.compile(r"CUDA out of memory|OutOfMemoryError", re.I),
+    (_GPU_OOM,
      "the GPU ran out of memory: ask for a GPU with more memory (resources.extra_directives / "
      "queue), or train a configuration with smaller patches"),
     (re.compile(r"Background workers are no longer alive", re.I),
@@ -60,7 +63,12 @@ SIGNAL_EXITS = {137: "SIGKILL", 143: "SIGTERM"}
 """A shell's exit status for a job killed by a signal (128 + its number)."""
 
 
-def hint_for(state: JobState, text: str, exit_code: int | None = None) -> str:
+def hint_for(state: JobState, text: str, exit_code: int | None = None, *,
+             cfg: Config | None = None, dialect: str = "") -> str:
+    """The fix for a failed job from its error text and exit status; ``cfg`` and ``dialect``
+    make a refused allocation's fix say what to raise there (Grid Engine's h_vmem)."""
+    if cfg is not None and vmem.ALLOCATION_FAILED.search(text) and not _GPU_OOM.search(text):
+        return vmem.memory_hint(cfg, dialect)
     for pattern, hint in HINTS:
         if pattern.search(text):
             return hint
@@ -221,7 +229,8 @@ def run_status(session: Session, run_id: str | None = None, *,
                         "on, and then this one") if view.state.finished or "never" in (
                             view.detail.lower()) else ""
         if not hint and view.state in (JobState.FAILED, JobState.LOST, JobState.TIMEOUT):
-            hint = hint_for(view.state, f"{view.detail}\n{err}", view.exit_code)
+            hint = hint_for(view.state, f"{view.detail}\n{err}", view.exit_code,
+                            cfg=session.cfg, dialect=session.dialect.name)
         result.append(FoldStatus(view, log, attempts, err.strip(), hint, gpus))
     return RunStatus(run, row, result, answered)
 
@@ -230,4 +239,4 @@ def runs_overview(session: Session) -> list[tuple[RunRow, list[FoldView]]]:
     """Every run of the workspace, most recent first, with its folds' states as last recorded
     (no remote call: ``hpcnn status`` refreshes them)."""
     return [(row, fold_views([r for r in session.registry.jobs(row.id) if r.kind == FOLD]))
-            for row in session.registry.runs()]
+            for row in session.runs()]

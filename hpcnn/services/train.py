@@ -213,7 +213,8 @@ def train_all_folds(session: Session, opts: TrainOptions, echo: Echo = print) ->
 
     cfg = effective_config(session.cfg, opts.resources)
     experiment = session.new_experiment(opts.dataset, trainer=opts.trainer, plans=opts.plans,
-                                        configurations=opts.configurations, folds=opts.folds)
+                                        configurations=opts.configurations, folds=opts.folds,
+                                        connect=not opts.dry_run)
     remote_prep = (opts.preprocess or cfg.training.preprocess) == "remote"
     if cfg.resources.gpus > 1:
         echo(f"note: {cfg.resources.gpus} GPUs per job: nnU-Net trains with -num_gpus "

@@ -70,5 +70,27 @@ def check_local_queue(ctx: DoctorContext) -> CheckResult:
     )
 
 
+def check_local_device(ctx: DoctorContext) -> CheckResult:
+    """The device the local scheduler's jobs train on (``-device`` from training.device) is
+    one this machine's PyTorch sees: otherwise every fold fails at its start."""
+    from hpcnn.errors import DataError
+    from hpcnn.nnunet.predict import resolve_device
+
+    device = ctx.cfg.training.device
+    try:
+        resolve_device(device)
+    except DataError:
+        there = resolve_device("auto")
+        return CheckResult(
+            "training device", Outcome.FAIL,
+            f"training.device is {device} (the default is cuda), but this machine's PyTorch "
+            f"sees no {device.upper()} device: every local job would fail at its start",
+            f"set `training: {{device: {there}}}` in cluster.yaml (`hpcnn init` asks)")
+    if device == "cpu":
+        return CheckResult("training device", Outcome.OK,
+                           "cpu (training on a CPU takes days for a real dataset)")
+    return CheckResult("training device", Outcome.OK, device)
+
+
 COMMON_CHECKS = [check_python, check_local_nnunet, check_workspace]
 """This machine's links, checked first whatever the scheduler."""

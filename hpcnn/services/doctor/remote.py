@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Callable
 
 from hpcnn.errors import ConnectionFailed, HpcnnError, SchedulerUnavailable
+from hpcnn.jobs import vmem
 from hpcnn.jobs.script import render_setup
 from hpcnn.remote.base import join_argv
 from hpcnn.remote.ssh_common import SshConnection
@@ -132,6 +133,29 @@ def check_scheduler(ctx: DoctorContext) -> CheckResult:
     return CheckResult("scheduler", Outcome.OK, detail)
 
 
+def check_job_memory(ctx: DoctorContext) -> CheckResult:
+    """Grid Engine makes resources.mem an h_vmem cap on VIRTUAL memory (hpcnn.jobs.vmem): a
+    value that would do on Slurm kills every fold there at its first allocations."""
+    name = ctx.facts.get("dialect", ctx.cfg.cluster.scheduler)
+    if name != vmem.GRID_ENGINE:
+        return CheckResult("job memory", Outcome.OK,
+                           f"{name} counts resident memory: resources.mem as asked")
+    need = vmem.gb(vmem.training_vmem_mb(ctx.cfg))
+    shortfall = vmem.vmem_shortfall(ctx.cfg)
+    if shortfall:
+        return CheckResult("job memory", Outcome.WARN, shortfall,
+                           f"raise resources.mem to at least {need} (more for a GPU job), or "
+                           "lower training.data_augmentation_workers")
+    mem = ctx.cfg.resources.mem
+    if mem is None:
+        return CheckResult("job memory", Outcome.OK,
+                           "no h_vmem asked (resources.mem unset): the queue's default applies; "
+                           f"a training job maps at least {need} of virtual memory")
+    return CheckResult("job memory", Outcome.OK,
+                       f"h_vmem {vmem.gb(mem)} in all, at least the {need} of virtual memory a "
+                       "training job maps")
+
+
 def check_remote_python(ctx: DoctorContext) -> CheckResult:
     """Python and nnunetv2 after the user's environment.setup, as a job would see them."""
     line = render_setup(ctx.cfg) + f"python3 -c {shlex.quote(_PYTHON_PROBE)}"
@@ -160,7 +184,8 @@ def check_remote_python(ctx: DoctorContext) -> CheckResult:
 
 
 REMOTE_CHECKS: list[Check] = [
-    check_ssh, check_login_shell, check_remote_dir, check_scheduler, check_remote_python,
+    check_ssh, check_login_shell, check_remote_dir, check_scheduler, check_job_memory,
+    check_remote_python,
 ]
 
 
