@@ -59,6 +59,9 @@ def train_cmd(app: AppContext, dataset: str | None, folds: tuple[int, ...], trai
               dry_run: bool) -> None:
     """Push, render and submit every fold of a run, each with its walltime continuations.
 
+    With several configurations (-c, repeated) it submits an experiment: every fold of each,
+    the cascade's folds after all five 3d_lowres folds, then find_best_configuration as a
+    CPU job; --dry-run prints the job graph and the GPU-hours it asks for at most.
     Running it again for the same run submits nothing new and shows where it stands. Exit
     codes: 0 submitted (or already there), 2 a config/data error, 3 cluster unreachable,
     12 another hpcnn is submitting the same run.
