@@ -313,6 +313,17 @@ class Registry:
                 "SELECT on_name, kind FROM dependencies WHERE job = ? AND on_name IS NOT NULL "
                 "ORDER BY on_name", [name])]
 
+    def run_dependencies(self, run: str) -> dict[str, list[tuple[str, str]]]:
+        """``dependencies`` of every job of ``run`` that has one, in one query (a status of
+        a 100-job run must not open the database 100 times)."""
+        found: dict[str, list[tuple[str, str]]] = {}
+        with self._db() as db:
+            for job, on, kind in db.execute(
+                    "SELECT d.job, d.on_job, d.kind FROM dependencies d JOIN jobs j "
+                    "ON j.name = d.job WHERE j.run = ? ORDER BY d.job, d.on_job", [run]):
+                found.setdefault(job, []).append((on, kind))
+        return found
+
     def _select(self, where: str, args: list[object]) -> list[JobRow]:
         with self._db() as db:
             cur = db.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs {where}", args)

@@ -103,7 +103,7 @@ def test_the_cascade_graph_as_each_scheduler_holds_it(cluster_config, testbed, s
                                scheduler=scheduler, state="queued", scheduler_id=blocker))
             wait_running(conn, session, blocker, blocker_dir)
             graph = build_graph(cfg, exp, remote_prep=False, find_best=True)
-            plan = make_plan(graph, [], TrainOptions(), 1, session.registry.dependencies)
+            plan = make_plan(graph, [], TrainOptions(), 1, set())
             rows += Submission(session, cfg, plan, lambda _: None).run()
             ids = {r.name: r.scheduler_id or "" for r in rows}
             lowres = [ids[job_name(exp.run("3d_lowres").id, f)] for f in range(5)]
@@ -136,7 +136,7 @@ def test_the_cascade_graph_as_each_scheduler_holds_it(cluster_config, testbed, s
                 # ones that wait on the new chains (as Slurm lists them)
                 recorded = [r for o in graph.owners for r in session.registry.jobs(o)]
                 again = make_plan(graph, recorded, TrainOptions(resubmit_failed=True), 1,
-                                  session.registry.dependencies)
+                                  set())
                 new = Submission(session, cfg, again, lambda _: None).run()
                 rows += new
                 ids = {r.name: r.scheduler_id or "" for r in new}

@@ -124,9 +124,15 @@ def test_training_configurations_in_cluster_yaml() -> None:
         config(resources_per_configuration={"2d": {"walltime": "5m"}})
 
 
+def second_attempts(rows: list[JobRow]) -> set[str]:
+    """What ``folds.continuations`` finds for chains of two attempts recorded by hpcnn: each
+    second attempt continues the first."""
+    return {r.name for r in rows if r.attempt == 2}
+
+
 def plan_of(exp: Experiment, rows: list[JobRow], **asked: object):
     graph = build_graph(config(), exp, remote_prep=False, find_best=True)
-    return make_plan(graph, rows, TrainOptions(**asked), 2, lambda name: [])
+    return make_plan(graph, rows, TrainOptions(**asked), 2, second_attempts(rows))
 
 
 def test_a_failed_lowres_fold_keeps_the_cascade_and_find_best_back() -> None:
@@ -203,7 +209,7 @@ def test_submission_waits_on_the_last_attempt_of_each_lowres_chain(tmp_path: Pat
     exp = experiment("3d_lowres", "3d_cascade_fullres")
     cfg = config()
     graph = build_graph(cfg, exp, remote_prep=False, find_best=True)
-    plan = make_plan(graph, [], TrainOptions(), 2, lambda name: [])
+    plan = make_plan(graph, [], TrainOptions(), 2, set())
     target = FakeTarget(Registry(tmp_path / "state.db"), FakeConn(), get_dialect("slurm"),
                         RemoteLayout("/home/u/hpcnn"))
     said: list[str] = []
@@ -239,7 +245,7 @@ def test_a_kept_chain_that_ended_is_waited_for_by_its_marker_only(tmp_path: Path
     cfg = config()
     plan = make_plan(build_graph(cfg, exp, remote_prep=False, find_best=False), rows,
                      TrainOptions(), 2,
-                     lambda name: [("1", "afterany")] if name.endswith("-a2") else [])
+                     second_attempts(rows))
     target = FakeTarget(Registry(tmp_path / "state.db"), FakeConn(), get_dialect("slurm"),
                         RemoteLayout("/home/u/hpcnn"))
     Submission(target, cfg, plan, lambda _: None).run()
@@ -449,7 +455,7 @@ def test_the_local_queue_never_starts_a_cascade_after_a_failed_lowres_fold(
     exp = experiment("3d_lowres", "3d_cascade_fullres")
     with Session(cfg) as session:
         graph = build_graph(cfg, exp, remote_prep=False, find_best=True)
-        plan = make_plan(graph, [], TrainOptions(), 1, session.registry.dependencies)
+        plan = make_plan(graph, [], TrainOptions(), 1, set())
         rows = Submission(session, cfg, plan, lambda _: None).run()
         assert len(rows) == 11
         deadline = time.time() + 90
@@ -479,7 +485,7 @@ def test_the_local_queue_never_starts_a_cascade_after_a_failed_lowres_fold(
         again = make_plan(graph, session.registry.jobs(lowres)
                           + session.registry.jobs(exp.run("3d_cascade_fullres").id)
                           + session.registry.jobs(exp.id), TrainOptions(resubmit_failed=True),
-                          1, session.registry.dependencies)
+                          1, set())
         assert len(again.to_submit) == 11 and not again.blocked
 
 
@@ -500,9 +506,7 @@ def test_resubmitting_a_failed_lowres_fold_relinks_the_held_cascade(tmp_path: Pa
                        state="held", scheduler_id="300"))
     cfg = config()
     graph = build_graph(cfg, exp, remote_prep=False, find_best=True)
-    def continues(name: str) -> list[tuple[str, str]]:
-        return [("1", "afterany")] if name.endswith("-a2") else []
-
+    continues = second_attempts(rows)
     plan = make_plan(graph, rows, TrainOptions(), 2, continues)
     assert not plan.to_submit  # without --resubmit-failed the held jobs are left as they are
     plan = make_plan(graph, rows, TrainOptions(resubmit_failed=True), 2, continues)

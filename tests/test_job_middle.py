@@ -15,7 +15,7 @@ from runs_helper import fold_job
 
 from hpcnn.config import Config, ConfigError, load_config_file
 from hpcnn.errors import EXIT_UNREACHABLE, ConnectionFailed
-from hpcnn.jobs.folds import SKIPPED_EXIT, fold_view
+from hpcnn.jobs.folds import SKIPPED_EXIT, continuations, fold_view
 from hpcnn.jobs.model import Run
 from hpcnn.jobs.plan import Chain, plan
 from hpcnn.schedulers.base import JobState
@@ -164,6 +164,64 @@ def test_plan_submits_only_what_is_missing_or_asked() -> None:
         plan(views, [0, 1, 2], TrainOptions(fresh=True), 3)
     chains, _ = plan(views, [0, 1], TrainOptions(fresh=True), 2)
     assert [(c.fold, c.first, c.why) for c in chains] == [(0, 2, "fresh"), (1, 3, "fresh")]
+
+
+def test_a_resubmitted_fold_is_told_by_its_newest_chain(tmp_path: Path) -> None:
+    """Attempt 1 failed, its continuation skipped (98); ``--resubmit-failed`` started a chain at
+    attempt 3 (no afterany dependency): the fold is what the new chain does, never attempt 1's
+    old failure; the registry tells the chains apart by their recorded dependencies."""
+    reg = Registry(tmp_path / "state.db")
+    old = [row(0, 1, "failed", 1, job_id="11"), row(0, 2, "failed", SKIPPED_EXIT, job_id="12")]
+    reg.add(old[0])
+    reg.add(old[1], [("11", "afterany")])
+    reg.add(row(0, 3, "queued", job_id="13"))
+    reg.add(row(0, 4, "held", job_id="14"), [("13", "afterany")])
+    continuing = continuations(reg, "501-T-3d_fullres")
+    assert continuing == {old[1].name, row(0, 4, "x").name}
+    cases = [
+        (("queued", None), ("held", None), "queued", 3, None),
+        (("running", None), ("held", None), "running", 3, None),
+        (("failed", 1), ("failed", SKIPPED_EXIT), "failed", 3, 1),
+        (("timeout", 75), ("queued", None), "queued", 4, None),
+        (("timeout", 75), ("timeout", 75), "timeout", 4, 75),
+        (("completed", 0), ("completed", 0), "completed", 3, 0),
+    ]
+    for (s3, c3), (s4, c4), state, attempt, code in cases:
+        rows = [*old, row(0, 3, s3, c3), row(0, 4, s4, c4)]
+        view = fold_view(rows, continuing)
+        assert (view.state.value, view.attempt, view.exit_code, view.attempts,
+                view.chain_first) == (state, attempt, code, 4, 3), (s3, s4)
+        if state == "timeout":  # the new chain's attempts, not the fold's
+            assert "after 2 attempt(s)" in view.detail
+    # Resubmitted again: a third chain from attempt 5.
+    chains, _ = plan({0: fold_view([*old, row(0, 3, "failed", 1),
+                                    row(0, 4, "failed", SKIPPED_EXIT)], continuing)},
+                     [0], TrainOptions(resubmit_failed=True), 2)
+    assert [(c.first, c.length, c.after, c.may_resume) for c in chains] == [(5, 2, None, True)]
+
+
+def test_only_continuations_check_the_attempt_before_and_resume(tmp_path: Path) -> None:
+    """A fold's first attempt trains from scratch (no --c: nnU-Net would warn that it cannot
+    continue); a continuation checks the attempt before it and resumes; the first attempt of a
+    resubmitted chain checks nothing and resumes where the fold has a checkpoint."""
+    from runs_helper import config_run
+
+    from hpcnn.jobs.model import fold_spec
+    from hpcnn.workspace import RemoteLayout
+
+    cfg = Config(workspace=tmp_path)
+    run, layout = config_run(cfg), RemoteLayout(cfg.remote_dir)
+
+    def spec(attempt: int, **kw: bool) -> tuple[bool, str | None]:
+        commands = fold_spec(cfg, layout, run, 0, attempt, **kw).commands
+        guard = next((c[-1] for c in commands if "hpcnn-guard" in c), None)
+        return "--c" in commands[-1], guard and guard.rsplit("-", 1)[-1]
+
+    assert spec(1) == (False, None)
+    assert spec(2) == (True, "a1")
+    assert spec(5, continues=False, resume=True) == (True, None)
+    assert spec(5, continues=False) == (False, None)
+    assert spec(6, continues=True) == (True, "a5")
 
 
 def test_run_identity_is_the_resolved_dataset(tmp_path: Path) -> None:

@@ -219,10 +219,11 @@ def test_deadline_stops_at_an_epoch_end_and_the_continuation_resumes(
     # The deadline is past before the first epoch ends: an attempt still trains one epoch.
     first = _launch(fold_env, 0, "--deadline", str(time.time() + 1), "--safety", "0")
     _assert_stopped_for_continuation(first, fold, epochs_done=1)
+    assert "Cannot continue training" not in first.stdout  # a first attempt: no --c, no warning
     assert "stopping after epoch 0 (deadline)" in (fold / next(
         p.name for p in fold.glob("training_log_*.txt"))).read_text()
 
-    second = _launch(fold_env, 0, "--deadline", str(time.time() + 3600))
+    second = _launch(fold_env, 0, "--c", "--deadline", str(time.time() + 3600))
     _assert_completed(second, fold, epochs=3)
     assert _trained_epochs(fold) == [[0], [1, 2]]
     assert all(e.epoch_time >= 2 for e in read_fold(fold).epochs), read_fold(fold).epochs
@@ -262,7 +263,11 @@ def test_sigterm_to_the_job_stops_at_the_epoch_end_and_the_continuation_resumes(
     _assert_stopped_for_continuation(stopped, fold, epochs_done=1)
     assert "(signal SIGTERM)" in output
 
-    _assert_completed(_launch(fold_env, 1), fold, epochs=2)
+    # Started again as it was, without --c (Slurm requeues a preempted first attempt): it
+    # resumes its own checkpoint instead of training over it.
+    again = _launch(fold_env, 1)
+    _assert_completed(again, fold, epochs=2)
+    assert "checkpoint_latest.pth is there without --c" in again.stdout
     assert _trained_epochs(fold) == [[0], [1]]
 
 
@@ -323,7 +328,7 @@ def test_a_signal_during_validation_keeps_the_trained_epochs_and_the_continuatio
     assert attempt["exit_code"] == EXIT_CONTINUE and attempt["ended"], attempt
 
     (extra / "slow_validation.py").write_text(SLOW_VALIDATION.replace("time.sleep(60)", "pass"))
-    second = _launch(fold_env, 2, "-tr", "hpcnnSlowValidationTrainer")
+    second = _launch(fold_env, 2, "--c", "-tr", "hpcnnSlowValidationTrainer")
     _assert_completed(second, fold, epochs=2)  # validating again trains nothing
     attempts = json.loads((fold / "hpcnn_provenance.json").read_text())["attempts"]
     assert attempts[-1]["start_epoch"] == attempts[-1]["next_epoch"] == 2, attempts

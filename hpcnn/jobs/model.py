@@ -113,11 +113,18 @@ _WITH_DEADLINE = 'exec "$@" ${HPCNN_DEADLINE:+--deadline "$HPCNN_DEADLINE"}'
 
 
 def fold_spec(cfg: Config, layout: RemoteLayout, run: Run, fold: int, attempt: int = 1, *,
-              npz: bool = False, needs: Sequence[str] = ()) -> JobSpec:
-    """The job that trains (or continues) one fold through hpcnn's launcher. A continuation
-    (attempt > 1) first checks that the attempt before it stopped for its walltime; a first
-    attempt that depends on other jobs (``needs``: their job folders, e.g. the last attempts
-    of the five 3d_lowres folds) first checks that each of them completed."""
+              npz: bool = False, continues: bool | None = None, resume: bool = False,
+              needs: Sequence[str] = ()) -> JobSpec:
+    """The job that trains (or continues) one fold through hpcnn's launcher.
+
+    A continuation (``continues``; default: attempt > 1) first checks that attempt - 1, the
+    attempt before it in its chain, stopped for its walltime, and resumes the fold (``--c``).
+    The first attempt of a chain resumes only with ``resume`` (the fold has a checkpoint): with
+    ``--c`` and no checkpoint nnU-Net warns that it cannot continue. It checks nothing of the
+    attempt before it (that ended a chain that was given up), but, when it depends on other
+    jobs (``needs``: their job folders, e.g. the last attempts of the five 3d_lowres folds),
+    that each of them completed."""
+    continues = attempt > 1 if continues is None else continues
     name = job_name(run.id, fold, attempt)
     resources = fold_resources(cfg, run.configuration)
     gpus = resources.gpus
@@ -125,7 +132,7 @@ def fold_spec(cfg: Config, layout: RemoteLayout, run: Run, fold: int, attempt: i
     # scheduler's SIGTERM at the walltime stops the launcher at the end of its epoch.
     margin = cfg.training.walltime_margin
     deadline = ["bash", "-c", _WITH_DEADLINE, "hpcnn-launch"] if margin else []
-    # The launcher takes nnUNetv2_train's arguments (and always continues, as with --c).
+    # The launcher takes nnUNetv2_train's arguments (--c: only to continue or resume).
     train = commands.train(run.dataset, run.configuration, fold, trainer=run.trainer,
                            plans=run.plans, device=cfg.training.device, npz=npz,
                            num_gpus=gpus)
@@ -135,8 +142,10 @@ def fold_spec(cfg: Config, layout: RemoteLayout, run: Run, fold: int, attempt: i
         # reserve (60 s) on top of it left no time to validate under short walltimes, so every
         # continuation stopped before validation until max_resubmits was used up.
         argv += ["--safety", "0"]
+    if continues or resume:
+        argv.append("--c")
     lines = [argv]
-    if attempt > 1:
+    if continues:
         previous = layout.job_dir(run.id, job_name(run.id, fold, attempt - 1))
         lines.insert(0, ["bash", "-c", CONTINUE_GUARD, "hpcnn-guard", previous])
     elif needs:

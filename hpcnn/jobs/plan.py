@@ -12,12 +12,12 @@ may still complete; find_best_configuration is submitted (again) whenever a fold
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from hpcnn.errors import ConfigError
-from hpcnn.jobs.folds import FoldView, fold_views
+from hpcnn.jobs.folds import FoldView, fold_views, newest_chain
 from hpcnn.jobs.graph import Graph, Node
 from hpcnn.jobs.model import FIND_BEST, FOLD, PREP
 from hpcnn.schedulers.base import JobState
@@ -27,6 +27,7 @@ RETRY = (JobState.FAILED, JobState.LOST, JobState.CANCELLED, JobState.TIMEOUT)
 """Fold states ``--resubmit-failed`` retries."""
 
 SUBMIT, KEEP, BLOCKED = "submit", "keep", "blocked"
+FRESH = "fresh"
 
 
 class Asked(Protocol):
@@ -46,6 +47,16 @@ class Chain:
     why: str
     after: str | None = None
     """The scheduler id of the attempt this chain continues (``afterany``), if any."""
+    resume: bool = False
+    """Its first attempt resumes the fold from its checkpoint (``--c``); attempts after the
+    first, and a chain that continues another (``after``), always do."""
+
+    @property
+    def may_resume(self) -> bool:
+        """A chain whose first attempt starts the fold again, but not from scratch: it resumes
+        from a checkpoint that the fold may have (not ``--fresh``, whose old folder is moved
+        aside)."""
+        return self.after is None and self.why != FRESH
 
 
 def plan(views: dict[int, FoldView], folds: list[int], opts: Asked,
@@ -62,31 +73,28 @@ def plan(views: dict[int, FoldView], folds: list[int], opts: Asked,
                     f"fold {fold} is {view.state} (job {view.row.name}): --fresh would train it "
                     "twice at once", hint="cancel it first (`hpcnn cancel --folds "
                                           f"{fold}`), then run --fresh again")
-            chains.append(Chain(fold, view.attempts + 1, chain_length, "fresh"))
+            chains.append(Chain(fold, view.attempts + 1, chain_length, FRESH))
         elif opts.resubmit_failed and view.state in RETRY:
-            chains.append(Chain(fold, view.attempts + 1, chain_length, f"was {view.state}"))
+            # resume: as far as the plan knows (a dry run); the submission looks
+            # (services.train.with_checkpoints)
+            chains.append(Chain(fold, view.attempts + 1, chain_length, f"was {view.state}",
+                                resume=True))
         else:
             kept.append(view)
     return chains, kept
 
 
-Dependencies = Callable[[str], Sequence[tuple[str, str]]]
-"""A job's recorded dependencies ``(scheduler id, kind)`` by job name (the registry's)."""
-
-
-def unfinished_chains(dependencies: Dependencies, rows: list[JobRow], kept: list[FoldView],
+def unfinished_chains(rows: list[JobRow], continuing: Collection[str], kept: list[FoldView],
                       chain_length: int) -> list[Chain]:
     """The rest of a chain whose continuations were never submitted (hpcnn stopped in the
-    middle of submitting it): a fold still waiting or running with fewer attempts queued after
-    its chain's first attempt than ``chain_length``."""
+    middle of submitting it): a fold still waiting or running with fewer attempts queued in its
+    newest chain than ``chain_length`` (``continuing``: as ``folds.continuations``)."""
     rests = []
     for view in kept:
         if view.state.finished:
             continue
-        chain = sorted((r for r in rows if r.fold == view.fold), key=lambda r: r.attempt)
-        starts = [r.attempt for r in chain if not any(
-            kind == "afterany" for _, kind in dependencies(r.name))]
-        present = chain[-1].attempt - (max(starts) if starts else chain[0].attempt) + 1
+        chain = newest_chain([r for r in rows if r.fold == view.fold], continuing)
+        present = chain[-1].attempt - chain[0].attempt + 1
         if present < chain_length and chain[-1].scheduler_id:
             rests.append(Chain(view.fold, chain[-1].attempt + 1, chain_length - present,
                                "rest of its chain", after=chain[-1].scheduler_id))
@@ -160,8 +168,10 @@ def _waiting_on(plan: Plan, node: Node) -> str | None:
 
 
 def make_plan(graph: Graph, rows: Sequence[JobRow], opts: Asked, chain_length: int,
-              dependencies: Dependencies) -> Plan:
-    """The graph against the registry rows of its owners (every kind together)."""
+              continuing: Collection[str]) -> Plan:
+    """The graph against the registry rows of its owners (every kind together);
+    ``continuing``: the names of the jobs that continue the attempt before them
+    (``folds.continuations`` of each owner)."""
     result = Plan(graph)
     by_run: dict[str, list[Node]] = {}
     for node in graph.folds():
@@ -169,10 +179,10 @@ def make_plan(graph: Graph, rows: Sequence[JobRow], opts: Asked, chain_length: i
     decided: dict[str, Step] = {}
     for run_id, nodes in by_run.items():
         fold_rows = [r for r in rows if r.run == run_id and r.kind == FOLD]
-        views = {v.fold: v for v in fold_views(fold_rows)}
+        views = {v.fold: v for v in fold_views(fold_rows, continuing)}
         chains, kept = plan(views, [n.fold for n in nodes if n.fold is not None], opts,
                             chain_length)
-        chains += unfinished_chains(dependencies, fold_rows, kept, chain_length)
+        chains += unfinished_chains(fold_rows, continuing, kept, chain_length)
         for node in nodes:
             mine = tuple(sorted((r for r in fold_rows if r.fold == node.fold),
                                 key=lambda r: r.attempt))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 from hpcnn.errors import SchedulerError
 from hpcnn.jobs import engine
 from hpcnn.jobs.experiment import Experiment
+from hpcnn.jobs.folds import CONTINUES
 from hpcnn.jobs.graph import Node
 from hpcnn.jobs.model import (
     FIND_BEST,
@@ -200,14 +201,16 @@ class Submission:
             self._one(node, spec, waits.deps)
         elif node.kind == FOLD and step.chain is not None:
             chain = step.chain
-            deps = ([(Dependency(chain.after, "afterany"), None)] if chain.after
+            deps = ([(Dependency(chain.after, CONTINUES), None)] if chain.after
                     else waits.deps)
             for attempt in range(chain.first, chain.first + chain.length):
-                needs = waits.dirs if attempt == chain.first and not chain.after else ()
+                # a continuation unless it is the first attempt of a new chain
+                continues = attempt > chain.first or chain.after is not None
                 spec = fold_spec(cfg, layout, node.run, chain.fold, attempt,
-                                 npz=experiment.npz or self.npz, needs=needs)
+                                 npz=experiment.npz or self.npz, continues=continues,
+                                 resume=chain.resume, needs=() if continues else waits.dirs)
                 row = self._one(node, spec, deps, self._label(node, attempt))
-                deps = [(Dependency(row.scheduler_id or "", "afterany"), row.name)]
+                deps = [(Dependency(row.scheduler_id or "", CONTINUES), row.name)]
 
     def _one(self, node: Node, spec: JobSpec, deps: Sequence[tuple[Dependency, str | None]],
              what: str | None = None) -> JobRow:

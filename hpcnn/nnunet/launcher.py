@@ -3,22 +3,25 @@
 
 A fold job runs, with the cluster's python (stdlib + nnunetv2 only: hpcnn is not installed there)::
 
-    python launcher.py DATASET CONFIG FOLD -tr T -p P [--npz] [-device D] [-num_gpus N]
+    python launcher.py DATASET CONFIG FOLD -tr T -p P [--c] [--npz] [-device D] [-num_gpus N]
                        [--deadline EPOCH_SECONDS] [--safety SECONDS]
 
 and, as subcommands, ``launcher.py nnunet nnUNetv2_X ARGS`` (one of nnU-Net's commands, see
 ``ENTRY_POINTS``) and ``launcher.py write-splits DATASET`` (nnU-Net's 5-fold split, written once
 before the folds start). The fold job is nnU-Net's own training entry point
-(``nnUNetv2_train ... --c``) plus what that lacks:
+(``nnUNetv2_train``) plus what that lacks:
 
 - The trainer is looked up in the ``nnUNet_extTrainer`` directories first (every top-level ``.py``
   there is imported), and only then with nnU-Net's own lookup, which imports all of nnU-Net's
   trainer modules first and so fails on a cluster whose optional packages are broken (timm or
   torchvision, for nnU-Net's Primus trainers).
-- It always continues: from ``checkpoint_final.pth`` it only validates, else it resumes from
-  ``checkpoint_latest.pth`` (or ``checkpoint_best.pth``, as ``--c`` does), else it starts fresh. A
-  fold that is complete (final checkpoint and its validation) exits 0 at once without importing
-  torch.
+- With ``--c`` (a continuation, or a resubmission of a fold that has a checkpoint) it continues
+  as nnU-Net's ``--c``: from ``checkpoint_final.pth`` it only validates, else it resumes from
+  ``checkpoint_latest.pth`` (or ``checkpoint_best.pth``). Without it, it starts fresh (hpcnn does
+  not pass ``--c`` to a fold's first attempt, where nnU-Net would warn that there is no
+  checkpoint to continue from), unless the fold has a checkpoint after all (the scheduler
+  requeued the job): that is resumed, never trained over. A fold that is complete (final
+  checkpoint and its validation) exits 0 at once without importing torch, with ``--c`` or not.
 - Walltime: nnU-Net saves ``checkpoint_latest.pth`` only every 50 epochs and has no signal
   handling. The launcher stops at the end of an epoch once the next epoch might not fit before
   ``--deadline`` (the end time of the job: it keeps the longest epoch seen so far plus ``--safety``
@@ -68,6 +71,9 @@ EXIT_USAGE = 2
 PROVENANCE = "hpcnn_provenance.json"
 FINAL = "checkpoint_final.pth"
 LATEST = "checkpoint_latest.pth"
+BEST = "checkpoint_best.pth"
+RESUMABLE = (FINAL, LATEST, BEST)
+"""The checkpoints ``--c`` resumes from, in nnU-Net's order."""
 SUMMARY = ("validation", "summary.json")
 TMP_SUFFIX = ".hpcnn-tmp"
 # SIGUSR1 is the early warning a job script can ask the scheduler for (Slurm's --signal).
@@ -281,7 +287,7 @@ def build_trainer(cls: type, args: argparse.Namespace, device: Any) -> Any:
 
     base = Path(os.environ[PREPROCESSED], maybe_convert_to_dataset_name(args.dataset))
     plans = json.loads((base / f"{args.plans}.json").read_text())
-    plans["continue_training"] = True
+    plans["continue_training"] = args.continue_training
     dataset_json = json.loads((base / "dataset.json").read_text())
     fold: int | str = int(args.fold) if args.fold != "all" else "all"
     return cls(plans=plans, configuration=args.configuration, fold=fold,
@@ -355,13 +361,21 @@ def run_fold(args: argparse.Namespace, stopper: Stopper, device: Any,
     if trainer.local_rank == 0:
         for leftover in Path(trainer.output_folder).glob(f"*{TMP_SUFFIX}"):
             leftover.unlink()  # a checkpoint write that a kill interrupted
-    if os.path.isfile(final):
-        trainer.load_checkpoint(final)  # trained: only validation is left, as with --c
+    found = [n for n in RESUMABLE if os.path.isfile(os.path.join(trainer.output_folder, n))]
+    resume = args.continue_training or bool(found)
+    if found and not args.continue_training:
+        # A first attempt that the scheduler started again (Slurm requeues a job after a node
+        # failure or a preemption): its own checkpoint is resumed, never trained over.
+        trainer.print_to_log_file(f"hpcnn launcher: {found[0]} is there without --c (a "
+                                  "requeued job?): resuming it")
+    trained = resume and os.path.isfile(final)
+    if trained:
+        trainer.load_checkpoint(final)  # only validation is left, as with nnU-Net's --c
     else:
-        maybe_load_checkpoint(trainer, True, False)
+        maybe_load_checkpoint(trainer, resume, False)
     info = {"start_epoch": trainer.current_epoch, "num_epochs": trainer.num_epochs}
     progress.update(info)
-    if not os.path.isfile(final):
+    if not trained:
         trainer.print_to_log_file(f"hpcnn launcher: training from epoch {trainer.current_epoch} "
                                   f"of {trainer.num_epochs}")
         stopper.interruptible = False  # signals wait for the epoch end from here
@@ -369,6 +383,14 @@ def run_fold(args: argparse.Namespace, stopper: Stopper, device: Any,
             trainer.run_training()
         except StopRequest:
             _shut_down_dataloaders(trainer)
+        except BaseException:
+            # A failure (out of memory, a bug): stop the data-loader workers first, or the
+            # process waits for them at exit (they keep the launcher's SIGTERM handler, so
+            # multiprocessing's terminate() does not stop them) and the failed fold looks like
+            # a running one until the walltime.
+            with contextlib.suppress(Exception):
+                _shut_down_dataloaders(trainer)
+            raise
         stopper.interruptible = True
     info.update(next_epoch=trainer.current_epoch, longest_epoch_s=round(stopper.longest_epoch, 2))
     progress.update(info)
@@ -572,6 +594,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("fold", help="0-4 or 'all'")
     parser.add_argument("-tr", dest="trainer", default="nnUNetTrainer")
     parser.add_argument("-p", dest="plans", default="nnUNetPlans")
+    parser.add_argument("--c", dest="continue_training", action="store_true",
+                        help="continue from the fold's checkpoint, as nnUNetv2_train --c")
     parser.add_argument("--npz", action="store_true", help="keep validation probabilities")
     parser.add_argument("-device", dest="device", default="cuda", choices=("cuda", "cpu", "mps"))
     parser.add_argument("-num_gpus", dest="num_gpus", type=int, default=1)

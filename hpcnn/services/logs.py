@@ -7,7 +7,7 @@ import shlex
 from collections.abc import Callable
 
 from hpcnn.errors import ConfigError
-from hpcnn.jobs.folds import fold_views
+from hpcnn.jobs.folds import continuations, fold_views
 from hpcnn.jobs.model import FOLD
 from hpcnn.nnunet.training_log import LOG_GLOB
 from hpcnn.services.session import Session
@@ -26,7 +26,7 @@ def fold_log(session: Session, run_id: str | None, fold: int, *, err: bool = Fal
     if not rows:
         folds = sorted({r.fold for r in session.registry.jobs(run.id) if r.fold is not None})
         raise ConfigError(f"run {run.id} has no fold {fold} (folds: {folds})")
-    view = fold_views(rows)[0]
+    view = fold_views(rows, continuations(session.registry, run.id))[0]
     if training:
         folder = session.remote.path(RESULTS, run.results_folder, f"fold_{fold}")
         path = f'"$(ls -t {shlex.quote(folder)}/{LOG_GLOB} 2>/dev/null | head -n 1)"'

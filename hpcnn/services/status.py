@@ -18,7 +18,7 @@ from hpcnn.config import Config
 from hpcnn.errors import EXIT_FAILED, EXIT_OK, EXIT_RUNNING, EXIT_UNREACHABLE
 from hpcnn.jobs import engine, vmem
 from hpcnn.jobs.engine import BLOCKED_EXIT
-from hpcnn.jobs.folds import FoldView, fold_views
+from hpcnn.jobs.folds import FoldView, continuations, fold_views
 from hpcnn.jobs.model import FOLD, Run
 from hpcnn.jobs.plan import waiting_for
 from hpcnn.nnunet.training_log import LOG_GLOB, TrainingLog, parse_texts
@@ -217,7 +217,8 @@ def run_status(session: Session, run_id: str | None = None, *,
         grace=session.cfg.status.lost_grace, extra=snippets)
     result = []
     gpus = session.cfg.resources.gpus
-    for view, text in zip(fold_views(rows), extras, strict=True):
+    for view, text in zip(fold_views(rows, continuations(session.registry, run.id)), extras,
+                          strict=True):
         attempts, log = _parse_fold(text)
         err = next((a.err_tail for a in attempts if a.attempt == view.attempt), "")
         hint = ""
@@ -238,5 +239,9 @@ def run_status(session: Session, run_id: str | None = None, *,
 def runs_overview(session: Session) -> list[tuple[RunRow, list[FoldView]]]:
     """Every run of the workspace, most recent first, with its folds' states as last recorded
     (no remote call: ``hpcnn status`` refreshes them)."""
-    return [(row, fold_views([r for r in session.registry.jobs(row.id) if r.kind == FOLD]))
-            for row in session.runs()]
+    registry = session.recorded
+    if registry is None:
+        return []
+    return [(row, fold_views([r for r in registry.jobs(row.id) if r.kind == FOLD],
+                             continuations(registry, row.id)))
+            for row in registry.runs()]

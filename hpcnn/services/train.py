@@ -4,7 +4,9 @@ The service builds the experiment (dataset, trainer, plans, configurations, fold
 cluster.yaml and the options, checks the data and versions, and hands the experiment's graph
 to hpcnn.jobs: the plan (graph × registry: what is done, what waits, what to submit) and the
 submission (topological order, intent recorded first, one reconciliation). It writes nothing
-into the registry itself.
+into the registry itself. A resubmission is a new chain after the old one (attempts 5-8 after
+1-4): its first attempt resumes from the fold's checkpoint where there is one (``--c``), which
+this service looks up on the cluster before submitting (``with_checkpoints``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hpcnn.config import Config, ResourcesSection, margin_problem
@@ -22,6 +24,7 @@ from hpcnn.errors import ConfigError, DataError, HpcnnError, Locked
 from hpcnn.fsutil import atomic_write_text
 from hpcnn.jobs import transfer
 from hpcnn.jobs.experiment import Experiment
+from hpcnn.jobs.folds import continuations
 from hpcnn.jobs.graph import Graph, build_graph
 from hpcnn.jobs.model import (
     FOLD,
@@ -37,6 +40,7 @@ from hpcnn.jobs.plan import Plan, Step, make_plan
 from hpcnn.jobs.resources import gpu_hours
 from hpcnn.jobs.script import render_job, render_setup
 from hpcnn.jobs.submit import Submission, reconcile, record_experiment
+from hpcnn.nnunet.launcher import RESUMABLE
 from hpcnn.remote.base import join_argv
 from hpcnn.services.session import Session
 from hpcnn.state import JobRow
@@ -103,6 +107,36 @@ def effective_config(cfg: Config, resources: dict[str, object]) -> Config:
     if problem:
         raise ConfigError(problem)
     return cfg.model_copy(update={"resources": merged})
+
+
+def folds_with_checkpoint(session: Session, run: Run, folds: list[int]) -> set[int]:
+    """The folds whose result folder holds a checkpoint that nnU-Net's ``--c`` resumes from
+    (final, latest or best), in one remote command."""
+    if not folds:
+        return set()
+    base = session.remote.path(RESULTS, run.results_folder)
+    tests = []
+    for fold in folds:
+        names = " ".join(shlex.quote(f"{base}/fold_{fold}/{c}") for c in RESUMABLE)
+        tests.append(f"for c in {names}; do [ -f \"$c\" ] && echo {fold} && break; done")
+    res = session.conn.run_shell("; ".join([*tests, "true"]), check=False)
+    return {int(w) for w in res.stdout.split() if w.isdigit() and int(w) in folds}
+
+
+def with_checkpoints(session: Session, plan: Plan) -> Plan:
+    """The plan, each new chain that may resume set to resume exactly when its fold has a
+    checkpoint (one remote command per configuration with such chains)."""
+    by_run: dict[Run, list[Step]] = {}
+    for step in plan.to_submit:
+        if step.chain is not None and step.chain.may_resume:
+            by_run.setdefault(step.node.run, []).append(step)
+    for run, steps in by_run.items():
+        have = folds_with_checkpoint(session, run, [s.chain.fold for s in steps if s.chain])
+        for step in steps:
+            assert step.chain is not None
+            plan.steps[step.node.key] = replace(
+                step, chain=replace(step.chain, resume=step.chain.fold in have))
+    return plan
 
 
 def check_local_data(session: Session, run: Run, remote_prep: bool) -> dict | None:
@@ -249,7 +283,8 @@ def _train(session: Session, cfg: Config, experiment: Experiment, remote_prep: b
     rows = [r for owner in graph.owners for r in registry.jobs(owner)]
     if rows and not opts.dry_run:
         rows = reconcile(session, rows, echo)
-    plan = make_plan(graph, rows, opts, 1 + cfg.training.max_resubmits, registry.dependencies)
+    continuing = {name for owner in graph.owners for name in continuations(registry, owner)}
+    plan = make_plan(graph, rows, opts, 1 + cfg.training.max_resubmits, continuing)
     result = TrainResult(experiment, plan)
     if not plan.to_submit:
         return result
@@ -264,6 +299,7 @@ def _train(session: Session, cfg: Config, experiment: Experiment, remote_prep: b
                      if s.node.run == run and s.chain is not None]
             if folds:
                 _move_results_aside(session, run, folds, echo)
+    plan = with_checkpoints(session, plan)
     record_experiment(registry, experiment, session.host, folds=list(experiment.folds),
                       npz=opts.npz or experiment.npz, preprocess=remote_prep)
     result.submitted = Submission(session, cfg, plan, echo, npz=opts.npz).run()
@@ -301,9 +337,11 @@ def _dry_run(session: Session, cfg: Config, plan: Plan, remote_prep: bool, npz: 
                     waits = [f"afterany job {chain.after}"]
                 else:
                     waits = after
-                dirs = ["<needed>"] if node.needs and attempt == chain.first else ()
+                continues = attempt > chain.first or chain.after is not None
+                dirs = ["<needed>"] if node.needs and not continues else ()
                 spec = fold_spec(cfg, layout, node.run, chain.fold, attempt,
-                                 npz=npz or experiment.npz, needs=dirs)
+                                 npz=npz or experiment.npz, continues=continues,
+                                 resume=chain.resume, needs=dirs)
                 specs.append((spec, waits))
             names[node.key] = specs[-1][0].name
             continue
