@@ -335,7 +335,7 @@ def test_states_vocabulary_is_closed() -> None:
 ])
 def test_job_folders_travel_as_short_words_that_expand_to_themselves(
         dirs: list[str], tmp_path: Path) -> None:
-    """A poll names each job folder once by its part below their common parent; the shell
+    """A poll names each job folder once by its part after their common text; the shell
     gives back exactly the folders, whatever their characters, and runs nothing in them."""
     import subprocess
 
@@ -349,3 +349,5 @@ def test_job_folders_travel_as_short_words_that_expand_to_themselves(
     assert not (tmp_path / "canary").exists()
     if len(dirs) > 1 and dirs[0].startswith("/home/u/my data"):
         assert sum(len(w) for w in words) < sum(len(d) for d in dirs) / 4
+    if dirs == ["rel/jobs/a", "rel/jobs/b"]:  # only the differing text travels per folder
+        assert words == ['"$_base"a', '"$_base"b']

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import TYPE_CHECKING
@@ -81,6 +80,8 @@ def _render(status: RunStatus, as_json: bool, wide: bool = False) -> None:
     now = datetime.now(timezone.utc)
     records = [fold_record(f, now) for f in status.folds]
     if as_json:
+        import json
+
         click.echo(json.dumps(_record(status), indent=2))
         return
     from rich.console import Console
@@ -145,6 +146,8 @@ def status_cmd(app: AppContext, run_id: str | None, configurations: tuple[str, .
             wait = interval
             code = worst_exit(statuses)
             if as_json and len(statuses) > 1:
+                import json
+
                 click.echo(json.dumps({"exit_code": code,
                                        "runs": [_record(s) for s in statuses]}, indent=2))
             else:

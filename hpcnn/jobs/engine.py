@@ -9,6 +9,7 @@ tail of its training log), in one shell line over one connection.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import shlex
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from hpcnn.errors import SchedulerError, SchedulerUnavailable
-from hpcnn.remote.base import Connection, join_argv
+from hpcnn.remote.base import Connection, join_argv, packed_line, unpacked
 from hpcnn.schedulers.base import Dependency, Dialect, JobState, SchedulerJob
 from hpcnn.state import JobRow, Registry
 
@@ -40,19 +41,18 @@ _READERS = (f'{READ}() {{ [ -e "$1" ] && cat "$1" 2>/dev/null; }}; '
 
 
 def dir_words(dirs: Sequence[str], var: str) -> tuple[str, list[str]]:
-    """The folders as short shell words for one command line: their common parent assigned to
-    ``var`` once (the returned line), each folder as ``"$var"/NAME``. A poll of 100 jobs
-    otherwise repeats full paths hundreds of times (87 kB of command per poll)."""
-    try:
-        base = posixpath.commonpath(dirs) if len(dirs) > 1 else ""
-    except ValueError:  # absolute and relative folders mixed
-        base = ""
-    # The part after the parent's text, never a path rewritten by relpath: with a symbolic
-    # link in the folder, "link/../x" and "x" are different folders.
-    if base in ("", "/", ".") or not all(d.startswith(base + "/") for d in dirs):
+    """The folders as short shell words for one command line: their common leading text
+    assigned to ``var`` once (the returned line), each folder as ``"$var"REST``. A poll of 100
+    jobs otherwise repeats full paths hundreds of times (87 kB of command per poll); the common
+    text, not only the common parent, goes once, as job folders differ only in their last few
+    characters (``...-f3-a12``): the poll's command shrinks threefold."""
+    base = os.path.commonprefix(list(dirs)) if len(dirs) > 1 else ""
+    # Plain text, never a path rewritten by relpath: with a symbolic link in the folder,
+    # "link/../x" and "x" are different folders; the shell joins the two texts back as given.
+    if len(base) < 2:
         return "true", [shlex.quote(d) for d in dirs]
     return (f"{var}={shlex.quote(base)}",
-            [f'"${var}"/{shlex.quote(d[len(base) + 1:])}' for d in dirs])
+            [f'"${var}"{shlex.quote(d[len(base):])}' for d in dirs])
 
 
 def submit(
@@ -186,8 +186,9 @@ def poll_with(
         parts.append(f'printf "\\n%s %s\\n" {_SEP.format("XTRA")} {i}; {{ {snippet}; }}')
     if not jobs and not extra:
         return {}, True, []
-    res = conn.run_shell("; ".join([*parts, "true"]), check=False)
-    text, _, extras_text = res.stdout.partition("\n" + _SEP.format("XTRA") + " ")
+    line = "; ".join([*parts, "true"])
+    res = conn.run_shell(packed_line(line) if conn.packs_output else line, check=False)
+    text, _, extras_text = unpacked(res.stdout).partition("\n" + _SEP.format("XTRA") + " ")
     extras = [""] * len(extra)
     for block in ((_SEP.format("XTRA") + " " + extras_text).split(_SEP.format("XTRA") + " ")
                   if extra else [])[1:]:

@@ -14,6 +14,7 @@ import posixpath
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from hpcnn.errors import HpcnnError
@@ -34,12 +35,21 @@ class PushItem:
     what: str
     local: Path
     remote: str
+    members: tuple[str, ...] = ()
+    """Only these entries of the folder ``local`` (all of it when empty), landing under the
+    same names in ``remote``: hpcnn's job files are two entries of its package folder, sent
+    by one transfer (a no-op push otherwise paid a round trip and the launcher's 26 kB)."""
 
     @property
+    def paths(self) -> list[Path]:
+        """The local files and folders the item moves."""
+        return [self.local / m for m in self.members] if self.members else [self.local]
+
+    @cached_property
     def size(self) -> int:
-        if self.local.is_file():
-            return self.local.stat().st_size
-        return sum(p.stat().st_size for p in self.local.rglob("*") if p.is_file())
+        return sum(p.stat().st_size if p.is_file() else
+                   sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+                   for p in self.paths)
 
 
 def push_items(ws: Workspace, remote: RemoteLayout, dataset: str, *,
@@ -58,10 +68,12 @@ def job_file_items(remote: RemoteLayout) -> list[PushItem]:
     prediction looks the trainer class up there too)."""
     from hpcnn.nnunet import launcher_path, trainer_dir
 
-    return [
-        PushItem("launcher", launcher_path(), remote.launcher),
-        PushItem("trainers", trainer_dir(), remote.trainers_dir),
-    ]
+    launcher, trainers = launcher_path(), trainer_dir()
+    assert launcher.parent == trainers.parent, "the job files share one package folder"
+    assert (remote.launcher, remote.trainers_dir) == (
+        posixpath.join(remote.lib, launcher.name), posixpath.join(remote.lib, trainers.name))
+    return [PushItem("job files (launcher, trainers)", launcher.parent, remote.lib,
+                     members=(launcher.name, trainers.name))]
 
 
 def prepare(conn: Connection, remote: RemoteLayout, items: list[PushItem]) -> None:
@@ -71,10 +83,13 @@ def prepare(conn: Connection, remote: RemoteLayout, items: list[PushItem]) -> No
     quoted = " ".join(shlex.quote(i.remote) for i in items)
     parents = " ".join(shlex.quote(posixpath.dirname(i.remote)) for i in items)
     root = shlex.quote(remote.root)
+    probe = conn.transfer_probe()
     res = conn.run_shell(f"mkdir -p {root} {parents} && df -Pk {root} | tail -n 1; "
-                         f"for p in {quoted}; do du -sk \"$p\" 2>/dev/null || echo 0 \"$p\"; done",
-                         check=False)
-    lines = res.stdout.splitlines()
+                         f"for p in {quoted}; do du -sk \"$p\" 2>/dev/null || echo 0 \"$p\"; done"
+                         + (f"; {probe}" if probe else ""), check=False)
+    if probe and res.ok:
+        conn.transfer_probed(res.stdout)
+    lines = [line for line in res.stdout.splitlines() if not line.startswith("__HPCNN_")]
     if not res.ok and not lines:
         return
     fields = lines[0].split() if lines else []
@@ -94,9 +109,10 @@ def push(conn: Connection, registry: Registry, remote: RemoteLayout, items: list
          run: str | None, echo: Callable[[str], None] = lambda s: None) -> int:
     """Copy each item (new and changed files only); returns the bytes of the local items."""
     for item in items:
-        if not item.local.exists():
-            raise HpcnnError(f"{item.local} does not exist: nothing to push for {item.what}",
-                             hint="preprocess the dataset first (`hpcnn preprocess NAME`)")
+        for path in item.paths:
+            if not path.exists():
+                raise HpcnnError(f"{path} does not exist: nothing to push for {item.what}",
+                                 hint="preprocess the dataset first (`hpcnn preprocess NAME`)")
     prepare(conn, remote, items)
     total = 0
     for item in items:
@@ -109,10 +125,11 @@ def push(conn: Connection, registry: Registry, remote: RemoteLayout, items: list
             if item.local.is_file():
                 conn.put(item.local, item.remote)
             else:
-                conn.push_tree(item.local, item.remote, exclude=_SKIP)
+                conn.push_tree(item.local, item.remote, exclude=_SKIP, members=item.members)
             ok = True
         finally:
-            registry.finish_transfer(tid, ok=ok, files=_count(item.local), nbytes=size)
+            registry.finish_transfer(tid, ok=ok, files=sum(_count(p) for p in item.paths),
+                                     nbytes=size)
     return total
 
 

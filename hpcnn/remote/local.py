@@ -13,11 +13,12 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from hpcnn.remote.base import Connection, Result, excluded, login_wrap
+from hpcnn.remote.base import Connection, Result, excluded, in_members, login_wrap
 
 
 class LocalConnection(Connection):
     description = "this machine"
+    packs_output = False  # no network to save: compressing would only cost CPU
 
     def _run(self, line: str, *, stdin: str | None, timeout: float | None) -> Result:
         proc = subprocess.run(
@@ -36,8 +37,9 @@ class LocalConnection(Connection):
     def get(self, remote: str, local: Path) -> None:
         _copy_file(Path(remote), Path(local))
 
-    def push_tree(self, local: Path, remote: str, *, exclude: Sequence[str] = ()) -> None:
-        _copy_tree(Path(local), Path(remote), exclude)
+    def push_tree(self, local: Path, remote: str, *, exclude: Sequence[str] = (),
+                  members: Sequence[str] = ()) -> None:
+        _copy_tree(Path(local), Path(remote), exclude, members)
 
     def pull_tree(self, remote: str, local: Path, *, exclude: Sequence[str] = ()) -> None:
         _copy_tree(Path(remote), Path(local), exclude)
@@ -53,7 +55,8 @@ def _copy_file(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _copy_tree(src: Path, dst: Path, exclude: Sequence[str]) -> None:
+def _copy_tree(src: Path, dst: Path, exclude: Sequence[str],
+               members: Sequence[str] = ()) -> None:
     """Copy new and changed files (size or mtime differ); never delete at the destination."""
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: no such folder")
@@ -61,7 +64,7 @@ def _copy_tree(src: Path, dst: Path, exclude: Sequence[str]) -> None:
         return
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src).as_posix()
-        if excluded(rel, exclude):
+        if excluded(rel, exclude) or not in_members(rel, members):
             continue
         target = dst / rel
         if path.is_dir():

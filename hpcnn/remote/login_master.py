@@ -33,10 +33,6 @@ from hpcnn.fsutil import PRIVATE, atomic_write_text, ensure_dir
 if TYPE_CHECKING:
     from hpcnn.remote.ssh_common import Target
 
-DEFAULT_PERSIST = "8h"
-"""A working day: log in in the morning, cron syncs until the evening."""
-
-
 def login_dir() -> Path:
     """``~/.ssh/hpcnn``: $HOME as cron sets it (the account's home), so a command run from
     cron finds the master a terminal opened; not $XDG_RUNTIME_DIR, which cron lacks."""

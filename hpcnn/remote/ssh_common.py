@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from hpcnn.errors import ConfigError, ConnectionFailed, RemoteCommandError
-from hpcnn.remote.base import Connection, excluded, safe_relative
-from hpcnn.remote.login_master import DEFAULT_PERSIST
+from hpcnn.remote import DEFAULT_PERSIST
+from hpcnn.remote.base import Connection, excluded, in_members, safe_relative
 
 if TYPE_CHECKING:
     from hpcnn.config import ClusterSection
@@ -273,7 +273,7 @@ def refuse_shared_control_path(control_path: str) -> None:
                  "`ControlPath ~/.ssh/cm-%C` (ssh creates the socket; ~/.ssh is 0700)")
 
 
-def rsync_argv(ssh_command: Sequence[str], src: str, dst: str,
+def rsync_argv(ssh_command: Sequence[str], src: str | Sequence[str], dst: str,
                exclude: Sequence[str] = (), *, to_cluster: bool = False,
                make_dir: str | None = None) -> list[str]:
     """rsync that copies new and changed files and never deletes; interrupted files wait in
@@ -292,7 +292,7 @@ def rsync_argv(ssh_command: Sequence[str], src: str, dst: str,
         argv.append(f"--rsync-path=umask 077 && mkdir -p -- {shlex.quote(make_dir)} && rsync")
     for pattern in exclude:
         argv += ["--exclude", pattern]
-    return [*argv, src, dst]
+    return [*argv, *([src] if isinstance(src, str) else src), dst]
 
 
 @functools.cache
@@ -428,6 +428,10 @@ def fetch_failed(remote: str, where: str, files: Sequence[str], landed: set[str]
                               returncode=code or 1, stderr=stderr)
 
 
+RSYNC_THERE = "__HPCNN_RSYNC_THERE__"
+"""What ``transfer_probe`` prints when the cluster has rsync."""
+
+
 class SshConnection(Connection):
     """push_tree/pull_tree for both SSH transports: rsync when both ends have it (and the
     config allows), else each transport's own file copy over its one connection."""
@@ -458,6 +462,17 @@ class SshConnection(Connection):
     def send_files(self, local: Path, remote: str, files: Sequence[str]) -> None:
         """Copy ``files`` (relative paths) from ``local`` to ``remote``, keeping mtimes."""
 
+    def transfer_probe(self) -> str:
+        """Whether the cluster has rsync, asked inside the push's first command (a no-op push
+        otherwise pays a round trip for ``command -v rsync``)."""
+        if self.cluster.transfer == "sftp" or self._remote_rsync is not None:
+            return ""
+        return f"if command -v rsync >/dev/null 2>&1; then echo {RSYNC_THERE}; fi"
+
+    def transfer_probed(self, stdout: str) -> None:
+        if self.cluster.transfer != "sftp" and self._remote_rsync is None:
+            self._remote_rsync = RSYNC_THERE in stdout.splitlines()
+
     def use_rsync(self) -> bool:
         mode = self.cluster.transfer
         if mode == "sftp":
@@ -470,16 +485,20 @@ class SshConnection(Connection):
                               hint="install rsync, or set cluster.transfer: auto (or sftp)")
         return self._remote_rsync and local_rsync_ok()
 
-    def push_tree(self, local: Path, remote: str, *, exclude: Sequence[str] = ()) -> None:
+    def push_tree(self, local: Path, remote: str, *, exclude: Sequence[str] = (),
+                  members: Sequence[str] = ()) -> None:
         local = Path(local)
         if not local.is_dir():
             raise FileNotFoundError(f"{local}: no such folder")
         if self.use_rsync():
-            self._rsync(f"{local}/", f"{self.rsync_destination()}:{remote}/", exclude,
+            # Members without a trailing slash: rsync puts each under its own name in remote.
+            sources = [str(local / m) for m in members] or [f"{local}/"]
+            self._rsync(sources, f"{self.rsync_destination()}:{remote}/", exclude,
                         to_cluster=True, make_dir=remote)
             return
         remote_files = parse_listing(self.run_shell(remote_listing_line(remote)).stdout)
-        files = to_copy(local_listing(local), remote_files, exclude)
+        files = [rel for rel in to_copy(local_listing(local), remote_files, exclude)
+                 if in_members(rel, members)]
         if files:
             self.send_files(local, remote, files)
 
@@ -494,7 +513,7 @@ class SshConnection(Connection):
         if files:
             self.fetch_files(remote, local, files)
 
-    def _rsync(self, src: str, dst: str, exclude: Sequence[str], *,
+    def _rsync(self, src: str | Sequence[str], dst: str, exclude: Sequence[str], *,
                to_cluster: bool = False, make_dir: str | None = None) -> None:
         argv = rsync_argv(self.rsync_ssh_command(), src, dst, exclude, to_cluster=to_cluster,
                           make_dir=make_dir)
@@ -507,5 +526,6 @@ class SshConnection(Connection):
             raise failure(found[0], self.target, found[1],
                           timeout=self.cluster.connect_timeout)
         raise RemoteCommandError(
-            f"rsync {src} -> {dst} failed (exit {proc.returncode}): {proc.stderr.strip()}",
+            f"rsync {src if isinstance(src, str) else ' '.join(src)} -> {dst} failed "
+            f"(exit {proc.returncode}): {proc.stderr.strip()}",
             returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
