@@ -177,8 +177,46 @@ class ClusterSection(_Section):
         return self.scheduler == "local"
 
 
+def _queue_name(v: str | None) -> str | None:
+    if v is not None and not re.fullmatch(r"[A-Za-z0-9_.@-]+", v):
+        raise ValueError("a queue/partition name has only letters, digits and _ . @ -")
+    return v
+
+
+class _OwnResources(_Section):
+    """Resource keys a kind of job may set for itself (unset: the fold jobs' ones)."""
+
+    queue: Line | None = None
+    walltime: Walltime | None = None
+    mem: Memory | None = None
+    extra_directives: list[Line] | None = None
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, v: str | None) -> str | None:
+        return _queue_name(v)
+
+
+class CpuJobResources(_OwnResources):
+    """What a CPU job (preprocessing, find_best_configuration) asks for: no GPU. ``queue``
+    and ``extra_directives`` left out take the fold jobs' (``resources.queue`` /
+    ``resources.extra_directives``); a site whose GPU partition refuses CPU jobs names its CPU
+    queue here."""
+
+    cpus: int = Field(default=4, ge=1)
+
+
+class ResourceOverrides(_OwnResources):
+    """One configuration's changes to the fold jobs' resources (2d needs less memory and
+    time than 3d_fullres)."""
+
+    cpus: int | None = Field(default=None, ge=1)
+    gpus: int | None = Field(default=None, ge=0)
+
+
 class ResourcesSection(_Section):
-    """What each training job asks the scheduler for."""
+    """What each training job asks the scheduler for (``prep`` and ``find_best``: the CPU
+    jobs of an experiment)."""
 
     queue: Line | None = None
     walltime: Walltime | None = None
@@ -189,13 +227,15 @@ class ResourcesSection(_Section):
     mail_events: Line | None = None
     mail_address: Line | None = None
     extra_directives: list[Line] = Field(default_factory=list)
+    prep: CpuJobResources = Field(
+        default_factory=lambda: CpuJobResources(cpus=8, mem="32gb", walltime="4h"))
+    find_best: CpuJobResources = Field(
+        default_factory=lambda: CpuJobResources(cpus=4, mem="16gb", walltime="2h"))
 
     @field_validator("queue")
     @classmethod
     def _queue(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.@-]+", v):
-            raise ValueError("a queue/partition name has only letters, digits and _ . @ -")
-        return v
+        return _queue_name(v)
 
     @field_validator("mail_address")
     @classmethod
@@ -227,11 +267,23 @@ class EnvironmentSection(_Section):
         return v
 
 
+CONFIGURATION_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 class TrainingSection(_Section):
-    """What nnU-Net trains: the run is dataset + trainer + plans + configuration."""
+    """What nnU-Net trains: an experiment is dataset + trainer + plans + configurations; each
+    configuration is one run (one ``Trainer__Plans__configuration`` folder)."""
 
     dataset: Line | None = None
     configuration: Line = "3d_fullres"
+    """The one configuration of a single-configuration experiment (``configurations`` wins)."""
+    configurations: list[Line] = Field(default_factory=list)
+    """What an experiment trains; empty: ``[configuration]``; ``all``: every configuration
+    the plans define."""
+    resources_per_configuration: dict[str, ResourceOverrides] = Field(default_factory=dict)
+    find_best: bool = True
+    """With more than one configuration: run find_best_configuration as a CPU job once every
+    fold of every configuration is complete."""
     trainer: Line = "nnUNetTrainer"
     plans: Line = "nnUNetPlans"
     folds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
@@ -248,6 +300,36 @@ class TrainingSection(_Section):
     def _dataset(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
+    @field_validator("configurations")
+    @classmethod
+    def _configurations(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each configuration once, e.g. [2d, 3d_fullres]")
+        for name in v:
+            if not CONFIGURATION_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a configuration name (2d, 3d_fullres, "
+                                 "3d_lowres, 3d_cascade_fullres, all, or a plans' own)")
+        if "all" in v and len(v) > 1:
+            raise ValueError("'all' already means every configuration of the plans")
+        return v
+
+    @model_validator(mode="after")
+    def _one_way(self) -> TrainingSection:
+        if ("configuration" in self.model_fields_set and self.configurations
+                and "all" not in self.configurations
+                and self.configuration not in self.configurations):
+            raise ValueError(
+                f"training.configuration ({self.configuration}) is not among "
+                f"training.configurations ({', '.join(self.configurations)}): keep only "
+                "configurations")
+        return self
+
+    @property
+    def chosen_configurations(self) -> list[str]:
+        """What the experiment trains, as configured (``all`` is resolved against the plans
+        by hpcnn.jobs.experiment)."""
+        return list(self.configurations) or [self.configuration]
+
     @field_validator("folds")
     @classmethod
     def _folds(cls, v: list[int]) -> list[int]:
@@ -256,6 +338,16 @@ class TrainingSection(_Section):
         if len(set(v)) != len(v) or any(f < 0 for f in v):
             raise ValueError("folds must be distinct numbers >= 0")
         return v
+
+
+class PreprocessSection(_Section):
+    """How nnU-Net plans: the planner class and the GPU memory its networks are sized for."""
+
+    planner: Line | None = None
+    """``nnUNetPlannerResEncM``/``L``/``XL`` (nnU-Net's recommendation), a site's own class, or
+    None: nnU-Net's default ``ExperimentPlanner``."""
+    gpu_memory_target: float | None = Field(default=None, gt=0)
+    """GB; None: the planner's own (8 GB default, 24 ResEnc L, 40 ResEnc XL)."""
 
 
 class LocalSection(_Section):
@@ -278,6 +370,7 @@ class Config(_Section):
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     environment: EnvironmentSection = Field(default_factory=EnvironmentSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
+    preprocess: PreprocessSection = Field(default_factory=PreprocessSection)
     local: LocalSection = Field(default_factory=LocalSection)
     status: StatusSection = Field(default_factory=StatusSection)
     templates_dir: Path | None = None
@@ -290,6 +383,12 @@ class Config(_Section):
                                  self.training.walltime_margin)
         if problem:
             raise KeyProblem(("training", "walltime_margin"), problem)
+        for name, override in self.training.resources_per_configuration.items():
+            key = ("training", "resources_per_configuration", name, "walltime")
+            problem = margin_problem(override.walltime, ".".join(key),
+                                     self.training.walltime_margin)
+            if problem:
+                raise KeyProblem(key, problem)
         return self
 
     @property

@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _V1_JOBS = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -80,6 +80,25 @@ CREATE TABLE IF NOT EXISTS cluster_facts (
 """
 
 
+_V3 = """
+CREATE TABLE IF NOT EXISTS experiments (
+    id TEXT PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    trainer TEXT NOT NULL,
+    plans TEXT NOT NULL,
+    configurations TEXT NOT NULL,
+    folds TEXT NOT NULL,
+    host TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    options TEXT NOT NULL DEFAULT '{}'
+);
+"""
+_V3_COLUMNS = (("runs", "experiment"), ("dependencies", "on_name"))
+"""Version 3: experiments (an experiment groups the runs of its configurations; a run of
+version 2 becomes the one run of its own experiment) and the NAME of the job a dependency waits
+for (the scheduler id alone does not say which fold a cascade fold waits on)."""
+
+
 @dataclass
 class JobRow:
     name: str
@@ -108,14 +127,39 @@ class RunRow:
     created_at: float
     host: str = ""
     options: str = "{}"
+    experiment: str | None = None
 
     @property
     def option_values(self) -> dict[str, Any]:
         return json.loads(self.options or "{}")
 
 
+@dataclass
+class ExperimentRow:
+    id: str
+    dataset: str
+    trainer: str
+    plans: str
+    configurations: str
+    """JSON list, in training order."""
+    folds: str
+    """JSON list."""
+    created_at: float
+    host: str = ""
+    options: str = "{}"
+
+    @property
+    def configuration_list(self) -> list[str]:
+        return list(json.loads(self.configurations))
+
+    @property
+    def fold_list(self) -> list[int]:
+        return [int(f) for f in json.loads(self.folds)]
+
+
 _COLUMNS = [f.name for f in fields(JobRow)]
 _RUN_COLUMNS = [f.name for f in fields(RunRow)]
+_EXPERIMENT_COLUMNS = [f.name for f in fields(ExperimentRow)]
 
 
 class Registry:
@@ -150,6 +194,36 @@ class Registry:
         assert found is not None
         return found
 
+    def add_experiment(self, experiment: ExperimentRow, runs: Sequence[RunRow]) -> ExperimentRow:
+        """Record an experiment and its runs once (the first records are kept); a run recorded
+        before (by an experiment of its own) joins this one."""
+        with self._db() as db:
+            db.execute(
+                f"INSERT OR IGNORE INTO experiments ({','.join(_EXPERIMENT_COLUMNS)}) "
+                f"VALUES ({','.join('?' * len(_EXPERIMENT_COLUMNS))})",
+                [getattr(experiment, c) for c in _EXPERIMENT_COLUMNS])
+            for run in runs:
+                run.experiment = experiment.id
+                db.execute(
+                    f"INSERT OR IGNORE INTO runs ({','.join(_RUN_COLUMNS)}) "
+                    f"VALUES ({','.join('?' * len(_RUN_COLUMNS))})",
+                    [getattr(run, c) for c in _RUN_COLUMNS])
+                db.execute("UPDATE runs SET experiment = ? WHERE id = ?",
+                           [experiment.id, run.id])
+        found = self.experiment(experiment.id)
+        assert found is not None
+        return found
+
+    def experiment(self, experiment_id: str) -> ExperimentRow | None:
+        with self._db() as db:
+            row = db.execute(f"SELECT {','.join(_EXPERIMENT_COLUMNS)} FROM experiments "
+                             "WHERE id = ?", [experiment_id]).fetchone()
+        return ExperimentRow(**dict(zip(_EXPERIMENT_COLUMNS, row, strict=True))) if row else None
+
+    def experiment_runs(self, experiment_id: str) -> list[RunRow]:
+        """The runs of an experiment, in the order they were recorded."""
+        return self._runs("WHERE experiment = ? ORDER BY created_at, rowid", [experiment_id])
+
     def run(self, run_id: str) -> RunRow | None:
         rows = self._runs("WHERE id = ?", [run_id])
         return rows[0] if rows else None
@@ -164,8 +238,10 @@ class Registry:
             return [RunRow(**dict(zip(_RUN_COLUMNS, r, strict=True))) for r in cur.fetchall()]
 
     # ---- jobs
-    def add(self, job: JobRow, depends_on: list[tuple[str, str]] = ()) -> JobRow:
-        """Record a job's intent (state ``pending``) with its dependencies ``(job, kind)``.
+    def add(self, job: JobRow,
+            depends_on: Sequence[tuple[str, str] | tuple[str, str, str]] = ()) -> JobRow:
+        """Record a job's intent (state ``pending``) with its dependencies ``(scheduler id,
+        kind)`` or ``(scheduler id, kind, job name)``.
 
         A job of that name already recorded is left exactly as it is (it may have been
         submitted: its scheduler id must survive); the stored row is returned.
@@ -177,8 +253,11 @@ class Registry:
                 f"VALUES ({','.join('?' * len(_COLUMNS))})",
                 [getattr(job, c) for c in _COLUMNS],
             )
-            db.executemany("INSERT OR IGNORE INTO dependencies VALUES (?, ?, ?)",
-                           [(job.name, on, kind) for on, kind in depends_on])
+            db.executemany(
+                "INSERT OR IGNORE INTO dependencies (job, on_job, kind, on_name) "
+                "VALUES (?, ?, ?, ?)",
+                [(job.name, dep[0], dep[1], dep[2] if len(dep) > 2 else None)
+                 for dep in depends_on])
         stored = self.get(job.name)
         assert stored is not None
         return stored
@@ -226,6 +305,13 @@ class Registry:
         with self._db() as db:
             return [tuple(r) for r in db.execute(
                 "SELECT on_job, kind FROM dependencies WHERE job = ? ORDER BY on_job", [name])]
+
+    def needed_jobs(self, name: str) -> list[tuple[str, str]]:
+        """``(job name, kind)`` of what a job waits for (the names recorded since v3)."""
+        with self._db() as db:
+            return [tuple(r) for r in db.execute(
+                "SELECT on_name, kind FROM dependencies WHERE job = ? AND on_name IS NOT NULL "
+                "ORDER BY on_name", [name])]
 
     def run_dependencies(self, run: str) -> dict[str, list[tuple[str, str]]]:
         """``dependencies`` of every job of ``run`` that has one, in one query (a status of
@@ -282,11 +368,44 @@ def migrate(db: sqlite3.Connection) -> None:
     Version 1 (no ``user_version``, a ``jobs`` table only; cluster facts in
     ``.hpcnn/cluster.json``) gains the v2 tables, a run row for each run its jobs name (the
     dataset is read back from the run id's number, as far as it can be), and the facts file's
-    content.
+    content. Version 2 gains experiments (``_migrate_to_3``).
     """
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version >= SCHEMA_VERSION:
         return
+    if version < 2:
+        _migrate_to_2(db)
+    _migrate_to_3(db)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _migrate_to_3(db: sqlite3.Connection) -> None:
+    """Each run becomes the one run of an experiment of its own id (its folds from the
+    options it was recorded with), and each dependency learns the name of the job it waits
+    for (the job of the same run that had that scheduler id)."""
+    db.executescript(_V3)
+    for table, column in _V3_COLUMNS:  # another process may have migrated meanwhile
+        if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+    for run_id, dataset, trainer, plans, configuration, host, created, options in db.execute(
+            "SELECT id, dataset, trainer, plans, configuration, host, created_at, options "
+            "FROM runs").fetchall():
+        try:
+            folds = [int(f) for f in json.loads(options or "{}").get("folds") or range(5)]
+        except (ValueError, TypeError, AttributeError):
+            folds = list(range(5))
+        db.execute("INSERT OR IGNORE INTO experiments (id, dataset, trainer, plans, "
+                   "configurations, folds, host, created_at, options) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   [run_id, dataset, trainer, plans, json.dumps([configuration]),
+                    json.dumps(folds), host, created, options or "{}"])
+        db.execute("UPDATE runs SET experiment = ? WHERE id = ?", [run_id, run_id])
+    db.execute("UPDATE dependencies SET on_name = (SELECT j.name FROM jobs j, jobs me "
+               "WHERE me.name = dependencies.job AND j.run = me.run "
+               "AND j.scheduler_id = dependencies.on_job) WHERE on_name IS NULL")
+
+
+def _migrate_to_2(db: sqlite3.Connection) -> None:
     db.executescript(_V1_JOBS + _V2)
     now = time.time()
     rows = db.execute("SELECT run, MIN(COALESCE(submitted_at, updated_at)) FROM jobs "
@@ -308,4 +427,3 @@ def migrate(db: sqlite3.Connection) -> None:
         for key, value in (entry.items() if isinstance(entry, dict) else ()):
             db.execute("INSERT OR IGNORE INTO cluster_facts VALUES (?, ?, ?)",
                        [host, key, str(value)])
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

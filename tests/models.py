@@ -57,7 +57,7 @@ def prepare_tiny_dataset(root: Path, *, n_cases: int = 6,
     workspace = Workspace(root)
     raw = workspace.raw / DATASET
     write_nnunet_dataset(raw, n_cases=n_cases, size=size, file_ending=".nrrd")
-    job = preprocess.prepare(workspace, raw, configuration=CONFIGURATION, folds=range(5),
+    job = preprocess.prepare(workspace, raw, configurations=[CONFIGURATION], folds=range(5),
                              workers=2)
     with open(root / "preprocess.log", "w", encoding="utf-8") as log:
         preprocess.run(job, out=log)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from runs_helper import record_run
 
 from hpcnn.errors import ConfigError
 from hpcnn.jobs.model import FOLD, PREDICT, Run, job_name
@@ -96,7 +97,7 @@ def trained(c: Cluster, folds: dict[int, int | None], inference: Collection[int]
     from hpcnn.services.train import push_run
 
     with c.session() as s:
-        s.record_run(RUN)
+        record_run(s, RUN)
         push_run(s, RUN, echo=lambda line: None)
         for fold, local in folds.items():
             row = record_fold(s, RUN, fold)
@@ -396,7 +397,7 @@ def test_apply_quotes_every_path_in_one_command(cluster: Cluster) -> None:
 
 def test_a_missing_remote_dir_has_nothing_to_remove(cluster: Cluster, hpcnn) -> None:
     with cluster.session() as s:
-        s.record_run(RUN)
+        record_run(s, RUN)
     code, out, _ = hpcnn("--config", str(cluster.config), "clean", "--yes", "--include-results")
     assert code == 0 and "nothing to remove" in out, out
     assert not cluster.remote.exists()
@@ -410,7 +411,7 @@ def test_the_local_scheduler_has_no_remote_copy_and_removes_nothing(workspace: P
     data.mkdir(parents=True)
     (data / "dataset.json").write_text("{}")
     with Session(load_config()) as s:
-        s.record_run(RUN)
+        record_run(s, RUN)
         record_fold(s, RUN, 0)
     code, out, _ = hpcnn("clean", "--yes", "--include-results")
     assert code == 0 and "no remote copy, nothing to remove" in out, out
@@ -444,7 +445,7 @@ def test_on_the_test_bed_clean_removes_the_pushed_copy_and_push_brings_it_back(b
     with _bed_session(bed) as s:  # a finished run; the push below is not anchored (relative)
         run = s.new_run()
         assert run.trainer == TINY
-        s.record_run(run)
+        record_run(s, run)
         record_fold(s, run, 0)
     res = bed.cli("push")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -486,8 +487,8 @@ def test_on_the_test_bed_a_run_with_a_live_job_is_refused_and_its_dataset_kept(b
     with _bed_session(bed) as s:
         anchor_remote_dir(s)
         done, busy = s.new_run(), s.new_run(trainer="nnUNetTrainer")
-        s.record_run(done)
-        s.record_run(busy)
+        record_run(s, done)
+        record_run(s, busy)
         record_fold(s, done, 0)
         name, dialect, layout = job_name(busy.id, 0), s.dialect, s.remote
         spec = JobSpec(run=busy.id, name=name, job_dir=layout.job_dir(busy.id, name),

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from runs_helper import record_run
 
 from hpcnn.config import load_config
 from hpcnn.jobs.model import FOLD, Run, job_name
@@ -40,7 +41,7 @@ def finished_run(workspace: Path) -> Path:
     """A run of the local scheduler whose fold 0 completed: its job folder with an output log
     and an empty err.log, its final checkpoint in the results (where local jobs write)."""
     with Session(load_config(None)) as session:
-        session.record_run(RUN)
+        record_run(session, RUN)
         name = job_name(RUN.id, 0)
         row = session.registry.add(JobRow(
             name=name, run=RUN.id, kind=FOLD, fold=0, job_dir=session.remote.job_dir(RUN.id, name),
@@ -152,7 +153,7 @@ def test_status_fits_80_columns_and_ends_with_the_next_command(
     columns with every state whole, one line a fold with the mean Dice; --json without float
     noise and with every class; --wide with every class."""
     with Session(load_config(None)) as session:
-        session.record_run(RUN)
+        record_run(session, RUN)
         _add_fold(session, 0, "completed", 0)
         _add_fold(session, 1, "failed", 1, "Traceback\nRuntimeError: boom\n")
     results = workspace / "nnUNet_results" / RUN.results_folder

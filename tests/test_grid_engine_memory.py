@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from runs_helper import record_run
 
 from hpcnn.config import Config, load_config_file
 from hpcnn.jobs.model import FOLD, Run, job_name
@@ -45,7 +46,7 @@ def test_a_refused_allocation_is_recognised_with_what_to_raise(
     monkeypatch.setattr("hpcnn.remote.connect", lambda cfg: LocalConnection())
     config = _config(tmp_path, scheduler, {"mem": "4gb", "cpus": 4})
     with Session(load_config_file(config)) as session:
-        session.record_run(RUN)
+        record_run(session, RUN)
         name = job_name(RUN.id, 0)
         row = session.registry.add(JobRow(
             name=name, run=RUN.id, kind=FOLD, fold=0, job_dir=session.remote.job_dir(RUN.id, name),

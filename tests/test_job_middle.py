@@ -17,10 +17,11 @@ from hpcnn.config import Config, ConfigError, load_config_file
 from hpcnn.errors import EXIT_UNREACHABLE, ConnectionFailed
 from hpcnn.jobs.folds import SKIPPED_EXIT, continuations, fold_view
 from hpcnn.jobs.model import Run
+from hpcnn.jobs.plan import Chain, plan
 from hpcnn.schedulers.base import JobState
 from hpcnn.services.doctor.base import CheckResult, DoctorContext, Outcome, exit_code, run_checks
 from hpcnn.services.session import Session
-from hpcnn.services.train import Chain, TrainOptions, plan
+from hpcnn.services.train import TrainOptions
 from hpcnn.state import SCHEMA_VERSION, JobRow, Registry
 
 V1_SCHEMA = """

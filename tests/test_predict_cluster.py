@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from conftest import testbed_ssh as ssh_argv
 from models import fake_model, tiny_model, unseen_cases  # noqa: F401  (tiny_model: fixture)
+from runs_helper import record_run as record_session_run
 from testbed_train import make_bed, ssh_config  # noqa: F401  (ssh_config: fixture)
 
 HPCNN = [sys.executable, "-m", "hpcnn.cli.main"]
@@ -48,8 +49,8 @@ def record_run(config: Path) -> None:
     from hpcnn.services.session import Session
 
     with Session(load_config_file(config)) as session:
-        session.record_run(Run("Dataset501_Tiny", "hpcnnTinyTrainer", "nnUNetPlans",
-                               "3d_fullres"))
+        record_session_run(session, Run("Dataset501_Tiny", "hpcnnTinyTrainer", "nnUNetPlans",
+                                        "3d_fullres"))
 
 
 def local_workspace(root: Path, setup: list[str] | None = None) -> Path:

@@ -20,6 +20,8 @@ import hpcnn.dataset
 from hpcnn.config import Config
 from hpcnn.dataset import layout, preprocess
 from hpcnn.errors import ConfigError, DataError
+from hpcnn.nnunet import launcher, launcher_path
+from hpcnn.nnunet.launcher import splits_cover
 from hpcnn.workspace import Workspace
 
 NAME = "Dataset501_Liver"
@@ -73,14 +75,14 @@ def test_prepare_decides_clean_workers_and_command(workspace: Path,
     out = ws.preprocessed / NAME
 
     def prepare(**kwargs: object) -> preprocess.PreprocessJob:
-        return preprocess.prepare(ws, folder, configuration="3d_fullres", folds=range(5),
+        return preprocess.prepare(ws, folder, configurations=["3d_fullres"], folds=range(5),
                                   **kwargs)
 
     job = prepare(workers=3)
     assert not job.clean and job.workers == 3
-    assert job.command[1:] == ["-m", preprocess.ENTRY_MODULE, "-d", "501", "-c", "3d_fullres",
-                               "--verify_dataset_integrity", "-np", "3", "-npfp", "3",
-                               "--no_pbar"]
+    assert job.command[1:] == [str(launcher_path()), "nnunet", "nnUNetv2_plan_and_preprocess",
+                               "-d", "501", "--no_pp", "--verify_dataset_integrity",
+                               "-npfp", "3", "--no_pbar"]
     assert job.env["nnUNet_preprocessed"] == str(ws.preprocessed)
     assert job.env["nnUNet_raw"] == str(ws.raw) and job.env["nnUNet_results"] == str(ws.results)
     assert job.cases == [f"case_{i:03d}" for i in range(6)]
@@ -111,7 +113,7 @@ def test_a_reimport_with_the_same_ids_passes_clean(workspace: Path,
     out = ws.preprocessed / NAME
 
     def prepare() -> preprocess.PreprocessJob:
-        return preprocess.prepare(ws, folder, configuration="3d_fullres", folds=range(5),
+        return preprocess.prepare(ws, folder, configurations=["3d_fullres"], folds=range(5),
                                   workers=1)
 
     first = prepare()
@@ -145,7 +147,7 @@ def test_an_existing_split_is_kept_only_when_it_is_nnunets_five_folds(tmp_path: 
         splits = [{"train": (train[i] if train else [c for c in cases if c not in val]),
                    "val": val} for i, val in enumerate(folds)]
         path.write_text(json.dumps(splits))
-        return preprocess._covers(path, set(cases))
+        return splits_cover(path, set(cases))
 
     five = [cases[i::5] for i in range(5)]
     assert covers(five)
@@ -170,6 +172,8 @@ def test_fold_and_split_constants_are_defined_once() -> None:
                     if isinstance(n, ast.Name) and n.id in names:
                         defined.setdefault(n.id, []).append(module.name)
     assert defined == {n: ["layout.py"] for n in names}
+    # the pushed launcher cannot import hpcnn: its own copies must agree
+    assert (launcher.SPLIT_FOLDS, launcher.SPLITS_FILE) == (layout.NNUNET_FOLDS, layout.SPLITS)
 
 
 def test_the_dataset_is_the_argument_else_training_dataset(workspace: Path, hpcnn) -> None:
@@ -195,15 +199,33 @@ def test_workers_fit_cores_cases_and_memory(monkeypatch: pytest.MonkeyPatch) -> 
     assert preprocess.size_workers(40, 512 * 512 * 400, 1)[0] == 1
 
 
+def test_a_configuration_or_planner_nnunet_lacks_is_refused_before_anything_runs(
+        workspace: Path, hpcnn, nnunet_available: None) -> None:
+    make_raw(workspace, size=(16, 16, 8))
+    code, _, err = hpcnn("preprocess", "501", "-c", "2d", "-c", "3d_fulres")
+    assert code == 2 and "3d_fulres" in err and "did you mean 3d_fullres" in err
+    code, _, err = hpcnn("preprocess", "501", "--planner", "nnUNetPlannerResEncXXL")
+    assert code == 2 and "nnUNetPlannerResEncXXL" in err and "nnUNetPlannerResEncM" in err
+    code, _, err = hpcnn("preprocess", "501", "--gpu-memory-target", "0")
+    assert code == 2 and "--gpu-memory-target 0" in err
+    assert not (workspace / "nnUNet_preprocessed").exists(), "nothing ran"
+
+
 def test_preprocess_runs_nnunet_and_regenerates_splits_for_new_cases(
         workspace: Path, hpcnn, nnunet_available: None, sitk_available: None) -> None:
     from nnunetv2.utilities.crossval_split import generate_crossval_split
 
     folder = make_raw(workspace)
-    code, out, err = hpcnn("preprocess", "Liver", "--workers", "2")
+    code, out, err = hpcnn("preprocess", "Liver", "--workers", "2", "-c", "3d_fullres", "-c",
+                           "2d")
     assert code == 0, out + err
     pre = workspace / "nnUNet_preprocessed" / NAME
-    assert "Preprocessing dataset" in out, "nnU-Net's output is streamed"
+    log = workspace / ".hpcnn" / "logs" / f"preprocess-{NAME}.log"
+    assert "Preprocessing dataset" not in out and "'patch_size'" not in out, "quiet"
+    assert "Preprocessing dataset" in log.read_text(), "nnU-Net's output is in the log"
+    assert log.stat().st_mode & 0o077 == 0
+    assert "plans nnUNetPlans (nnUNetPlans.json)" in out
+    assert "  2d: patch " in out and "  3d_fullres: patch 32x32x32, batch " in out
     assert (pre / "nnUNetPlans.json").is_file() and (pre / "dataset_fingerprint.json").is_file()
     data = pre / "nnUNetPlans_3d_fullres"
     cases = [f"case_{i:03d}" for i in range(6)]
@@ -216,21 +238,33 @@ def test_preprocess_runs_nnunet_and_regenerates_splits_for_new_cases(
     assert provenance["cases"] == cases and provenance["num_cases"] == 6
     assert provenance["cases_sha256"] == preprocess.case_list_hash(cases)
     assert provenance["nnunetv2_version"].startswith("2.")
-    assert provenance["hpcnn_version"] and provenance["configuration"] == "3d_fullres"
-    assert provenance["plans"] == "nnUNetPlans"
+    assert provenance["hpcnn_version"] and provenance["configurations"] == ["3d_fullres", "2d"]
+    assert provenance["plans"] == "nnUNetPlans" and provenance["planner"] == "ExperimentPlanner"
+    assert (pre / "nnUNetPlans_2d").is_dir()
     assert provenance["splits"] == "written" and provenance["clean"] is False
     splits = assert_splits_cover(pre / "splits_final.json", cases)
     assert splits == [{"train": list(s["train"]), "val": list(s["val"])}
                       for s in generate_crossval_split(cases, seed=12345, n_splits=5)]
 
+    # the plans of 32^3 images have no 3d_lowres: refused after planning, before preprocessing
+    before = (pre / "hpcnn_provenance.json").read_bytes()
+    code, out, err = hpcnn("preprocess", "501", "-j", "2", "-c", "3d_lowres")
+    assert code == 2 and "nnUNetPlans.json defines 2d, 3d_fullres, not 3d_lowres" in err, err
+    assert (pre / "hpcnn_provenance.json").read_bytes() == before, "provenance untouched"
+
     add_case(folder, "case_006")
-    code, out, err = hpcnn("preprocess", "501", "-j", "2")
+    code, out, err = hpcnn("preprocess", "501", "-j", "2", "--planner", "nnUNetPlannerResEncM")
     assert code == 0, out + err
+    assert "plans nnUNetResEncUNetMPlans (nnUNetResEncUNetMPlans.json)" in out
     assert "--clean: the case list changed" in out
     cases.append("case_006")
     assert_splits_cover(pre / "splits_final.json", cases)
     provenance = json.loads((pre / "hpcnn_provenance.json").read_text())
     assert provenance["cases"] == cases and provenance["splits"] == "regenerated"
-    assert provenance["clean"] is True
+    assert provenance["clean"] is True and provenance["plans"] == "nnUNetResEncUNetMPlans"
+    assert provenance["planner"] == "nnUNetPlannerResEncM"
+    assert provenance["preprocessed"] == {"nnUNetResEncUNetMPlans": ["3d_fullres"]}, \
+        "--clean: the earlier configurations' data are stale"
+    assert provenance["data"] == {"3d_fullres": "nnUNetPlans_3d_fullres"}, "ResEnc reuses it"
     fingerprint = json.loads((pre / "dataset_fingerprint.json").read_text())
     assert len(fingerprint["spacings"]) == 7, "the fingerprint was recomputed"

@@ -100,7 +100,7 @@ def cron(args: list[str], home: Path, configs: dict[str, Path], transport: str =
          argv: list[str] | None = None) -> subprocess.CompletedProcess[str]:
     """An hpcnn command (or ``argv``) run the way cron runs it: no terminal, no session of
     the user's."""
-    return subprocess.run(argv or [*HPCNN, "-c", str(configs[transport]), *args], cwd="/",
+    return subprocess.run(argv or [*HPCNN, "--config", str(configs[transport]), *args], cwd="/",
                           env=environment(home, configs), stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, start_new_session=True, timeout=120,
                           check=False)
@@ -113,7 +113,7 @@ def on_terminal(args: list[str], home: Path, configs: dict[str, Path], twofactor
     """An hpcnn command (or ``argv``) on a pseudo-terminal, as a person runs it; each code
     prompt is answered with a fresh code (``wrong``: a code that is never right). Returns
     (exit status, all the terminal showed, the codes typed)."""
-    argv = argv or [*HPCNN, "-c", str(configs[transport]), *args]
+    argv = argv or [*HPCNN, "--config", str(configs[transport]), *args]
     env = environment(home, configs)
     pid, fd = pty.fork()
     if pid == 0:  # the child, whose controlling terminal is the pty

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from runs_helper import record_run
 
 from hpcnn.errors import SchedulerUnavailable
 from hpcnn.jobs import engine as jobs
@@ -79,7 +80,7 @@ def test_hpcnn_status_with_the_controller_down_is_unknown_exit_3(cluster_config,
     cfg.workspace.mkdir(parents=True, exist_ok=True)
     run = Run("Dataset501_Tiny", "hpcnnTinyTrainer", "nnUNetPlans", "3d_fullres")
     with Session(cfg) as session:
-        session.record_run(run, folds=[0])
+        record_run(session, run, folds=[0])
         name = job_name(run.id, 0)
         session.registry.add(JobRow(name=name, run=run.id, kind=FOLD, fold=0, scheduler="torque",
                                     job_dir=session.remote.job_dir(run.id, name),

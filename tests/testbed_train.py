@@ -19,6 +19,7 @@ import pytest
 import yaml
 from conftest import need, testbed_ssh
 from models import prepare_tiny_dataset
+from runs_helper import record_run
 
 HPCNN = [sys.executable, "-m", "hpcnn.cli.main"]
 TINY = "hpcnnTinyTrainer"
@@ -146,7 +147,7 @@ def submit_fold_jobs(bed: Bed, commands: dict[int, list[list[str]] | None],
     with Session(cfg) as session:
         anchor_remote_dir(session)
         run, layout, dialect = session.new_run(), session.remote, session.dialect
-        session.record_run(run, folds=sorted(commands))
+        record_run(session, run, folds=sorted(commands))
         for fold, argv in sorted(commands.items()):
             name = job_name(run.id, fold)
             spec = JobSpec(run=run.id, name=name, job_dir=layout.job_dir(run.id, name),

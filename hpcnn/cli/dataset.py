@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
 from hpcnn.cli.common import AppContext, pass_app
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from hpcnn.dataset.findings import Finding
     from hpcnn.workspace import Workspace
 
@@ -161,47 +163,82 @@ def check_command(app: AppContext, dataset: str, as_json: bool, workers: int | N
 
 @click.command("preprocess")
 @click.argument("dataset", required=False)
-@click.option("--configuration", metavar="NAME",
-              help="nnU-Net configuration [default: training.configuration, 3d_fullres].")
+@click.option("--configuration", "-c", "configurations", metavar="NAME", multiple=True,
+              help="nnU-Net configuration: 2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres, or "
+                   "all (every one the plans define); repeatable [default: "
+                   "training.configuration, 3d_fullres].")
+@click.option("--planner", metavar="CLASS",
+              help="nnU-Net planner: nnUNetPlannerResEncM, nnUNetPlannerResEncL, "
+                   "nnUNetPlannerResEncXL or a site's own [default: preprocess.planner, else "
+                   "nnU-Net's ExperimentPlanner].")
+@click.option("--gpu-memory-target", type=float, metavar="GB",
+              help="GPU memory the planner sizes the network for [default: "
+                   "preprocess.gpu_memory_target, else the planner's].")
 @click.option("--workers", "-j", type=click.IntRange(min=1),
               help="nnU-Net processes (-np/-npfp) [default: sized to cores and memory].")
 @pass_app
-def preprocess_command(app: AppContext, dataset: str | None, configuration: str | None,
+def preprocess_command(app: AppContext, dataset: str | None, configurations: tuple[str, ...],
+                       planner: str | None, gpu_memory_target: float | None,
                        workers: int | None) -> None:
     """Plan and preprocess a dataset with nnU-Net, once `dataset check` finds no errors.
 
-    DATASET defaults to training.dataset. Runs nnUNetv2_plan_and_preprocess with integrity
-    checks (--clean when the cases or files changed), writes splits_final.json for the current cases
-    and hpcnn_provenance.json (versions, case list) into nnUNet_preprocessed/DatasetNNN_Name.
+    DATASET defaults to training.dataset. Plans with nnUNetv2_plan_and_preprocess (integrity
+    checks; --clean when the cases or files changed), checks the configurations asked for
+    against the plans written (before anything is preprocessed), preprocesses them, writes
+    splits_final.json for the current cases and hpcnn_provenance.json (versions, planner, plans
+    identifier, configurations, case list) into nnUNet_preprocessed/DatasetNNN_Name. nnU-Net's
+    own output goes to a log file under .hpcnn/logs.
     """
     import sys
 
     from hpcnn.dataset import preprocess
     from hpcnn.dataset.interrupt import Interrupted, signals_raise
     from hpcnn.dataset.leftovers import sweep
+    from hpcnn.fsutil import PRIVATE, ensure_dir
     from hpcnn.workspace import PREPROCESSED, RAW, Workspace
 
     workspace = Workspace(app.config.workspace)
     click.echo(f"reads {_where(workspace, RAW)}; writes {_where(workspace, PREPROCESSED)}")
     _print_findings(sweep(workspace.raw))
     with signals_raise(), _progress() as on_progress:
-        job = preprocess.prepare_configured(app.config, dataset, configuration=configuration,
-                                            workers=workers, on_progress=on_progress,
-                                            interactive=sys.stdout.isatty())
+        job = preprocess.prepare_configured(
+            app.config, dataset, configurations=configurations, planner=planner,
+            gpu_memory_target=gpu_memory_target, workers=workers, on_progress=on_progress,
+            interactive=sys.stdout.isatty())
     for text in job.warnings:
         click.secho(f"warning: {text}", fg="yellow")
-    click.echo(f"{job.dataset.folder_name}: {len(job.cases)} cases, {job.configuration}, "
+    click.echo(f"{job.dataset.folder_name}: {len(job.cases)} cases, "
+               f"{' '.join(job.configurations)}, planner {job.planner or 'ExperimentPlanner'}, "
                f"{job.workers} worker(s) ({job.workers_reason}); "
                f"{'--clean: ' if job.clean else ''}{job.clean_reason}")
+    logs = ensure_dir(workspace.state_dir / "logs", PRIVATE)
+    log = logs / f"preprocess-{job.dataset.folder_name}.log"
+    click.echo(f"nnU-Net's output: {log}")
     try:
-        with signals_raise():
-            result = preprocess.run(job)
+        with signals_raise(), _private_log(log) as out:
+            result = preprocess.run(job, out=out)
     except Interrupted as exc:
         raise Interrupted(exc.signum, f"{job.output} is incomplete (no provenance, so training "
                                       "will not use it)",
                           hint="run `hpcnn preprocess` again") from None
-    click.secho(f"preprocessed into {result.output}; splits_final.json {result.splits}; "
-                f"provenance {result.provenance.name}", fg="green")
+    click.echo(f"plans {result.plans.identifier} ({result.plans.path.name}); defines "
+               f"{', '.join(result.plans.configurations)}")
+    for name in result.configurations:
+        click.echo(f"  {name}: {result.plans.summary(name)}")
+    click.secho(f"preprocessed {', '.join(result.configurations)} into {result.output} in "
+                f"{result.seconds:.0f} s; splits_final.json {result.splits}; provenance "
+                f"{result.provenance.name}", fg="green")
+
+
+@contextmanager
+def _private_log(path: Path) -> Iterator[TextIO]:
+    """``path`` opened for writing, readable by its owner only (it names the dataset's files)."""
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with open(fd, "w", encoding="utf-8") as handle:
+        yield handle
 
 
 def _where(workspace: Workspace, name: str) -> str:

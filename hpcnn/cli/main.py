@@ -27,7 +27,6 @@ from hpcnn.cli.common import AppContext
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
-    "-c",
     "config_path",
     type=click.Path(dir_okay=False),
     envvar="HPCNN_CONFIG",

@@ -64,6 +64,16 @@ def fold_record(fold: FoldStatus, now) -> dict[str, object]:  # noqa: ANN001 - d
     }
 
 
+def _record(status: RunStatus) -> dict[str, object]:
+    """One run as ``--json`` gives it."""
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc)
+    return {"run": status.run.id, "configuration": status.run.configuration,
+            "dataset": status.run.dataset, "scheduler_answered": status.answered,
+            "exit_code": status.exit_code, "folds": [fold_record(f, now) for f in status.folds]}
+
+
 def _render(status: RunStatus, as_json: bool, wide: bool = False) -> None:
     from datetime import datetime, timezone
 
@@ -72,9 +82,7 @@ def _render(status: RunStatus, as_json: bool, wide: bool = False) -> None:
     if as_json:
         import json
 
-        click.echo(json.dumps({"run": status.run.id, "dataset": status.run.dataset,
-                               "scheduler_answered": status.answered,
-                               "exit_code": status.exit_code, "folds": records}, indent=2))
+        click.echo(json.dumps(_record(status), indent=2))
         return
     from rich.console import Console
 
@@ -97,6 +105,9 @@ def _render(status: RunStatus, as_json: bool, wide: bool = False) -> None:
 
 @click.command("status")
 @_RUN
+@click.option("--configuration", "-c", "configurations", multiple=True,
+              help="Only this configuration of the experiment (repeat for several; default: "
+                   "every configuration of the most recent experiment).")
 @click.option("--json", "as_json", is_flag=True,
               help="Machine-readable output (every class's pseudo-Dice included).")
 @click.option("--wide", is_flag=True,
@@ -105,25 +116,26 @@ def _render(status: RunStatus, as_json: bool, wide: bool = False) -> None:
 @click.option("--interval", type=float, default=30.0, show_default=True,
               help="Seconds between refreshes with --watch (at least 10).")
 @pass_app
-def status_cmd(app: AppContext, run_id: str | None, as_json: bool, wide: bool, watch: bool,
-               interval: float) -> None:
+def status_cmd(app: AppContext, run_id: str | None, configurations: tuple[str, ...],
+               as_json: bool, wide: bool, watch: bool, interval: float) -> None:
     """Where every fold of a run stands: state, true exit status, attempt, epoch, mean
     pseudo-Dice, best EMA Dice, epoch time, ETA, node, GPU-hours — in one SSH round trip;
     then one line with the counts and the next command. A narrow terminal drops the least
     useful columns (job, node, GPU-hours first); --wide shows all and each class's Dice.
+    With several configurations (an experiment), a table for each.
 
     Exit codes: 0 all folds completed, 10 some queued or running, 11 some failed, lost or
     cancelled, 3 the cluster or its scheduler did not answer.
     """
     from hpcnn.errors import EXIT_FAILED, EXIT_OK, HpcnnError
-    from hpcnn.services.status import run_status
+    from hpcnn.services.status import experiment_status, worst_exit
 
     interval = max(10.0, interval)
     with app.session() as session:
         wait = interval
         while True:
             try:
-                status = run_status(session, run_id)
+                statuses = experiment_status(session, run_id, list(configurations) or None)
             except HpcnnError as exc:
                 if not watch or exc.exit_code == 2:
                     raise
@@ -132,15 +144,23 @@ def status_cmd(app: AppContext, run_id: str | None, as_json: bool, wide: bool, w
                 wait = min(wait * 2, 600)
                 continue
             wait = interval
-            _render(status, as_json, wide)
-            if not watch or status.exit_code in (EXIT_OK, EXIT_FAILED):
+            code = worst_exit(statuses)
+            if as_json and len(statuses) > 1:
+                import json
+
+                click.echo(json.dumps({"exit_code": code,
+                                       "runs": [_record(s) for s in statuses]}, indent=2))
+            else:
+                for status in statuses:
+                    _render(status, as_json, wide)
+            if not watch or code in (EXIT_OK, EXIT_FAILED):
                 break
             try:
                 time.sleep(interval)
             except KeyboardInterrupt:
                 click.echo("stopped watching; the jobs go on", err=True)
                 break
-    raise click.exceptions.Exit(status.exit_code)
+    raise click.exceptions.Exit(code)
 
 
 @click.command("runs")

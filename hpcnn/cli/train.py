@@ -33,7 +33,9 @@ def push_cmd(app: AppContext, dataset: str | None, raw: bool) -> None:
 @_FOLDS
 @click.option("--trainer", help="nnU-Net trainer class (default: training.trainer).")
 @click.option("--plans", help="Plans identifier (default: training.plans).")
-@click.option("--configuration", help="nnU-Net configuration (default: training.configuration).")
+@click.option("--configuration", "-c", "configurations", multiple=True,
+              help="nnU-Net configuration (repeat for several; 'all': every one the plans "
+                   "define; default: training.configurations).")
 @click.option("--walltime", help="Walltime per job, e.g. 5:00:00 or 5h.")
 @click.option("--gpus", type=int, help="GPUs per job.")
 @click.option("--cpus", type=int, help="CPU cores per job.")
@@ -51,12 +53,15 @@ def push_cmd(app: AppContext, dataset: str | None, raw: bool) -> None:
               help="Write and print the scripts and the remote commands; touch nothing remote.")
 @pass_app
 def train_cmd(app: AppContext, dataset: str | None, folds: tuple[int, ...], trainer: str | None,
-              plans: str | None, configuration: str | None, walltime: str | None,
+              plans: str | None, configurations: tuple[str, ...], walltime: str | None,
               gpus: int | None, cpus: int | None, mem: str | None, queue: str | None, npz: bool,
               preprocess: str | None, fresh: bool, resubmit_failed: bool,
               dry_run: bool) -> None:
     """Push, render and submit every fold of a run, each with its walltime continuations.
 
+    With several configurations (-c, repeated) it submits an experiment: every fold of each,
+    the cascade's folds after all five 3d_lowres folds, then find_best_configuration as a
+    CPU job; --dry-run prints the job graph and the GPU-hours it asks for at most.
     Running it again for the same run submits nothing new and shows where it stands. Exit
     codes: 0 submitted (or already there), 2 a config/data error, 3 cluster unreachable,
     12 another hpcnn is submitting the same run.
@@ -65,26 +70,36 @@ def train_cmd(app: AppContext, dataset: str | None, folds: tuple[int, ...], trai
 
     opts = TrainOptions(
         dataset=dataset, folds=list(folds) or None, trainer=trainer, plans=plans,
-        configuration=configuration, npz=npz, preprocess=preprocess, fresh=fresh,
+        configurations=list(configurations) or None, npz=npz, preprocess=preprocess, fresh=fresh,
         resubmit_failed=resubmit_failed, dry_run=dry_run,
         resources={"walltime": walltime, "gpus": gpus, "cpus": cpus, "mem": mem,
                    "queue": queue})
     with app.session() as session:
         result = train_all_folds(session, opts, echo=click.echo)
+    several = len(result.experiment.configurations) > 1
     if dry_run:
         for name, text in result.scripts.items():
             click.echo(f"# ===== {name} =====")
             click.echo(text, nl=False)
+        if result.graph:
+            click.echo("# ===== the job graph: job  <-  waits for  [resources] =====")
+            for line in result.graph:
+                click.echo(line)
         click.echo("# ===== what would run (nothing was done) =====")
         for line in result.commands:
             click.echo(line)
         return
-    for view in result.kept:
-        click.echo(f"fold {view.fold}: already {view.state} (attempt {view.attempt}, job "
-                   f"{view.row.scheduler_id}) — nothing new submitted")
+    for step in result.kept:
+        view = step.view
+        assert view is not None
+        click.echo(f"{step.node.label(several)}: already {view.state} (attempt {view.attempt}, "
+                   f"job {view.row.scheduler_id}) — nothing new submitted")
+    for step in result.blocked:
+        click.echo(f"{step.node.label(several)}: not submitted: {step.why}")
     if result.submitted:
-        click.echo(f"run {result.run.id}: {len(result.submitted)} job(s) submitted; follow it "
-                   "with `hpcnn status --watch`")
+        what = "experiment" if several else "run"
+        click.echo(f"{what} {result.experiment.id}: {len(result.submitted)} job(s) submitted; "
+                   "follow it with `hpcnn status --watch`")
 
 
 @click.command("cancel")

@@ -10,23 +10,31 @@ others race on it (nnU-Net issue 3064); and it records no versions. So this comm
 2. compares the case list, and a hash of dataset.json and of each raw file's name, size and
    mtime, with those the last run recorded and passes ``--clean`` when either changed (a
    ``--force`` re-import with the same ids), or when a fingerprint of unknown origin is there;
-3. runs ``nnUNetv2_plan_and_preprocess --verify_dataset_integrity`` from this Python, with
-   ``-np``/``-npfp`` sized to the cores and memory, and streams its output;
+3. plans (``nnUNetv2_plan_and_preprocess --no_pp --verify_dataset_integrity`` with the planner
+   and GPU memory target asked for), reads the plans identifier and configurations from the file
+   the planner wrote, refuses a configuration the plans lack (``3d_lowres`` on small images), and
+   only then preprocesses the configurations asked for (``all``: every one the plans define),
+   each data folder once, with ``-np``/``-npfp`` sized to the cores and memory; nnU-Net's output
+   goes to ``out`` (the CLI keeps it in a log file and prints a summary);
 4. writes ``splits_final.json`` with nnU-Net's own ``generate_crossval_split`` unless the one
-   there is a 5-fold split of exactly the current cases, so all fold jobs can start at once;
-5. writes ``hpcnn_provenance.json`` (versions, time, configuration, case list and the hashes), last
-   and atomically: its presence means a completed run on exactly those cases. Training and
-   prediction read it back with ``read_provenance``.
+   there is a 5-fold split of exactly the current cases, so all fold jobs can start at once (the
+   launcher's ``write_splits``, which a preprocessing job on the cluster runs too);
+5. writes ``hpcnn_provenance.json`` (versions, time, planner, plans identifier, the
+   configurations really preprocessed, case list and the hashes), last and atomically: its
+   presence means a completed run on exactly those cases. Training and prediction read it back
+   with ``read_provenance``.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,7 +45,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 from hpcnn.dataset.check import check_dataset
 from hpcnn.dataset.layout import (
     NNUNET_FOLDS,
-    SPLITS,
     DatasetRef,
     chosen_dataset,
     parse_folder_name,
@@ -47,6 +54,18 @@ from hpcnn.dataset.layout import (
 from hpcnn.dataset.workers import Progress, available_cpus, available_memory
 from hpcnn.errors import DataError, HpcnnError
 from hpcnn.fsutil import atomic_write_text, ensure_dir
+from hpcnn.nnunet import commands, launcher_path
+from hpcnn.nnunet.launcher import write_splits
+from hpcnn.nnunet.plans import (
+    Plans,
+    check_names,
+    json_stamps,
+    planner_exists,
+    read_plans,
+    resolve,
+    to_preprocess,
+    written_plans,
+)
 from hpcnn.workspace import RAW, Workspace
 
 if TYPE_CHECKING:
@@ -54,10 +73,7 @@ if TYPE_CHECKING:
 
 PROVENANCE = "hpcnn_provenance.json"
 FINGERPRINT = "dataset_fingerprint.json"
-NNUNET_SPLIT_SEED = 12345  # what nnUNetTrainer.do_split uses
 RAW_FILES = ("imagesTr", "labelsTr")  # what nnU-Net fingerprints and preprocesses
-PLANS = "nnUNetPlans"  # what plan_and_preprocess writes with its default planner
-ENTRY_MODULE = "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints"
 WORKER_BASE_BYTES = 512 * 2**20  # a spawned nnU-Net worker (torch imported) before any data
 BYTES_PER_VOXEL_CHANNEL = 32  # float32 data + segmentation, resampled copies, headroom
 
@@ -75,7 +91,7 @@ class PreprocessJob:
     dataset: DatasetRef
     raw_folder: Path
     output: Path
-    configuration: str
+    configurations: list[str]  # as asked for: may hold "all"
     cases: list[str]
     workers: int
     workers_reason: str
@@ -84,6 +100,10 @@ class PreprocessJob:
     command: list[str]
     env: dict[str, str]
     raw_sha256: str = ""
+    planner: str | None = None
+    gpu_memory_target: float | None = None
+    progress_bar: bool = False
+    previous: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -92,6 +112,9 @@ class PreprocessResult:
     output: Path
     splits: str  # "written", "regenerated" or "kept"
     provenance: Path
+    plans: Plans
+    configurations: list[str]  # really preprocessed (the cascade's stage 2 shares 3d_fullres')
+    seconds: float
 
 
 def case_list_hash(cases: Sequence[str]) -> str:
@@ -132,16 +155,23 @@ def prepare_configured(
     cfg: Config,
     dataset: str | None = None,
     *,
-    configuration: str | None = None,
+    configurations: Sequence[str] = (),
+    planner: str | None = None,
+    gpu_memory_target: float | None = None,
     workers: int | None = None,
     on_progress: Progress | None = None,
     interactive: bool = False,
 ) -> PreprocessJob:
     """``prepare`` for ``hpcnn preprocess``: the dataset given, else training.dataset, in the
-    configured workspace; the configuration given, else training.configuration."""
+    configured workspace; the configurations given, else training.configuration; the planner
+    and GPU memory target given, else preprocess.planner and preprocess.gpu_memory_target."""
     workspace = Workspace(cfg.workspace)
     folder = resolve_dataset(chosen_dataset(dataset, cfg.training.dataset), workspace.raw)
-    return prepare(workspace, folder, configuration=configuration or cfg.training.configuration,
+    target = gpu_memory_target if gpu_memory_target is not None else \
+        cfg.preprocess.gpu_memory_target
+    return prepare(workspace, folder,
+                   configurations=list(configurations) or [cfg.training.configuration],
+                   planner=planner or cfg.preprocess.planner, gpu_memory_target=target,
                    folds=cfg.training.folds, workers=workers, on_progress=on_progress,
                    interactive=interactive)
 
@@ -150,19 +180,24 @@ def prepare(
     workspace: Workspace,
     raw_folder: Path,
     *,
-    configuration: str,
+    configurations: Sequence[str],
     folds: Sequence[int],
+    planner: str | None = None,
+    gpu_memory_target: float | None = None,
     workers: int | None = None,
     on_progress: Progress | None = None,
     interactive: bool = False,
 ) -> PreprocessJob:
-    """Check the dataset and decide the command; raises DataError (with the check's report)
-    when the dataset has errors. Writes nothing."""
+    """Check the dataset, the configuration names and the planner, and decide the planning
+    command; raises DataError (with the check's report) when the dataset has errors. Writes
+    nothing."""
     ref = parse_folder_name(raw_folder.name)
     if ref is None:
         raise DataError(f"{raw_folder}: nnU-Net needs the dataset folder named DatasetNNN_Name",
                         hint="import it with `hpcnn dataset import`, or rename the folder")
     _refuse_id_clash(workspace, raw_folder, ref)
+    output = workspace.preprocessed / ref.folder_name
+    _check_plan_request(output, configurations, planner, gpu_memory_target)
     report = check_dataset(raw_folder, folds=folds, workers=workers, on_progress=on_progress)
     if report.errors:
         raise DataError(f"{report.summary()}; not preprocessing:\n"
@@ -173,7 +208,6 @@ def prepare(
         raise DataError(f"{raw_folder.name}: {too_few_training(len(report.cases))}",
                         hint="add labelled cases (re-import with a lower --test-fraction moves "
                              "test cases into training)")
-    output = workspace.preprocessed / ref.folder_name
     previous = read_provenance(output)
     raw_sha256 = raw_files_hash(raw_folder)
     if previous is not None:
@@ -193,34 +227,70 @@ def prepare(
                                          report.channels)
     if workers is not None:
         sized, workers_reason = workers, "--workers"
-    command = [sys.executable, "-m", ENTRY_MODULE, "-d", str(ref.id), "-c", configuration,
-               "--verify_dataset_integrity", "-np", str(sized), "-npfp", str(sized)]
-    if clean:
-        command.append("--clean")
-    if not interactive:
-        command.append("--no_pbar")
+    command = _through_launcher(commands.plan(ref.id, workers=sized, planner=planner,
+                                              gpu_memory_target=gpu_memory_target, clean=clean,
+                                              progress_bar=interactive))
     env = {**os.environ, **workspace.nnunet_env(), RAW: str(raw_folder.parent),
            "PYTHONUNBUFFERED": "1"}
-    job = PreprocessJob(ref, raw_folder, output, configuration, report.cases, sized,
-                        workers_reason, clean, clean_reason, command, env, raw_sha256)
+    job = PreprocessJob(ref, raw_folder, output, list(configurations), report.cases, sized,
+                        workers_reason, clean, clean_reason, command, env, raw_sha256,
+                        planner, gpu_memory_target, interactive, previous)
     job.warnings = [f"{p.file}: {p.message}" for p in report.warnings]
     return job
 
 
 def run(job: PreprocessJob, out: TextIO | None = None) -> PreprocessResult:
-    """Run nnU-Net (output streamed to ``out``), then write splits and provenance."""
+    """Plan, check the configurations against the plans written, preprocess them (nnU-Net's
+    output streamed to ``out``), then write splits and provenance. A configuration the plans
+    lack stops before preprocessing, with the provenance of the last preprocessing intact."""
+    start = time.monotonic()
+    out = out or sys.stdout
     ensure_dir(job.output.parent)
     job.output.mkdir(exist_ok=True)
+    before = json_stamps(job.output)
+    _run_nnunet(job, job.command, out, "planning (nnUNetv2_plan_and_preprocess --no_pp)")
+    plans = written_plans(job.output, before)
+    configurations = resolve(job.configurations, plans)
     # A provenance file promises a completed run on its cases: withdraw it while this one runs.
     (job.output / PROVENANCE).unlink(missing_ok=True)
-    code, tail = _stream(job.command, job.env, out or sys.stdout)
+    line = commands.preprocess(job.dataset.id, plans.identifier,
+                               to_preprocess(configurations, plans), workers=job.workers,
+                               progress_bar=job.progress_bar)
+    _run_nnunet(job, _through_launcher(line), out, "nnUNetv2_preprocess")
+    splits = write_splits(job.output, job.cases)
+    provenance = _write_provenance(job, splits, plans, configurations)
+    return PreprocessResult(job.output, splits, provenance, plans, configurations,
+                            time.monotonic() - start)
+
+
+def _through_launcher(line: list[str]) -> list[str]:
+    return commands.through_launcher(sys.executable, str(launcher_path()), line)
+
+
+def _run_nnunet(job: PreprocessJob, command: list[str], out: TextIO, what: str) -> None:
+    code, tail = _stream(command, job.env, out)
     if code != 0:
-        raise PreprocessFailed(
-            f"nnUNetv2_plan_and_preprocess exited with code {code}; its last lines:\n{tail}",
-            hint=_failure_hint(tail, job.workers))
-    splits = _ensure_splits(job.output, job.cases)
-    provenance = _write_provenance(job, splits)
-    return PreprocessResult(job.output, splits, provenance)
+        raise PreprocessFailed(f"{what} exited with code {code}; its last lines:\n{tail}",
+                               hint=_failure_hint(tail, job.workers))
+
+
+def _check_plan_request(output: Path, configurations: Sequence[str], planner: str | None,
+                        gpu_memory_target: float | None) -> None:
+    """What can be refused before anything runs: a name that is no configuration (``3d_fulres``),
+    a planner class nnU-Net does not have here, a GPU memory target that is no size."""
+    known = []
+    for path in output.glob("*.json"):
+        with contextlib.suppress(DataError):
+            known += read_plans(path).configurations
+    check_names(configurations, known)
+    if gpu_memory_target is not None and not gpu_memory_target > 0:
+        raise DataError(f"--gpu-memory-target {gpu_memory_target:g}: give the GPU memory in GB, "
+                        "e.g. 8 (nnU-Net's default) or 24 (ResEnc L)")
+    if planner and planner != commands.DEFAULT_PLANNER and not planner_exists(planner):
+        raise DataError(f"planner {planner!r}: nnU-Net has no planner class of that name here",
+                        hint="use ExperimentPlanner, nnUNetPlannerResEncM, nnUNetPlannerResEncL "
+                             "or nnUNetPlannerResEncXL; a site's own planner must be a module "
+                             "inside nnunetv2/experiment_planning, where nnU-Net looks")
 
 
 def size_workers(n_cases: int, max_voxels: int, channels: int) -> tuple[int, str]:
@@ -283,41 +353,8 @@ def _failure_hint(tail: str, workers: int) -> str:
     return "see nnU-Net's output above; `hpcnn dataset check` reports dataset problems"
 
 
-def _ensure_splits(output: Path, cases: list[str]) -> str:
-    """Keep a split file that is a valid 5-fold split of exactly ``cases``; otherwise write
-    nnU-Net's default one."""
-    from nnunetv2.utilities.crossval_split import generate_crossval_split
-
-    path = output / SPLITS
-    existed = path.exists()
-    if existed and _covers(path, set(cases)):
-        return "kept"
-    splits = generate_crossval_split(sorted(cases), seed=NNUNET_SPLIT_SEED,
-                                     n_splits=NNUNET_FOLDS)
-    plain = [{"train": [str(c) for c in s["train"]], "val": [str(c) for c in s["val"]]}
-             for s in splits]
-    atomic_write_text(path, json.dumps(plain, indent=4) + "\n")
-    return "regenerated" if existed else "written"
-
-
-def _covers(path: Path, cases: set[str]) -> bool:
-    """nnU-Net's NNUNET_FOLDS folds, each case validated in exactly one of them, and in each
-    fold train is all the other cases (disjoint from val)."""
-    try:
-        splits = json.loads(path.read_text(encoding="utf-8"))
-        folds = [(list(s["train"]), list(s["val"])) for s in splits]
-    except (ValueError, TypeError, KeyError):
-        return False
-    if len(folds) != NNUNET_FOLDS:
-        return False
-    validated = [c for _, val in folds for c in val]
-    if len(validated) != len(cases) or set(validated) != cases:
-        return False
-    return all(len(train) == len(set(train)) and set(train) == cases - set(val)
-               for train, val in folds)
-
-
-def _write_provenance(job: PreprocessJob, splits: str) -> Path:
+def _write_provenance(job: PreprocessJob, splits: str, plans: Plans,
+                      configurations: list[str]) -> Path:
     from importlib.metadata import version
 
     from hpcnn import __version__
@@ -325,8 +362,12 @@ def _write_provenance(job: PreprocessJob, splits: str) -> Path:
     data = {
         "dataset": job.dataset.folder_name,
         "raw_folder": str(job.raw_folder),
-        "configuration": job.configuration,
-        "plans": PLANS,
+        "planner": job.planner or commands.DEFAULT_PLANNER,
+        "gpu_memory_target": job.gpu_memory_target,
+        "plans": plans.identifier,
+        "configurations": configurations,
+        "data": {c: plans.data_identifier(c) for c in configurations},
+        "preprocessed": _preprocessed(job, plans.identifier, configurations),
         "nnunetv2_version": version("nnunetv2"),
         "hpcnn_version": __version__,
         "python": sys.version.split()[0],
@@ -342,4 +383,22 @@ def _write_provenance(job: PreprocessJob, splits: str) -> Path:
     path = job.output / PROVENANCE
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path
+
+
+def _preprocessed(job: PreprocessJob, plans: str, configurations: list[str]) -> dict[str, list]:
+    """Plans identifier -> configurations preprocessed for the current cases: this run's, and
+    an earlier run's on the same cases and files (not --clean: their data are still valid)."""
+    earlier: dict[str, list] = {}
+    if not job.clean and job.previous is not None:
+        found = job.previous.get("preprocessed")
+        earlier = found if isinstance(found, dict) else {}
+    merged = {k: list(v) for k, v in earlier.items() if isinstance(v, list)}
+    merged[plans] = sorted({*merged.get(plans, []), *configurations})
+    return merged
+
+
+def preprocessed_configurations(provenance: dict[str, Any] | None, plans: str) -> list[str]:
+    """The configurations of ``plans`` that hpcnn preprocessed (from the provenance)."""
+    found = (provenance or {}).get("preprocessed") or {}
+    return list(found.get(plans, [])) if isinstance(found, dict) else []
 

@@ -27,6 +27,7 @@ MARKERS = ("started", "exit_code")  # written by the job itself (templates/body.
 SUBMITTED = "submitted"  # the scheduler's answer to submit, written beside job.sh
 SETUP_FAILED_EXIT = 97  # the body template's exit code when environment.setup fails
 CONTINUE_EXIT = 75  # hpcnn's training launcher: stopped before the walltime, continue me
+BLOCKED_EXIT = 96  # a job whose afterok dependency did not complete (hpcnn.jobs.graph)
 
 _SEP = "__HPCNN_{}__"
 
@@ -110,6 +111,15 @@ def recover_submitted(conn: Connection, dialect: Dialect,
 def cancel(conn: Connection, dialect: Dialect, job_ids: Sequence[str]) -> None:
     if job_ids:
         conn.run(dialect.cancel_command(job_ids), check=False)
+
+
+def cancel_rows(registry: Registry, conn: Connection, dialect: Dialect,
+                rows: Sequence[JobRow], detail: str = "cancelled with hpcnn cancel") -> None:
+    """Cancel the jobs in ONE scheduler call and record it (a cancelled job stays cancelled
+    whatever signal exit follows: ``decide``)."""
+    cancel(conn, dialect, [r.scheduler_id or "" for r in rows])
+    registry.update_many([(r.name, {"state": JobState.CANCELLED.value, "detail": detail})
+                          for r in rows])
 
 
 @dataclass(frozen=True)

@@ -15,48 +15,20 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from hpcnn.config import Config
+from hpcnn.config import Config, ResourcesSection
 from hpcnn.dataset.layout import parse_folder_name
 from hpcnn.errors import ConfigError
+from hpcnn.jobs.engine import BLOCKED_EXIT
 from hpcnn.jobs.folds import CONTINUE_GUARD
+from hpcnn.jobs.resources import cpu_resources, fold_resources
+from hpcnn.nnunet import commands
+from hpcnn.nnunet.commands import CASCADE
 from hpcnn.workspace import RemoteLayout
 
-FOLD, PREP, PROBE, PREDICT = "fold", "prep", "probe", "predict"
+FOLD, PREP, PROBE, PREDICT, FIND_BEST = "fold", "prep", "probe", "predict", "find_best"
 """Job kinds."""
 
-
-_WRITE_SPLITS = """\
-import json, os, sys
-from nnunetv2.utilities.crossval_split import generate_crossval_split
-folder = os.path.join(os.environ["nnUNet_preprocessed"], sys.argv[1])
-path = os.path.join(folder, "splits_final.json")
-ending = json.load(open(os.path.join(folder, "dataset.json")))["file_ending"]
-cases = sorted(f[: -len(ending)] for f in os.listdir(os.path.join(folder, "gt_segmentations"))
-               if f.endswith(ending))
-splits = generate_crossval_split(cases, seed=12345, n_splits=5)
-with open(path + ".tmp", "w") as handle:
-    json.dump([{"train": list(s["train"]), "val": list(s["val"])} for s in splits], handle)
-os.replace(path + ".tmp", path)
-print("hpcnn: wrote", path, "for", len(cases), "cases")
-"""
-"""Writes nnU-Net's own 5-fold split (KFold seed 12345, as nnUNetTrainer.do_split) after
-preprocessing on the cluster, before any fold starts (five folds racing on it is nnU-Net
-issue 3064)."""
-
-
-_PREDICT = """\
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("hpcnn_launcher", sys.argv.pop(1))
-launcher = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(launcher)
-from nnunetv2.inference import predict_from_raw_data as nnunet_predict
-nnunet_predict.recursive_find_trainer_class_by_name = launcher.find_trainer
-sys.argv[0] = "nnUNetv2_predict"
-nnunet_predict.predict_entry_point()
-"""
-"""``python -c PREDICT LAUNCHER ARGS...``: nnUNetv2_predict with ARGS, its trainer class looked up
-the launcher's way (``nnUNet_extTrainer`` first), so that a cluster whose optional packages break
-nnU-Net's own lookup predicts as it trained."""
+FULLRES = "3d_fullres"
 
 
 @dataclass(frozen=True)
@@ -90,9 +62,12 @@ class Run:
 
 
 def job_name(run_id: str, fold: int | None, attempt: int = 1, kind: str = FOLD) -> str:
-    """``hpcnn-<run>-f<fold>-a<attempt>``; ``hpcnn-<run>-prep`` for the preprocessing job."""
+    """``hpcnn-<run>-f<fold>-a<attempt>``; ``hpcnn-<run>-prep`` for the preprocessing job;
+    ``hpcnn-<experiment>-find_best-a<attempt>`` (run again after folds were retrained)."""
     if kind == FOLD:
         return f"hpcnn-{run_id}-f{fold}-a{attempt}"
+    if kind == FIND_BEST:
+        return f"hpcnn-{run_id}-{kind}-a{attempt}"
     return f"hpcnn-{run_id}-{kind}"
 
 
@@ -110,6 +85,8 @@ class JobSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     path_env: Mapping[str, str] = field(default_factory=dict)
     """Variables holding paths where jobs run (``nnUNet_*``); relative ones are under $HOME."""
+    resources: ResourcesSection | None = None
+    """What this job asks the scheduler for (hpcnn.jobs.resources); None: ``cfg.resources``."""
 
 
 def job_python(cfg: Config) -> str:
@@ -136,62 +113,123 @@ _WITH_DEADLINE = 'exec "$@" ${HPCNN_DEADLINE:+--deadline "$HPCNN_DEADLINE"}'
 
 
 def fold_spec(cfg: Config, layout: RemoteLayout, run: Run, fold: int, attempt: int = 1, *,
-              npz: bool = False, continues: bool | None = None,
-              resume: bool = False) -> JobSpec:
+              npz: bool = False, continues: bool | None = None, resume: bool = False,
+              needs: Sequence[str] = ()) -> JobSpec:
     """The job that trains (or continues) one fold through hpcnn's launcher.
 
     A continuation (``continues``; default: attempt > 1) first checks that attempt - 1, the
     attempt before it in its chain, stopped for its walltime, and resumes the fold (``--c``).
-    The first attempt of a chain checks nothing (the attempt before it, if any, ended a chain
-    that was given up) and resumes only with ``resume`` (the fold has a checkpoint): with
-    ``--c`` and no checkpoint nnU-Net warns that it cannot continue."""
+    The first attempt of a chain resumes only with ``resume`` (the fold has a checkpoint): with
+    ``--c`` and no checkpoint nnU-Net warns that it cannot continue. It checks nothing of the
+    attempt before it (that ended a chain that was given up), but, when it depends on other
+    jobs (``needs``: their job folders, e.g. the last attempts of the five 3d_lowres folds),
+    that each of them completed."""
     continues = attempt > 1 if continues is None else continues
     name = job_name(run.id, fold, attempt)
-    gpus = cfg.resources.gpus
+    resources = fold_resources(cfg, run.configuration)
+    gpus = resources.gpus
     # walltime_margin 0: no deadline of its own (the launcher keeps a reserve before one); the
     # scheduler's SIGTERM at the walltime stops the launcher at the end of its epoch.
     margin = cfg.training.walltime_margin
     deadline = ["bash", "-c", _WITH_DEADLINE, "hpcnn-launch"] if margin else []
-    argv = [
-        *deadline, job_python(cfg), layout.launcher, run.dataset, run.configuration, str(fold),
-        "-tr", run.trainer, "-p", run.plans, "-device", cfg.training.device,
-    ]
+    # The launcher takes nnUNetv2_train's arguments (--c: only to continue or resume).
+    train = commands.train(run.dataset, run.configuration, fold, trainer=run.trainer,
+                           plans=run.plans, device=cfg.training.device, npz=npz,
+                           num_gpus=gpus)
+    argv = [*deadline, job_python(cfg), layout.launcher, *train[1:]]
     if margin:
         # walltime_margin is the whole reserve before the walltime: the launcher's own default
         # reserve (60 s) on top of it left no time to validate under short walltimes, so every
         # continuation stopped before validation until max_resubmits was used up.
         argv += ["--safety", "0"]
-    if npz:
-        argv.append("--npz")
-    if gpus > 1:
-        argv += ["-num_gpus", str(gpus)]
     if continues or resume:
         argv.append("--c")
-    commands = [argv]
+    lines = [argv]
     if continues:
         previous = layout.job_dir(run.id, job_name(run.id, fold, attempt - 1))
-        commands.insert(0, ["bash", "-c", CONTINUE_GUARD, "hpcnn-guard", previous])
+        lines.insert(0, ["bash", "-c", CONTINUE_GUARD, "hpcnn-guard", previous])
+    elif needs:
+        lines.insert(0, needs_guard(needs))
     return JobSpec(
-        run=run.id, name=name, job_dir=layout.job_dir(run.id, name), commands=commands,
+        run=run.id, name=name, job_dir=layout.job_dir(run.id, name), commands=lines,
         kind=FOLD, fold=fold, attempt=attempt,
-        env=nnunet_env(cfg, layout, cfg.resources.cpus), path_env=layout.nnunet_env(),
+        env=nnunet_env(cfg, layout, resources.cpus), path_env=layout.nnunet_env(),
+        resources=None if resources is cfg.resources else resources,
     )
 
 
-def prep_spec(cfg: Config, layout: RemoteLayout, run: Run) -> JobSpec:
-    """The job that preprocesses the dataset on the cluster and writes its split, so that the
-    fold jobs (which depend on it with afterok) never race on splits_final.json."""
-    name = job_name(run.id, None, kind=PREP)
+NEEDS_GUARD = f"""\
+for d in "$@"; do
+    code=$(head -n 1 "$d/exit_code" 2>/dev/null)
+    [ "$code" = 0 ] && continue
+    echo "hpcnn: blocked: ${{d##*/}} did not complete (exit ${{code:-none}}): this job needs it" >&2
+    exit {BLOCKED_EXIT}
+done
+"""
+"""``bash -c GUARD _ JOB_DIR...``: passes only when every needed job's exit marker is 0.
+
+Slurm, Torque/PBS and the local queue never start a job whose ``afterok`` dependency failed;
+Grid Engine's ``-hold_jid`` starts it once the needed job ENDED, however it ended. This guard
+makes the dependent stop at once as blocked there (exit ``BLOCKED_EXIT``, status names the job
+it waited for), and costs nothing elsewhere."""
+
+
+def needs_guard(job_dirs: Sequence[str]) -> list[str]:
+    return ["bash", "-c", NEEDS_GUARD, "hpcnn-needs", *job_dirs]
+
+
+def data_configurations(configurations: Sequence[str]) -> list[str]:
+    """The configurations plan_and_preprocess writes data for: a cascade trains on
+    3d_fullres's data (nnU-Net's plans make it inherit them)."""
+    out: list[str] = []
+    for name in configurations:
+        name = FULLRES if name == CASCADE else name
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def prep_spec(cfg: Config, layout: RemoteLayout, run: Run,
+              configurations: Sequence[str] | None = None, owner: str | None = None) -> JobSpec:
+    """The CPU job that preprocesses the dataset on the cluster (for ``configurations``,
+    default the run's) and writes its split, so that the fold jobs (which depend on it with
+    afterok) never race on splits_final.json. ``owner``: the experiment id its job folder
+    and registry rows go under (default the run's)."""
+    owner = owner or run.id
+    name = job_name(owner, None, kind=PREP)
+    resources = cpu_resources(cfg, PREP)
     python = job_python(cfg)
-    cpus = str(max(1, cfg.resources.cpus))
     return JobSpec(
-        run=run.id, name=name, job_dir=layout.job_dir(run.id, name), kind=PREP,
+        run=owner, name=name, job_dir=layout.job_dir(owner, name), kind=PREP,
         commands=[
-            ["nnUNetv2_plan_and_preprocess", "-d", str(run.dataset_id), "-c", run.configuration,
-             "--verify_dataset_integrity", "-np", cpus, "-npfp", cpus, "--no_pbar"],
-            [python, "-c", _WRITE_SPLITS, run.dataset],
+            commands.through_launcher(python, layout.launcher, commands.plan_and_preprocess(
+                run.dataset_id, data_configurations(configurations or [run.configuration]),
+                workers=resources.cpus, planner=cfg.preprocess.planner,
+                gpu_memory_target=cfg.preprocess.gpu_memory_target)),
+            commands.write_splits(python, layout.launcher, run.dataset),
         ],
-        env=nnunet_env(cfg, layout, cfg.resources.cpus), path_env=layout.nnunet_env(),
+        env=nnunet_env(cfg, layout, resources.cpus), path_env=layout.nnunet_env(),
+        resources=resources,
+    )
+
+
+def find_best_spec(cfg: Config, layout: RemoteLayout, run: Run, owner: str,
+                   configurations: Sequence[str], folds: Sequence[int], attempt: int,
+                   needs: Sequence[str]) -> JobSpec:
+    """The CPU job that runs find_best_configuration once every fold of every configuration
+    completed (``needs``: the job folders of each chain's last attempt); ``run`` gives the
+    dataset, trainer and plans."""
+    name = job_name(owner, None, attempt, kind=FIND_BEST)
+    resources = cpu_resources(cfg, FIND_BEST)
+    return JobSpec(
+        run=owner, name=name, job_dir=layout.job_dir(owner, name), kind=FIND_BEST,
+        attempt=attempt,
+        commands=[needs_guard(needs), commands.through_launcher(
+            job_python(cfg), layout.launcher, commands.find_best_configuration(
+                run.dataset, configurations, trainer=run.trainer, plans=run.plans, folds=folds,
+                workers=resources.cpus))],
+        env=nnunet_env(cfg, layout, resources.cpus), path_env=layout.nnunet_env(),
+        resources=resources,
     )
 
 
@@ -204,18 +242,12 @@ def predict_spec(cfg: Config, layout: RemoteLayout, run: Run, prediction: str,
     nnunetv2 after environment.setup, as the fold jobs train."""
     name = job_name(run.id, None, kind=f"{PREDICT}-{prediction}")
     folder = layout.predict_dir(prediction)
-    processes = str(max(1, min(3, cfg.resources.cpus)))  # as a local predict: -npp/-nps
-    argv = [
-        job_python(cfg), "-c", _PREDICT, layout.launcher,
-        "-i", posixpath.join(folder, "input"), "-o", posixpath.join(folder, "output"),
-        "-d", run.dataset, "-c", run.configuration, "-tr", run.trainer, "-p", run.plans,
-        "-f", *folds, "-device", device, "-npp", processes, "-nps", processes,
-        "--disable_progress_bar",
-    ]
-    if fast:
-        argv.append("--disable_tta")
-    if checkpoint:  # nnU-Net's default: checkpoint_final.pth
-        argv += ["-chk", checkpoint]
+    processes = max(1, min(3, cfg.resources.cpus))  # as a local predict: -npp/-nps
+    line = commands.predict(
+        posixpath.join(folder, "input"), posixpath.join(folder, "output"), run.dataset,
+        run.configuration, trainer=run.trainer, plans=run.plans, folds=folds, device=device,
+        workers=processes, tta=not fast, checkpoint=checkpoint)
+    argv = commands.through_launcher(job_python(cfg), layout.launcher, line)
     return JobSpec(
         run=run.id, name=name, job_dir=layout.job_dir(run.id, name), commands=[argv],
         kind=PREDICT, env=nnunet_env(cfg, layout, cfg.resources.cpus),

@@ -82,7 +82,7 @@ def render_job(cfg: Config, dialect: Dialect, spec: JobSpec) -> str:
         "dialect": dialect.name,
         "job_name": dialect.job_name(spec.name),
         "job_id": dialect.job_id_expression(),
-        "resources": cfg.resources,
+        "resources": spec.resources or cfg.resources,
         "local": cfg.local,
         "walltime_margin": cfg.training.walltime_margin,
         "run": spec.run,

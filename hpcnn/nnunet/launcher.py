@@ -6,7 +6,10 @@ A fold job runs, with the cluster's python (stdlib + nnunetv2 only: hpcnn is not
     python launcher.py DATASET CONFIG FOLD -tr T -p P [--c] [--npz] [-device D] [-num_gpus N]
                        [--deadline EPOCH_SECONDS] [--safety SECONDS]
 
-It is nnU-Net's own training entry point (``nnUNetv2_train``) plus what that lacks:
+and, as subcommands, ``launcher.py nnunet nnUNetv2_X ARGS`` (one of nnU-Net's commands, see
+``ENTRY_POINTS``) and ``launcher.py write-splits DATASET`` (nnU-Net's 5-fold split, written once
+before the folds start). The fold job is nnU-Net's own training entry point
+(``nnUNetv2_train``) plus what that lacks:
 
 - The trainer is looked up in the ``nnUNet_extTrainer`` directories first (every top-level ``.py``
   there is imported), and only then with nnU-Net's own lookup, which imports all of nnU-Net's
@@ -529,6 +532,117 @@ def _run_here(args: argparse.Namespace, stopper: Stopper,
     return run_fold(args, stopper, torch.device(args.device), lambda stop: stop, progress)
 
 
+# --- subcommands: nnU-Net's commands and the split, with the job's python -------------------
+
+NNUNET_SUBCOMMAND, WRITE_SPLITS_SUBCOMMAND = "nnunet", "write-splits"
+ENTRY_POINTS = {
+    "nnUNetv2_plan_and_preprocess":
+        "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints:plan_and_preprocess_entry",
+    "nnUNetv2_preprocess":
+        "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints:preprocess_entry",
+    "nnUNetv2_find_best_configuration":
+        "nnunetv2.evaluation.find_best_configuration:find_best_configuration_entry_point",
+    "nnUNetv2_predict": "nnunetv2.inference.predict_from_raw_data:predict_entry_point",
+    "nnUNetv2_ensemble": "nnunetv2.ensembling.ensemble:entry_point_ensemble_folders",
+    "nnUNetv2_apply_postprocessing":
+        "nnunetv2.postprocessing.remove_connected_components:entry_point_apply_postprocessing",
+}
+"""The nnU-Net commands hpcnn runs (``launcher.py nnunet nnUNetv2_X ARGS``): the function behind
+each console script, so that a job needs nnunetv2 importable, not its scripts on the PATH."""
+LOADS_TRAINER = {"nnUNetv2_predict": "recursive_find_trainer_class_by_name"}
+"""Commands that look a trainer class up: they use the launcher's lookup (``nnUNet_extTrainer``
+first), so that a cluster whose optional packages break nnU-Net's own lookup predicts as it
+trained."""
+SPLITS_FILE, SPLIT_FOLDS, SPLIT_SEED = "splits_final.json", 5, 12345  # as nnUNetTrainer.do_split
+
+
+def run_nnunet(argv: list[str]) -> int:
+    """Runs one of ENTRY_POINTS with ``argv`` (its name first) as its command line."""
+    if not argv or argv[0] not in ENTRY_POINTS:
+        print(f"hpcnn launcher: {NNUNET_SUBCOMMAND} needs one of {', '.join(ENTRY_POINTS)}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    module_name, function = ENTRY_POINTS[argv[0]].split(":")
+    module = importlib.import_module(module_name)
+    if argv[0] in LOADS_TRAINER:
+        setattr(module, LOADS_TRAINER[argv[0]], find_trainer)
+    sys.argv = list(argv)
+    try:
+        getattr(module, function)()
+    except SystemExit as stop:  # argparse's usage errors and the like
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    return 0
+
+
+def splits_cover(path: Path, cases: set[str]) -> bool:
+    """Whether ``path`` holds SPLIT_FOLDS folds, each case validated in exactly one, and in each
+    fold train is all the other cases."""
+    try:
+        folds = [(list(s["train"]), list(s["val"])) for s in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+    if len(folds) != SPLIT_FOLDS:
+        return False
+    validated = [c for _, val in folds for c in val]
+    if len(validated) != len(cases) or set(validated) != cases:
+        return False
+    return all(len(train) == len(set(train)) and set(train) == cases - set(val)
+               for train, val in folds)
+
+
+def preprocessed_cases(folder: Path) -> list[str]:
+    """The case ids nnU-Net preprocessed into ``folder`` (its ``gt_segmentations``)."""
+    ending = json.loads((folder / "dataset.json").read_text())["file_ending"]
+    return sorted(p.name[: -len(ending)] for p in (folder / "gt_segmentations").iterdir()
+                  if p.name.endswith(ending))
+
+
+def write_splits(folder: Path, cases: list[str] | None = None) -> str:
+    """Keeps ``folder``'s split file when it is a split of exactly ``cases`` (default: the
+    preprocessed ones), else writes nnU-Net's default split; returns ``kept``, ``written`` or
+    ``regenerated``. Written before any fold starts: five folds racing on it is nnU-Net issue
+    3064, and a stale one leaves new cases in no fold."""
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    cases = sorted(preprocessed_cases(folder) if cases is None else cases)
+    path = folder / SPLITS_FILE
+    existed = path.exists()
+    if existed and splits_cover(path, set(cases)):
+        return "kept"
+    splits = generate_crossval_split(cases, seed=SPLIT_SEED, n_splits=SPLIT_FOLDS)
+    plain = [{"train": [str(c) for c in s["train"]], "val": [str(c) for c in s["val"]]}
+             for s in splits]
+    fd, tmp = tempfile.mkstemp(prefix=f".{SPLITS_FILE}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(plain, indent=4) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return "regenerated" if existed else "written"
+
+
+def run_write_splits(argv: list[str]) -> int:
+    """``write-splits DATASET``: the split of nnUNet_preprocessed/DATASET's cases."""
+    if len(argv) != 1 or not os.environ.get(PREPROCESSED):
+        print(f"hpcnn launcher: usage: {WRITE_SPLITS_SUBCOMMAND} DATASET (with {PREPROCESSED} "
+              "set)", file=sys.stderr)
+        return EXIT_USAGE
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    folder = Path(os.environ[PREPROCESSED], maybe_convert_to_dataset_name(argv[0]))
+    outcome = write_splits(folder)
+    print(f"hpcnn launcher: {SPLITS_FILE} {outcome} in {folder} for "
+          f"{len(preprocessed_cases(folder))} cases")
+    return 0
+
+
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
+    NNUNET_SUBCOMMAND: run_nnunet, WRITE_SPLITS_SUBCOMMAND: run_write_splits}
+
+
 # --- entry point ----------------------------------------------------------------------------
 
 
@@ -559,6 +673,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
     args = parse_args(argv)
     missing = [v for v in (PREPROCESSED, RESULTS) if not os.environ.get(v)]
     if missing:

@@ -44,6 +44,7 @@ from hpcnn.errors import EXIT_FAILED, EXIT_OK, EXIT_RUNNING, ConfigError, DataEr
 from hpcnn.fsutil import atomic_write_text, ensure_dir
 from hpcnn.jobs import engine, transfer
 from hpcnn.jobs.model import PREDICT, Run, job_name, predict_spec
+from hpcnn.jobs.submit import reconcile, submit_spec
 from hpcnn.nnunet.inputs import PredictCase, case_id, stage
 from hpcnn.nnunet.launcher import INFERENCE
 from hpcnn.nnunet.model_folder import (
@@ -58,7 +59,7 @@ from hpcnn.nnunet.predict import check_request, deliver, result_folder
 from hpcnn.schedulers.base import JobState
 from hpcnn.services.session import Session
 from hpcnn.services.status import hint_for
-from hpcnn.services.train import anchor_remote_dir, check_versions, submit_spec
+from hpcnn.services.train import anchor_remote_dir, check_versions
 from hpcnn.state import JobRow
 from hpcnn.workspace import HPCNN_DIR, RESULTS
 
@@ -376,11 +377,7 @@ def _submitted_row(session: Session, request: Request) -> JobRow:
     its job folder (as train-all-folds does), else the job never reached the scheduler."""
     row = session.registry.get(request.job)
     if row is not None and not row.scheduler_id:
-        found = engine.recover_submitted(session.conn, session.dialect, [row.job_dir])
-        if row.job_dir in found:
-            session.registry.update(row.name, scheduler_id=found[row.job_dir],
-                                    state=JobState.QUEUED.value, submitted_at=time.time())
-            row = session.registry.get(request.job)
+        row = next(iter(reconcile(session, [row], echo=lambda _: None)), None)
     if row is None or not row.scheduler_id:
         raise HpcnnError(f"prediction {request.id} was never submitted (hpcnn stopped before "
                          "the scheduler took it)",

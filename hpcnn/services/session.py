@@ -9,7 +9,6 @@ run's identity is always the resolved ``DatasetNNN_Name``.
 from __future__ import annotations
 
 import shlex
-import time
 from functools import cached_property
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ from hpcnn.dataset.layout import (
     parse_folder_name,
 )
 from hpcnn.errors import ConfigError
+from hpcnn.jobs.experiment import ALL, Experiment, choose_configurations, plans_configurations
 from hpcnn.jobs.model import Run
 from hpcnn.state import Registry, RunRow
 from hpcnn.workspace import PREPROCESSED, RAW, RemoteLayout, Workspace
@@ -171,16 +171,23 @@ class Session:
         t = self.cfg.training
         spec = chosen_dataset(dataset, t.dataset, how="pass --dataset")
         return Run(dataset=self.resolve_dataset(spec, connect=connect),
-                   trainer=trainer or t.trainer,
-                   plans=plans or t.plans, configuration=configuration or t.configuration)
+                   trainer=trainer or t.trainer, plans=plans or t.plans,
+                   configuration=configuration or next(
+                       (c for c in t.chosen_configurations if c != ALL), t.configuration))
 
-    def record_run(self, run: Run, **options: object) -> RunRow:
-        import json
-
-        return self.registry.add_run(RunRow(
-            id=run.id, dataset=run.dataset, trainer=run.trainer, plans=run.plans,
-            configuration=run.configuration, created_at=time.time(), host=self.host,
-            options=json.dumps(options, sort_keys=True)))
+    def new_experiment(self, dataset: str | None = None, *, trainer: str | None = None,
+                       plans: str | None = None, configurations: list[str] | None = None,
+                       folds: list[int] | None = None, connect: bool = True) -> Experiment:
+        """The experiment cluster.yaml's training section describes (each part overridable):
+        its configurations (``all`` expanded) checked against the plans preprocessed here,
+        before anything is submitted; ``connect`` as for resolve_dataset."""
+        t = self.cfg.training
+        run = self.new_run(dataset, trainer=trainer, plans=plans, connect=connect)
+        plans_file = self.workspace.preprocessed / run.dataset / f"{run.plans}.json"
+        chosen = choose_configurations(configurations or t.chosen_configurations,
+                                       plans_configurations(plans_file), plans_file)
+        return Experiment(run.dataset, run.trainer, run.plans, chosen,
+                          tuple(folds or t.folds))
 
     def find_run(self, run_id: str | None, *, for_model: bool = False) -> tuple[Run, RunRow]:
         """``--run``: the given run (an id or a unique prefix), else the most recent one.
@@ -203,3 +210,25 @@ class Session:
                                   hint="pass a full run id; `hpcnn runs` lists them")
             row = matches[0]
         return Run(row.dataset, row.trainer, row.plans, row.configuration), row
+
+    def experiment_runs(self, run_id: str | None = None,
+                        configurations: list[str] | None = None) -> list[tuple[Run, RunRow]]:
+        """The runs a per-configuration command shows: ``--configuration`` picks runs of the
+        experiment of ``--run`` (default the most recent); without it, ``--run`` alone is one
+        run, and the most recent experiment is all its runs."""
+        run, row = self.find_run(run_id)
+        siblings = self.registry.experiment_runs(row.experiment) if row.experiment else []
+        siblings = siblings or [row]
+        if configurations:
+            known = {r.configuration: r for r in siblings}
+            missing = [c for c in configurations if c not in known]
+            if missing:
+                raise ConfigError(
+                    f"{row.experiment or row.id} trains no {', '.join(missing)} (it trains "
+                    f"{', '.join(known)})", hint="pass one of its configurations, or --run")
+            chosen = [known[c] for c in configurations]
+        elif run_id is None:
+            chosen = siblings
+        else:
+            return [(run, row)]
+        return [(Run(r.dataset, r.trainer, r.plans, r.configuration), r) for r in chosen]

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from hpcnn.config import Config
 from hpcnn.errors import EXIT_FAILED, EXIT_OK, EXIT_RUNNING, EXIT_UNREACHABLE
 from hpcnn.jobs import engine, vmem
+from hpcnn.jobs.engine import BLOCKED_EXIT
 from hpcnn.jobs.folds import FoldView, continuations, fold_views
 from hpcnn.jobs.model import FOLD, Run
+from hpcnn.jobs.plan import waiting_for
 from hpcnn.nnunet.training_log import LOG_GLOB, TrainingLog, parse_texts
 from hpcnn.schedulers.base import JobState
 from hpcnn.services.session import Session
 from hpcnn.state import JobRow, RunRow
 from hpcnn.workspace import RESULTS
+
+_HELD_BACK = (JobState.QUEUED, JobState.HELD, JobState.CANCELLED)
+"""Fold states that may mean "a job it needs did not complete" (status then names it)."""
 
 LOG_TAIL_LINES = 400
 """Lines of each training log read per fold (about 50 epochs): enough for the pace and the last
@@ -183,9 +188,27 @@ def _parse_fold(text: str) -> tuple[list[Attempt], TrainingLog]:
     return attempts, parse_texts((name, "\n".join(lines)) for name, lines in logs)
 
 
-def run_status(session: Session, run_id: str | None = None) -> RunStatus:
+def experiment_status(session: Session, run_id: str | None = None,
+                      configurations: list[str] | None = None) -> list[RunStatus]:
+    """``run_status`` of each run ``status`` shows (``Session.experiment_runs``): the most
+    recent experiment's configurations, or those asked for."""
+    return [run_status(session, found=pair)
+            for pair in session.experiment_runs(run_id, configurations)]
+
+
+def worst_exit(statuses: list[RunStatus]) -> int:
+    """One exit code for several runs: failed, else unreachable, else running, else done."""
+    codes = {s.exit_code for s in statuses}
+    for code in (EXIT_FAILED, EXIT_UNREACHABLE, EXIT_RUNNING):
+        if code in codes:
+            return code
+    return EXIT_OK
+
+
+def run_status(session: Session, run_id: str | None = None, *,
+               found: tuple[Run, RunRow] | None = None) -> RunStatus:
     """Refresh the run's jobs and read every fold's progress, in one remote round trip."""
-    run, row = session.find_run(run_id)
+    run, row = found or session.find_run(run_id)
     rows = [r for r in session.registry.jobs(run.id) if r.kind == FOLD]
     folds = sorted({r.fold for r in rows if r.fold is not None})
     snippets = [_fold_snippet(session, run, f, [r for r in rows if r.fold == f]) for f in folds]
@@ -199,7 +222,14 @@ def run_status(session: Session, run_id: str | None = None) -> RunStatus:
         attempts, log = _parse_fold(text)
         err = next((a.err_tail for a in attempts if a.attempt == view.attempt), "")
         hint = ""
-        if view.state in (JobState.FAILED, JobState.LOST, JobState.TIMEOUT):
+        if view.state in _HELD_BACK or view.exit_code == BLOCKED_EXIT:
+            waits = waiting_for(session.registry, view.row)
+            if waits:
+                view = replace(view, detail="; ".join(p for p in (view.detail, waits) if p))
+                hint = ("`hpcnn train-all-folds --resubmit-failed` resubmits the fold it waits "
+                        "on, and then this one") if view.state.finished or "never" in (
+                            view.detail.lower()) else ""
+        if not hint and view.state in (JobState.FAILED, JobState.LOST, JobState.TIMEOUT):
             hint = hint_for(view.state, f"{view.detail}\n{err}", view.exit_code,
                             cfg=session.cfg, dialect=session.dialect.name)
         result.append(FoldStatus(view, log, attempts, err.strip(), hint, gpus))

@@ -1,13 +1,12 @@
 """``hpcnn train-all-folds`` and ``hpcnn push``: push → render → submit, idempotent.
 
-The plan is pure: from the run's registry rows and the options it decides, fold by fold, whether
-to submit a new chain (attempt 1 and its walltime continuations, each ``afterany`` the one
-before), resubmit (``--resubmit-failed``), retrain from scratch (``--fresh``) or leave the fold
-alone. A resubmission is a new chain after the old one (attempts 5-8 after 1-4): its first
-attempt runs whatever the old chain's last attempt did, and resumes from the fold's checkpoint
-where there is one (``--c``); a first attempt with nothing to resume gets no ``--c``. Applying
-the plan records each job's intent before the scheduler call and its id after; a job whose
-submission hpcnn did not live to record is found again from its job folder.
+The service builds the experiment (dataset, trainer, plans, configurations, folds) from
+cluster.yaml and the options, checks the data and versions, and hands the experiment's graph
+to hpcnn.jobs: the plan (graph × registry: what is done, what waits, what to submit) and the
+submission (topological order, intent recorded first, one reconciliation). It writes nothing
+into the registry itself. A resubmission is a new chain after the old one (attempts 5-8 after
+1-4): its first attempt resumes from the fold's checkpoint where there is one (``--c``), which
+this service looks up on the cluster before submitting (``with_checkpoints``).
 """
 
 from __future__ import annotations
@@ -21,22 +20,34 @@ from pathlib import Path
 
 from hpcnn.config import Config, ResourcesSection, margin_problem
 from hpcnn.dataset.layout import SPLITS
-from hpcnn.errors import ConfigError, DataError, HpcnnError, Locked, SchedulerError
+from hpcnn.errors import ConfigError, DataError, HpcnnError, Locked
 from hpcnn.fsutil import atomic_write_text
-from hpcnn.jobs import engine, transfer
-from hpcnn.jobs.folds import CONTINUES, FoldView, continuations, fold_views, newest_chain
-from hpcnn.jobs.model import FOLD, JobSpec, Run, fold_spec, job_python, prep_spec
+from hpcnn.jobs import transfer
+from hpcnn.jobs.experiment import Experiment
+from hpcnn.jobs.folds import continuations
+from hpcnn.jobs.graph import Graph, build_graph
+from hpcnn.jobs.model import (
+    FOLD,
+    PREP,
+    JobSpec,
+    Run,
+    find_best_spec,
+    fold_spec,
+    job_python,
+    prep_spec,
+)
+from hpcnn.jobs.plan import Plan, Step, make_plan
+from hpcnn.jobs.resources import gpu_hours
 from hpcnn.jobs.script import render_job, render_setup
+from hpcnn.jobs.submit import Submission, reconcile, record_experiment
 from hpcnn.nnunet.launcher import RESUMABLE
 from hpcnn.remote.base import join_argv
-from hpcnn.schedulers.base import Dependency, JobState
 from hpcnn.services.session import Session
 from hpcnn.state import JobRow
-from hpcnn.workspace import RESULTS, RemoteLayout
+from hpcnn.units import format_hms
+from hpcnn.workspace import RESULTS
 
 Echo = Callable[[str], None]
-FRESH = "fresh"
-_RETRY = (JobState.FAILED, JobState.LOST, JobState.CANCELLED, JobState.TIMEOUT)
 
 _VERSION_PROBE = ("import importlib.metadata as m\ntry:\n    print(m.version('nnunetv2'))\n"
                   "except Exception:\n    print('-')\n")
@@ -48,7 +59,8 @@ class TrainOptions:
     folds: list[int] | None = None
     trainer: str | None = None
     plans: str | None = None
-    configuration: str | None = None
+    configurations: list[str] | None = None
+    """``--configuration`` (repeatable; ``all``); default training.configurations."""
     resources: dict[str, object] = field(default_factory=dict)
     """Per-run overrides of cluster.yaml's resources (walltime, gpus, cpus, mem, queue)."""
     npz: bool = False
@@ -58,35 +70,27 @@ class TrainOptions:
     dry_run: bool = False
 
 
-@dataclass(frozen=True)
-class Chain:
-    """One fold's jobs to submit: attempts ``first`` .. ``first + length - 1``."""
-
-    fold: int
-    first: int
-    length: int
-    why: str
-    after: str | None = None
-    """The scheduler id of the attempt this chain continues (``afterany``), if any."""
-    resume: bool = False
-    """Its first attempt resumes the fold from its checkpoint (``--c``); attempts after the
-    first, and a chain that continues another (``after``), always do."""
-
-    @property
-    def may_resume(self) -> bool:
-        """A chain whose first attempt starts the fold again, but not from scratch: it resumes
-        from a checkpoint that the fold may have (not ``--fresh``, whose old folder is moved
-        aside)."""
-        return self.after is None and self.why != FRESH
-
-
 @dataclass
 class TrainResult:
-    run: Run
+    experiment: Experiment
+    plan: Plan | None = None
     submitted: list[JobRow] = field(default_factory=list)
-    kept: list[FoldView] = field(default_factory=list)
     scripts: dict[str, str] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
+    graph: list[str] = field(default_factory=list)
+    """The dry run's table: job, depends on, resources; then the GPU-hours at most."""
+
+    @property
+    def run(self) -> Run:
+        return self.experiment.runs[0]
+
+    @property
+    def kept(self) -> list[Step]:
+        return self.plan.kept_folds if self.plan else []
+
+    @property
+    def blocked(self) -> list[Step]:
+        return self.plan.blocked if self.plan else []
 
 
 def effective_config(cfg: Config, resources: dict[str, object]) -> Config:
@@ -105,47 +109,6 @@ def effective_config(cfg: Config, resources: dict[str, object]) -> Config:
     return cfg.model_copy(update={"resources": merged})
 
 
-def plan(views: dict[int, FoldView], folds: list[int], opts: TrainOptions,
-         chain_length: int) -> tuple[list[Chain], list[FoldView]]:
-    """Which folds get a new chain, and which keep the jobs they have."""
-    chains, kept = [], []
-    for fold in folds:
-        view = views.get(fold)
-        if view is None:
-            chains.append(Chain(fold, 1, chain_length, "new"))
-        elif opts.fresh:
-            if not view.state.finished:
-                raise ConfigError(
-                    f"fold {fold} is {view.state} (job {view.row.name}): --fresh would train it "
-                    "twice at once", hint="cancel it first (`hpcnn cancel --folds "
-                                          f"{fold}`), then run --fresh again")
-            chains.append(Chain(fold, view.attempts + 1, chain_length, FRESH))
-        elif opts.resubmit_failed and view.state in _RETRY:
-            # resume: as far as the plan knows (a dry run); the submission looks (with_checkpoints)
-            chains.append(Chain(fold, view.attempts + 1, chain_length, f"was {view.state}",
-                                resume=True))
-        else:
-            kept.append(view)
-    return chains, kept
-
-
-def unfinished_chains(rows: list[JobRow], continuing: set[str], kept: list[FoldView],
-                      chain_length: int) -> list[Chain]:
-    """The rest of a chain whose continuations were never submitted (hpcnn stopped in the
-    middle of submitting it): a fold still waiting or running with fewer attempts queued in its
-    newest chain than ``chain_length`` (``continuing``: as ``folds.continuations``)."""
-    rests = []
-    for view in kept:
-        if view.state.finished:
-            continue
-        chain = newest_chain([r for r in rows if r.fold == view.fold], continuing)
-        present = chain[-1].attempt - chain[0].attempt + 1
-        if present < chain_length and chain[-1].scheduler_id:
-            rests.append(Chain(view.fold, chain[-1].attempt + 1, chain_length - present,
-                               "rest of its chain", after=chain[-1].scheduler_id))
-    return rests
-
-
 def folds_with_checkpoint(session: Session, run: Run, folds: list[int]) -> set[int]:
     """The folds whose result folder holds a checkpoint that nnU-Net's ``--c`` resumes from
     (final, latest or best), in one remote command."""
@@ -160,10 +123,20 @@ def folds_with_checkpoint(session: Session, run: Run, folds: list[int]) -> set[i
     return {int(w) for w in res.stdout.split() if w.isdigit() and int(w) in folds}
 
 
-def with_checkpoints(session: Session, run: Run, chains: list[Chain]) -> list[Chain]:
-    """The chains, each that may resume set to resume exactly when its fold has a checkpoint."""
-    have = folds_with_checkpoint(session, run, [c.fold for c in chains if c.may_resume])
-    return [replace(c, resume=c.fold in have) if c.may_resume else c for c in chains]
+def with_checkpoints(session: Session, plan: Plan) -> Plan:
+    """The plan, each new chain that may resume set to resume exactly when its fold has a
+    checkpoint (one remote command per configuration with such chains)."""
+    by_run: dict[Run, list[Step]] = {}
+    for step in plan.to_submit:
+        if step.chain is not None and step.chain.may_resume:
+            by_run.setdefault(step.node.run, []).append(step)
+    for run, steps in by_run.items():
+        have = folds_with_checkpoint(session, run, [s.chain.fold for s in steps if s.chain])
+        for step in steps:
+            assert step.chain is not None
+            plan.steps[step.node.key] = replace(
+                step, chain=replace(step.chain, resume=step.chain.fold in have))
+    return plan
 
 
 def check_local_data(session: Session, run: Run, remote_prep: bool) -> dict | None:
@@ -242,24 +215,6 @@ def push_run(session: Session, run: Run, *, raw: bool = False, echo: Echo = prin
                          echo=echo)
 
 
-def _reconcile(session: Session, rows: list[JobRow], echo: Echo) -> list[JobRow]:
-    """Jobs recorded as intent whose submission was never recorded: the scheduler may have
-    accepted them before hpcnn stopped. Their job folder knows; the others are forgotten."""
-    pending = [r for r in rows if r.scheduler_id is None]
-    if not pending:
-        return rows
-    found = engine.recover_submitted(session.conn, session.dialect, [r.job_dir for r in pending])
-    for row in pending:
-        job_id = found.get(row.job_dir)
-        if job_id:
-            echo(f"recovered job {row.name}: the scheduler had accepted it as {job_id}")
-            session.registry.update(row.name, scheduler_id=job_id, state=JobState.QUEUED.value,
-                                    submitted_at=time.time())
-        else:
-            session.registry.forget(row.name)
-    return session.registry.jobs(rows[0].run)
-
-
 def anchor_remote_dir(session: Session) -> None:
     """Record cluster.yaml's remote_dir as the absolute path it names on the cluster (what
     doctor records): job scripts run in their job folder, where the launcher's and trainers'
@@ -286,126 +241,143 @@ def _move_results_aside(session: Session, run: Run, folds: list[int], echo: Echo
         echo(f"--fresh: kept the old {moved} as {moved}.replaced-{stamp} in {base}")
 
 
-def submit_spec(session: Session, cfg: Config, spec: JobSpec, deps: list[Dependency],
-                echo: Echo) -> JobRow:
-    """Render and submit one job: its intent recorded before the scheduler call and its id
-    after (a refusal forgets the intent), so a crash in between is reconciled by job folder."""
-    registry, dialect = session.registry, session.dialect
-    row = registry.add(JobRow(name=spec.name, run=spec.run, kind=spec.kind, fold=spec.fold,
-                              attempt=spec.attempt, job_dir=spec.job_dir,
-                              scheduler=dialect.name, state=JobState.PENDING.value),
-                       [(d.job_id, d.kind) for d in deps])
-    if row.scheduler_id:
-        return row
-    try:
-        job_id = engine.submit(session.conn, dialect, render_job(cfg, dialect, spec),
-                               spec.job_dir, deps)
-    except SchedulerError:
-        registry.forget(spec.name)
-        raise
-    registry.update(spec.name, scheduler_id=job_id, state=JobState.QUEUED.value,
-                    submitted_at=time.time())
-    what = f"fold {spec.fold} attempt {spec.attempt}" if spec.kind == FOLD else spec.kind
-    echo(f"submitted {what}: job {job_id} ({spec.name})")
-    stored = registry.get(spec.name)
-    assert stored is not None
-    return stored
-
-
 def train_all_folds(session: Session, opts: TrainOptions, echo: Echo = print) -> TrainResult:
-    """Push, render and submit the run's fold chains; see the module docstring."""
+    """Push, render and submit the experiment's jobs; see the module docstring."""
     from filelock import FileLock, Timeout
 
     cfg = effective_config(session.cfg, opts.resources)
-    run = session.new_run(opts.dataset, trainer=opts.trainer, plans=opts.plans,
-                          configuration=opts.configuration, connect=not opts.dry_run)
+    experiment = session.new_experiment(opts.dataset, trainer=opts.trainer, plans=opts.plans,
+                                        configurations=opts.configurations, folds=opts.folds,
+                                        connect=not opts.dry_run)
     remote_prep = (opts.preprocess or cfg.training.preprocess) == "remote"
-    folds = opts.folds or cfg.training.folds
     if cfg.resources.gpus > 1:
         echo(f"note: {cfg.resources.gpus} GPUs per job: nnU-Net trains with -num_gpus "
              f"{cfg.resources.gpus} (DDP); one GPU per fold is usually faster in total")
-    provenance = check_local_data(session, run, remote_prep)
-    lock = FileLock(str(session.workspace.state_dir / f"train-{run.id}.lock"))
+    provenance = check_local_data(session, experiment.runs[0], remote_prep)
+    locks = [FileLock(str(session.workspace.state_dir / f"train-{run.id}.lock"))
+             for run in sorted(experiment.runs, key=lambda r: r.id)]
+    held = []
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise Locked(f"another hpcnn is submitting run {run.id} right now",
-                     hint="wait for it to finish, then run `hpcnn status`") from None
-    try:
-        return _train(session, cfg, run, folds, remote_prep, provenance, opts, echo)
+        for lock, run in zip(locks, sorted(experiment.runs, key=lambda r: r.id), strict=True):
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                raise Locked(f"another hpcnn is submitting run {run.id} right now",
+                             hint="wait for it to finish, then run `hpcnn status`") from None
+            held.append(lock)
+        return _train(session, cfg, experiment, remote_prep, provenance, opts, echo)
     finally:
-        lock.release()
+        for lock in reversed(held):
+            lock.release()
 
 
-def _train(session: Session, cfg: Config, run: Run, folds: list[int], remote_prep: bool,
+def experiment_graph(cfg: Config, experiment: Experiment, remote_prep: bool) -> Graph:
+    return build_graph(cfg, experiment, remote_prep=remote_prep,
+                       find_best=cfg.training.find_best)
+
+
+def _train(session: Session, cfg: Config, experiment: Experiment, remote_prep: bool,
            provenance: dict | None, opts: TrainOptions, echo: Echo) -> TrainResult:
     registry = session.registry
-    rows = [r for r in registry.jobs(run.id) if r.kind == FOLD]
+    graph = experiment_graph(cfg, experiment, remote_prep)
+    rows = [r for owner in graph.owners for r in registry.jobs(owner)]
     if rows and not opts.dry_run:
-        rows = [r for r in _reconcile(session, rows, echo) if r.kind == FOLD]
-    continuing = continuations(registry, run.id)
-    views = {v.fold: v for v in fold_views(rows, continuing)}
-    chains, kept = plan(views, folds, opts, 1 + cfg.training.max_resubmits)
-    chains += unfinished_chains(rows, continuing, kept, 1 + cfg.training.max_resubmits)
-    result = TrainResult(run, kept=kept)
-    if not chains:
+        rows = reconcile(session, rows, echo)
+    continuing = {name for owner in graph.owners for name in continuations(registry, owner)}
+    plan = make_plan(graph, rows, opts, 1 + cfg.training.max_resubmits, continuing)
+    result = TrainResult(experiment, plan)
+    if not plan.to_submit:
         return result
     if opts.dry_run:
-        return _dry_run(session, cfg, run, chains, remote_prep, result)
+        return _dry_run(session, cfg, plan, remote_prep, opts.npz, result)
     check_versions(session, provenance)
     anchor_remote_dir(session)
-    layout = session.remote
-    push_run(session, run, raw=remote_prep, echo=echo)
+    push_run(session, experiment.runs[0], raw=remote_prep, echo=echo)
     if opts.fresh:
-        _move_results_aside(session, run, [c.fold for c in chains], echo)
-    chains = with_checkpoints(session, run, chains)
-    session.record_run(run, folds=folds, npz=opts.npz, preprocess=remote_prep)
-    prep_dep: list[Dependency] = []
-    if remote_prep:
-        prep = submit_spec(session, cfg, prep_spec(cfg, layout, run), [], echo)
-        result.submitted.append(prep)
-        prep_dep = [Dependency(prep.scheduler_id or "", "afterok")]
-    for chain in chains:
-        deps = [Dependency(chain.after, CONTINUES)] if chain.after else prep_dep
-        for attempt in range(chain.first, chain.first + chain.length):
-            spec = _chain_spec(cfg, layout, run, chain, attempt, npz=opts.npz)
-            row = submit_spec(session, cfg, spec, deps, echo)
-            result.submitted.append(row)
-            deps = [Dependency(row.scheduler_id or "", CONTINUES)]
+        for run in experiment.runs:
+            folds = [s.chain.fold for s in plan.to_submit
+                     if s.node.run == run and s.chain is not None]
+            if folds:
+                _move_results_aside(session, run, folds, echo)
+    plan = with_checkpoints(session, plan)
+    record_experiment(registry, experiment, session.host, folds=list(experiment.folds),
+                      npz=opts.npz or experiment.npz, preprocess=remote_prep)
+    result.submitted = Submission(session, cfg, plan, echo, npz=opts.npz).run()
     return result
 
 
-def _chain_spec(cfg: Config, layout: RemoteLayout, run: Run, chain: Chain, attempt: int, *,
-                npz: bool = False) -> JobSpec:
-    """One attempt of ``chain``: a continuation unless it is the first of a new chain."""
-    continues = attempt > chain.first or chain.after is not None
-    return fold_spec(cfg, layout, run, chain.fold, attempt, npz=npz, continues=continues,
-                     resume=chain.resume)
-
-
-def _dry_run(session: Session, cfg: Config, run: Run, chains: list[Chain], remote_prep: bool,
+def _dry_run(session: Session, cfg: Config, plan: Plan, remote_prep: bool, npz: bool,
              result: TrainResult) -> TrainResult:
-    """Write the scripts under ``.hpcnn/dry-run/<run>/`` and list the exact remote commands,
-    touching nothing where the jobs run."""
+    """Write the scripts under ``.hpcnn/dry-run/<experiment>/``, list the exact remote
+    commands and the job graph (job, what it waits for, resources, the GPU-hours it asks for
+    at most), touching nothing where the jobs run."""
     layout, dialect = session.remote, session.dialect
-    out = session.workspace.state_dir / "dry-run" / run.id
-    for item in transfer.push_items(session.workspace, layout, run.dataset, raw=remote_prep):
+    experiment = plan.graph.experiment
+    out = session.workspace.state_dir / "dry-run" / experiment.id
+    for item in transfer.push_items(session.workspace, layout, experiment.dataset,
+                                    raw=remote_prep):
         result.commands.append(f"push {item.local} → {item.remote}")
-    specs: list[tuple[JobSpec, str]] = []
-    if remote_prep:
-        specs.append((prep_spec(cfg, layout, run), ""))
-    for chain in chains:
-        for attempt in range(chain.first, chain.first + chain.length):
-            after = ("afterany:<id of attempt "
-                     f"{attempt - 1}>" if attempt > chain.first else
-                     ("afterok:<id of the preprocessing job>" if remote_prep else ""))
-            specs.append((_chain_spec(cfg, layout, run, chain, attempt), after))
-    for spec, after in specs:
+    names: dict[str, str] = {}  # node key → the name of the job a dependent waits for
+    for key, step in plan.steps.items():
+        if step.last is not None:
+            names[key] = step.last.name
+    specs: list[tuple[JobSpec, list[str]]] = []
+    for step in plan.to_submit:
+        node = step.node
+        after = [f"afterok {names.get(n.node, n.node)}" for n in node.needs]
+        if node.kind == PREP:
+            spec = prep_spec(cfg, layout, node.run, experiment.configurations, node.owner)
+            specs.append((spec, after))
+        elif node.kind == FOLD and step.chain is not None:
+            chain = step.chain
+            for attempt in range(chain.first, chain.first + chain.length):
+                if attempt > chain.first:
+                    waits = [f"afterany {specs[-1][0].name}"]
+                elif chain.after:
+                    waits = [f"afterany job {chain.after}"]
+                else:
+                    waits = after
+                continues = attempt > chain.first or chain.after is not None
+                dirs = ["<needed>"] if node.needs and not continues else ()
+                spec = fold_spec(cfg, layout, node.run, chain.fold, attempt,
+                                 npz=npz or experiment.npz, continues=continues,
+                                 resume=chain.resume, needs=dirs)
+                specs.append((spec, waits))
+            names[node.key] = specs[-1][0].name
+            continue
+        else:
+            spec = find_best_spec(cfg, layout, node.run, node.owner, experiment.configurations,
+                                  experiment.folds, step.attempt, ["<needed>"])
+            specs.append((spec, after))
+        names[node.key] = spec.name
+    hours, unbounded = 0.0, False
+    for spec, waits in specs:
         text = render_job(cfg, dialect, spec)
         result.scripts[spec.name] = text
         atomic_write_text(Path(out) / f"{spec.name}.sh", text, mode=0o600)
         argv = dialect.submit_command("job.sh", dependencies=[])
         result.commands.append(f"cd {shlex.quote(spec.job_dir)} && {join_argv(argv)}"
-                               + (f"   # depends on {after}" if after else ""))
+                               + (f"   # depends on {', '.join(waits)}" if waits else ""))
+        resources = spec.resources or cfg.resources
+        most = gpu_hours(resources)
+        if most is None and resources.gpus:
+            unbounded = True
+        hours += most or 0.0
+        result.graph.append(_graph_line(spec, waits, resources))
+    for step in plan.blocked:
+        result.graph.append(f"{step.node.label(plan.graph.several)}: not submitted, "
+                            f"{step.why}")
+    result.graph.append(f"GPU-hours asked for at most: {hours:.1f}"
+                        + (" (and jobs without a walltime: unbounded)" if unbounded else ""))
     return result
 
+
+def _graph_line(spec: JobSpec, waits: list[str], resources: ResourcesSection) -> str:
+    """``job  <-  what it waits for  [cpus, gpus, mem, walltime, queue]``."""
+    parts = [f"{resources.cpus} cpu", f"{resources.gpus} gpu"]
+    if resources.mem:
+        parts.append(f"{resources.mem} MB")
+    parts.append(format_hms(resources.walltime) if resources.walltime else "no walltime")
+    if resources.queue:
+        parts.append(f"queue {resources.queue}")
+    return (f"{spec.name}  <-  {', '.join(waits) or '(nothing)'}  [{', '.join(parts)}]")
