@@ -270,7 +270,10 @@ def trainers_visible() -> Iterator[None]:
 
 
 def _run_predictor(model: ModelFolder, folds: Sequence[str], device: str, fast: bool,
-                   lists: list[list[str]], produced: list[Path]) -> None:
+                   lists: list[list[str]], produced: list[Path], *, probabilities: bool = False,
+                   previous_stage: Path | None = None) -> None:
+    """nnU-Net's predictor; ``probabilities`` keeps them (.npz, for an ensemble),
+    ``previous_stage``: the 3d_lowres results a cascade's second stage reads."""
     import sys
 
     import torch
@@ -296,9 +299,12 @@ def _run_predictor(model: ModelFolder, folds: Sequence[str], device: str, fast: 
                             hint="put the trainer's module in a folder and add it to "
                                  f"{EXT_TRAINER}") from exc
     processes = max(1, min(3, available_cpus(), len(lists)))  # nnUNetv2_predict's -npp/-nps
-    predictor.predict_from_files(lists, [str(p) for p in produced], save_probabilities=False,
-                                 overwrite=True, num_processes_preprocessing=processes,
-                                 num_processes_segmentation_export=processes)
+    predictor.predict_from_files(lists, [str(p) for p in produced],
+                                 save_probabilities=probabilities, overwrite=True,
+                                 num_processes_preprocessing=processes,
+                                 num_processes_segmentation_export=processes,
+                                 folder_with_segs_from_prev_stage=str(previous_stage)
+                                 if previous_stage else None)
 
 
 def _place(result: Path, final: Path, model: ModelFolder, slicer: bool) -> None:
