@@ -183,7 +183,8 @@ def test_predict_with_the_winner_equals_nnunets_own_commands(chosen: tuple[Path,
                  str(tmp_path / "postprocessed"), "-pp_pkl_file", info["postprocessing_file"],
                  "-np", "1", "-plans_json", info["some_plans_file"]])
 
-    res = cli(ws, "predict", tmp_path / "in", tmp_path / "out", "--fast", "--device", "cpu")
+    res = cli(ws, "predict", tmp_path / "in", tmp_path / "out", "--model", results, "--fast",
+              "--device", "cpu")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "chosen by find-best" in res.stdout
     record = json.loads((tmp_path / "out" / "hpcnn_predict.json").read_text())
@@ -191,8 +192,8 @@ def test_predict_with_the_winner_equals_nnunets_own_commands(chosen: tuple[Path,
     assert np.array_equal(_voxels(tmp_path / "out" / "a.nrrd"),
                           _voxels(tmp_path / "postprocessed" / "a.nrrd"))
     if len(winner) == 1:  # the ensemble, forced: nnU-Net's ensemble without postprocessing
-        res = cli(ws, "predict", tmp_path / "in", tmp_path / "out2", "--fast", "--device",
-                  "cpu", "-c", "2d", "-c", "3d_fullres")
+        res = cli(ws, "predict", tmp_path / "in", tmp_path / "out2", "--model", results,
+                  "--fast", "--device", "cpu", "-c", "2d", "-c", "3d_fullres")
         assert res.returncode == 0, res.stdout + res.stderr
         assert np.array_equal(_voxels(tmp_path / "out2" / "a.nrrd"),
                               _voxels(tmp_path / "ensemble" / "a.nrrd"))

@@ -203,6 +203,8 @@ def predict_method(method: Method, inputs: Sequence[str], output: Path,
         if problem:
             raise DataError(problem, hint="pip install 'nnunetv2>=2.7'")
     models = {c: open_model(method.folder(c)) for s in stages.values() for c in s}
+    if folds is None and method.choice is not None:  # those find-best cross-validated
+        folds = [str(f) for f in method.choice.folds]
     chosen = {c: choose_folds(m, folds) for c, m in models.items()}
     echo(f"predicting with {method.describe()}"
          + (f", chosen by find-best: {method.choice.describe()}" if method.choice else ""))
@@ -219,7 +221,10 @@ def predict_method(method: Method, inputs: Sequence[str], output: Path,
     else:
         pp = load_postprocessing(method.postprocessing) if method.postprocessing else None
     if pp is None and method.choice is not None and method.postprocessing is None:
-        echo("no postprocessing (find-best chose none for this model)")
+        chosen_for = tuple(method.choice.members)
+        echo("no postprocessing (" + ("find-best chose none" if chosen_for == method.members
+                                      else f"find-best chose it for {' + '.join(chosen_for)}")
+             + ")")
     first = models[method.members[0]]
     cases, results = check_request(first, inputs, output, fmt, echo)
     torch_device = resolve_device(device)
