@@ -7,11 +7,7 @@ import click
 
 @click.command("demo")
 @click.argument("directory", default="hpcnn-demo", type=click.Path(file_okay=False))
-@click.option("--method", is_flag=True,
-              help="nnU-Net's whole method instead: 2d and 3d_fullres (two folds each), "
-                   "find-best, and the winner (an ensemble and its postprocessing) on the "
-                   "held-back cases.")
-def demo_cmd(directory: str, method: bool) -> None:
+def demo_cmd(directory: str) -> None:
     """Run import → check → preprocess → train-all-folds → status → sync → predict →
     evaluate → report on a small synthetic dataset with the local scheduler (no cluster
     needed), and print the Dice of the held-back cases.
@@ -26,7 +22,7 @@ def demo_cmd(directory: str, method: bool) -> None:
 
     group = click.get_current_context().find_root().command  # the hpcnn group itself
     assert isinstance(group, click.Group)
-    run_demo(Path(directory), lambda args: run_cli(group, args), click.echo, method=method)
+    run_demo(Path(directory), lambda args: run_cli(group, args), click.echo)
 
 
 COMMANDS = [demo_cmd]

@@ -4,11 +4,6 @@ packaged demo trainer), status, sync, predict, evaluate, report.
 
 Each step is the real command run in this process against the demo folder's own cluster.yaml,
 so the demo proves the installation end to end and leaves a workspace to look at.
-
-``method=True`` (``hpcnn demo --method``) shows nnU-Net's whole method instead: 2d and 3d_fullres
-(two folds each, with the validation probabilities), ``find-best`` choosing among them and
-their ensemble, and the held-back cases predicted with the winner (an ensemble: each member's
-probabilities averaged, then nnU-Net's postprocessing).
 """
 
 from __future__ import annotations
@@ -16,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from hpcnn.errors import EXIT_FAILED, EXIT_OK, HpcnnError
 
@@ -24,8 +18,6 @@ MARKER = ".hpcnn-demo"
 DATASET = "Demo"
 N_TRAIN, N_TEST = 10, 3
 FOLLOW_S = 10.0
-METHOD_CONFIGURATIONS = ("2d", "3d_fullres")
-METHOD_FOLDS = ("0", "1")  # two folds per configuration keep the demo within minutes
 
 Echo = Callable[[str], None]
 
@@ -64,8 +56,7 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def run_demo(folder: Path, cli: Callable[[list[str]], int], echo: Echo = print, *,
-             method: bool = False) -> float | None:
+def run_demo(folder: Path, cli: Callable[[list[str]], int], echo: Echo = print) -> float | None:
     """Run the pipeline in ``folder``; ``cli`` runs one hpcnn command line and returns its exit
     code. Returns the mean foreground Dice on the held-back cases."""
     import os
@@ -73,6 +64,8 @@ def run_demo(folder: Path, cli: Callable[[list[str]], int], echo: Echo = print, 
     from hpcnn.config import load_config_file
     from hpcnn.nnunet.evaluate import evaluate
     from hpcnn.services.demo_data import write_exports
+    from hpcnn.services.session import Session
+    from hpcnn.services.status import run_status
 
     started = time.time()
     folder = folder.resolve()
@@ -95,54 +88,14 @@ def run_demo(folder: Path, cli: Callable[[list[str]], int], echo: Echo = print, 
     step("import", "dataset", "import", str(folder / "exports"), "--name", DATASET,
          "--modality", "CT", "--test-fraction", "0")
     step("check", "dataset", "check", DATASET)
-    cfg = load_config_file(config)
-    predictions = folder / "predictions"
-    if method:
-        _method_steps(folder, cfg, step, echo, started)
-        step("predict the held-back cases with the winner", "predict", str(folder / "test"),
-             str(predictions), "--fast")
-    else:
-        step("preprocess", "preprocess", DATASET)
-        step("train the five folds", "train-all-folds")
-        _follow(cfg, None, echo, started)
-        step("status", "status")
-        step("sync", "sync")
-        step("predict the held-back cases with the five-fold ensemble", "predict",
-             str(folder / "test"), str(predictions), "--fast")
-    echo(f"\n== evaluate  (hpcnn evaluate {predictions} {folder / 'test'})")
-    result = evaluate(predictions, folder / "test", echo=echo)
-    if not method:
-        step("report", "report", "--out", str(folder / "report.png"))
-    echo(f"\n== done in {time.time() - started:.0f} s")
-    if method:
-        from hpcnn.nnunet.choice import read_choice
-        from hpcnn.services.method import results_folder
-        from hpcnn.workspace import Workspace
-
-        choice = read_choice(results_folder(Workspace(folder), DATASET))
-        if choice is not None:
-            echo(f"   winner of find-best: {choice.describe()}; postprocessing "
-                 f"{'helped' if choice.postprocessing_helped else 'did not help'}")
-    for name, dice in result.mean.items():
-        echo(f"   Dice {name}: {'n/a' if dice is None else f'{dice:.3f}'}")
-    fg = result.foreground_dice
-    echo(f"   mean foreground Dice on {N_TEST} held-back cases: "
-         f"{'n/a' if fg is None else f'{fg:.3f}'}")
-    echo(f"   workspace {folder}: cluster.yaml, exports/, nnUNet_raw/, nnUNet_preprocessed/, "
-         f"nnUNet_results/, predictions/{'' if method else ', report.png'}")
-    return fg
-
-
-def _follow(cfg: Any, run_id: str | None, echo: Echo, started: float) -> None:
-    """Show each fold's state and epoch as it changes until the run's folds are done."""
-    from hpcnn.services.session import Session
-    from hpcnn.services.status import run_status
-
+    step("preprocess", "preprocess", DATASET)
+    step("train the five folds", "train-all-folds")
     echo("\n== following the folds (hpcnn status)")
+    cfg = load_config_file(config)
     shown: dict[int, str] = {}
     while True:
         with Session(cfg) as session:
-            status = run_status(session, run_id)
+            status = run_status(session)
         for fold in status.folds:
             last = fold.log.last
             planned = fold.log.planned_epochs
@@ -152,28 +105,22 @@ def _follow(cfg: Any, run_id: str | None, echo: Echo, started: float) -> None:
                 shown[fold.view.fold] = line
                 echo(f"   fold {fold.view.fold}: {line}  [{time.time() - started:.0f} s]")
         if status.exit_code in (EXIT_OK, EXIT_FAILED):
-            return
+            break
         time.sleep(FOLLOW_S)
-
-
-def _method_steps(folder: Path, cfg: Any, step: Callable[..., None], echo: Echo,
-                  started: float) -> None:
-    """Preprocess both configurations, train two folds of each with --npz (one run per
-    configuration), sync them and let find-best choose."""
-    from hpcnn.services.session import Session
-
-    configurations = [a for c in METHOD_CONFIGURATIONS for a in ("-c", c)]
-    folds = [a for f in METHOD_FOLDS for a in ("--folds", f)]
-    step("preprocess 2d and 3d_fullres", "preprocess", DATASET, *configurations)
-    runs = []
-    for configuration in METHOD_CONFIGURATIONS:
-        step(f"train {configuration} (folds {', '.join(METHOD_FOLDS)}, with --npz)",
-             "train-all-folds", "--configuration", configuration, "--npz", *folds)
-        with Session(cfg) as session:
-            runs.append(session.find_run(None)[0].id)
-    for run in runs:
-        _follow(cfg, run, echo, started)
-        step(f"sync {run}", "sync", "--run", run)
-    step("choose: nnU-Net's find_best_configuration", "find-best", "--folds",
-         ",".join(METHOD_FOLDS))
-
+    step("status", "status")
+    step("sync", "sync")
+    predictions = folder / "predictions"
+    step("predict the held-back cases with the five-fold ensemble", "predict",
+         str(folder / "test"), str(predictions), "--fast")
+    echo(f"\n== evaluate  (hpcnn evaluate {predictions} {folder / 'test'})")
+    result = evaluate(predictions, folder / "test", echo=echo)
+    step("report", "report", "--out", str(folder / "report.png"))
+    echo(f"\n== done in {time.time() - started:.0f} s")
+    for name, dice in result.mean.items():
+        echo(f"   Dice {name}: {'n/a' if dice is None else f'{dice:.3f}'}")
+    fg = result.foreground_dice
+    echo(f"   mean foreground Dice on {N_TEST} held-back cases: "
+         f"{'n/a' if fg is None else f'{fg:.3f}'}")
+    echo(f"   workspace {folder}: cluster.yaml, exports/, nnUNet_raw/, nnUNet_preprocessed/, "
+         "nnUNet_results/, predictions/, report.png")
+    return fg
