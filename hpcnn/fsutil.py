@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 
 def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> Path:
@@ -70,3 +73,15 @@ def restrict_tree(root: Path, modes: Modes | None = None) -> None:
                 path = os.path.join(folder, name)
                 if not os.path.islink(path):
                     os.chmod(path, mode)
+
+
+@contextmanager
+def private_log(workspace_state: Path, name: str) -> Iterator[tuple[Path, TextIO]]:
+    """``<workspace_state>/logs/<name>`` opened for writing, readable by its owner only (logs of
+    nnU-Net's commands name the dataset's files), with its path."""
+    folder = ensure_dir(workspace_state / "logs", PRIVATE)
+    path = folder / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with open(fd, "w", encoding="utf-8") as handle:
+        yield path, handle

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from hpcnn.cli.common import AppContext, pass_app
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from hpcnn.dataset.findings import Finding
     from hpcnn.workspace import Workspace
 
@@ -194,7 +192,7 @@ def preprocess_command(app: AppContext, dataset: str | None, configurations: tup
     from hpcnn.dataset import preprocess
     from hpcnn.dataset.interrupt import Interrupted, signals_raise
     from hpcnn.dataset.leftovers import sweep
-    from hpcnn.fsutil import PRIVATE, ensure_dir
+    from hpcnn.fsutil import private_log
     from hpcnn.workspace import PREPROCESSED, RAW, Workspace
 
     workspace = Workspace(app.config.workspace)
@@ -211,11 +209,10 @@ def preprocess_command(app: AppContext, dataset: str | None, configurations: tup
                f"{' '.join(job.configurations)}, planner {job.planner or 'ExperimentPlanner'}, "
                f"{job.workers} worker(s) ({job.workers_reason}); "
                f"{'--clean: ' if job.clean else ''}{job.clean_reason}")
-    logs = ensure_dir(workspace.state_dir / "logs", PRIVATE)
-    log = logs / f"preprocess-{job.dataset.folder_name}.log"
-    click.echo(f"nnU-Net's output: {log}")
+    name = f"preprocess-{job.dataset.folder_name}.log"
     try:
-        with signals_raise(), _private_log(log) as out:
+        with signals_raise(), private_log(workspace.state_dir, name) as (log, out):
+            click.echo(f"nnU-Net's output: {log}")
             result = preprocess.run(job, out=out)
     except Interrupted as exc:
         raise Interrupted(exc.signum, f"{job.output} is incomplete (no provenance, so training "
@@ -228,17 +225,6 @@ def preprocess_command(app: AppContext, dataset: str | None, configurations: tup
     click.secho(f"preprocessed {', '.join(result.configurations)} into {result.output} in "
                 f"{result.seconds:.0f} s; splits_final.json {result.splits}; provenance "
                 f"{result.provenance.name}", fg="green")
-
-
-@contextmanager
-def _private_log(path: Path) -> Iterator[TextIO]:
-    """``path`` opened for writing, readable by its owner only (it names the dataset's files)."""
-    import os
-
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with open(fd, "w", encoding="utf-8") as handle:
-        yield handle
 
 
 def _where(workspace: Workspace, name: str) -> str:

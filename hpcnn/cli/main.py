@@ -15,6 +15,7 @@ from hpcnn.cli import (
     doctor,
     init,
     login,
+    method,
     monitor,
     predict,
     render,
@@ -55,7 +56,8 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     ctx.obj = AppContext(config_path)
 
 
-for module in (init, doctor, render, dataset, train, monitor, clean, predict, report, demo, login):
+for module in (init, doctor, render, dataset, train, monitor, clean, predict, report, demo, login,
+               method):
     for command in module.COMMANDS:
         cli.add_command(command)
 

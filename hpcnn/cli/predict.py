@@ -29,6 +29,10 @@ def _echo(line: str) -> None:
 @click.option("--run", "run_id",
               help="Run whose model to use: its synced folds, or with --on-cluster its folds on "
                    "the cluster [default: the most recent run].")
+@click.option("--configuration", "-c", "configurations", multiple=True, metavar="NAME",
+              help="Predict with this configuration of the model's trainer and plans, or "
+                   "repeated, an ensemble of these [default: what `hpcnn find-best` chose, "
+                   "else the model folder's].")
 @click.option("--folds", "-f", multiple=True, metavar="K[,K...]",
               help="Folds to use (repeatable or comma-separated) [default: every fold with "
                    "checkpoint_final.pth].")
@@ -61,7 +65,8 @@ def _echo(line: str) -> None:
               help="Show nnU-Net's own output (kept in OUTPUT/hpcnn_predict.log otherwise).")
 @pass_app
 def predict_command(app: AppContext, inputs: tuple[str, ...], output: str | None,
-                    model: str | None, run_id: str | None, folds: tuple[str, ...], device: str,
+                    model: str | None, run_id: str | None, configurations: tuple[str, ...],
+                    folds: tuple[str, ...], device: str,
                     fast: bool, fmt: str | None, on_cluster: bool, no_follow: bool,
                     attach: str | None, interval: float, force: bool, max_gib: float | None,
                     verbose: bool) -> None:
@@ -74,6 +79,11 @@ def predict_command(app: AppContext, inputs: tuple[str, ...], output: str | None
     every fold that finished (the missing ones are named). Images `dataset import` refuses
     (damaged data, NaN or infinite voxels, an impossible size) are refused before anything runs;
     so are results that exist already in OUTPUT, unless --force.
+
+    Once `hpcnn find-best` chose (nnUNet_results/DatasetNNN_Name/hpcnn_choice.json), predict
+    uses the winner: an ensemble predicts each member with probabilities and averages them, the
+    cascade predicts 3d_lowres first; then nnU-Net's postprocessing. --model may name that
+    results folder (or a model zip's, after import-model).
 
     --on-cluster predicts as one job on the cluster with the folds trained there (no sync
     needed), the same names and formats. Ctrl-C leaves the job running; `hpcnn predict
@@ -90,6 +100,9 @@ def predict_command(app: AppContext, inputs: tuple[str, ...], output: str | None
     elif not inputs or output is None:
         raise click.UsageError(f"Missing argument '{'OUTPUT' if inputs else 'INPUT...'}'.")
     if on_cluster or attach:
+        if configurations:
+            raise click.UsageError("--configuration predicts on this machine; with "
+                                   "--on-cluster the run's configuration predicts")
         if model:
             raise click.UsageError("--on-cluster predicts with the folds of --run on the "
                                    "cluster; --model names a folder on this machine")
@@ -98,12 +111,18 @@ def predict_command(app: AppContext, inputs: tuple[str, ...], output: str | None
         return
     if no_follow:
         raise click.UsageError("--no-follow goes with --on-cluster")
+    from hpcnn.nnunet.method_predict import method_for, predict_method
     from hpcnn.nnunet.predict import predict
 
     assert output is not None
-    result = predict(app.model_folder(model, run_id), list(inputs), Path(output),
-                     wanted or None, device, fast, fmt, _echo, force=force, max_gib=max_gib,
-                     verbose=verbose)
+    model_dir = app.model_folder(model, run_id)
+    method = method_for(model_dir, configurations)
+    if method is None:
+        result = predict(model_dir, list(inputs), Path(output), wanted or None, device, fast,
+                         fmt, _echo, force=force, max_gib=max_gib, verbose=verbose)
+    else:
+        result = predict_method(method, list(inputs), Path(output), wanted or None, device,
+                                fast, fmt, _echo, force=force, max_gib=max_gib)
     click.secho(f"{len(result.outputs)} result(s) in {output} ({len(result.folds)} fold(s), "
                 f"{result.device}, {result.seconds:.1f} s)", fg="green")
 
@@ -210,13 +229,20 @@ def export_command(app: AppContext, zip_file: str, model: str | None, run_id: st
                    force: bool, full_checkpoints: bool) -> None:
     """Write a model zip that `hpcnn import-model` and nnU-Net's
     nnUNetv2_install_pretrained_model_from_zip read, with every finished fold (each checkpoint
-    checked to hold weights and plain data only, and cut to what prediction reads)."""
+    checked to hold weights and plain data only, and cut to what prediction reads).
+
+    Once `hpcnn find-best` chose, the zip holds every configuration it compared, the choice
+    and the chosen postprocessing (--model may also name nnUNet_results/DatasetNNN_Name)."""
     from pathlib import Path
 
+    from hpcnn.nnunet.method_predict import method_for
     from hpcnn.nnunet.model_zip import export_model
 
-    done = export_model(app.model_folder(model, run_id), Path(zip_file), force=force,
-                        full_checkpoints=full_checkpoints)
+    target = app.model_folder(model, run_id)
+    method = method_for(target) if model is None else None
+    if method is not None and method.choice is not None:
+        target = method.results  # the run's configuration was among those chosen from
+    done = export_model(target, Path(zip_file), force=force, full_checkpoints=full_checkpoints)
     click.secho(f"{zip_file}: {done.identifier}, fold(s) {', '.join(done.folds)}, "
                 f"{done.size / 2**20:.1f} MiB", fg="green")
     if done.skipped:
@@ -244,7 +270,11 @@ def import_model_command(app: AppContext, zip_file: str, force: bool) -> None:
         click.secho(f"installed {path} (fold(s) {', '.join(done.folds[path])})", fg="green")
     for line in done.notes:
         _echo(line)
-    click.echo(f"predict with: hpcnn predict --model {done.installed[0]} INPUT OUTPUT")
+    from hpcnn.nnunet.choice import CHOICE
+
+    dataset = done.installed[0].parent
+    model = dataset if (dataset / CHOICE).is_file() else done.installed[0]
+    click.echo(f"predict with: hpcnn predict --model {model} INPUT OUTPUT")
 
 
 COMMANDS = [predict_command, evaluate_command, export_command, import_model_command]

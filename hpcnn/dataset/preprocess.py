@@ -27,15 +27,12 @@ others race on it (nnU-Net issue 3064); and it records no versions. So this comm
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -268,7 +265,7 @@ def _through_launcher(line: list[str]) -> list[str]:
 
 
 def _run_nnunet(job: PreprocessJob, command: list[str], out: TextIO, what: str) -> None:
-    code, tail = _stream(command, job.env, out)
+    code, tail = commands.stream(command, job.env, out)
     if code != 0:
         raise PreprocessFailed(f"{what} exited with code {code}; its last lines:\n{tail}",
                                hint=_failure_hint(tail, job.workers))
@@ -318,32 +315,6 @@ def _refuse_id_clash(workspace: Workspace, raw_folder: Path, ref: DatasetRef) ->
         raise DataError(f"dataset id {ref.id} also names {', '.join(map(str, others))}: nnU-Net "
                         f"cannot tell which dataset -d {ref.id} means",
                         hint="rename or remove the other folder, or import under another --id")
-
-
-def _stream(command: list[str], env: dict[str, str], out: TextIO) -> tuple[int, str]:
-    """Run ``command``, copying its output to ``out`` as it comes (progress bars included);
-    returns the exit code and the last lines."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    tail: deque[str] = deque(maxlen=40)
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          stdin=subprocess.DEVNULL) as proc:
-        assert proc.stdout is not None
-        fd = proc.stdout.fileno()
-        pending = ""
-        try:
-            while chunk := os.read(fd, 65536):
-                text = decoder.decode(chunk)
-                out.write(text)
-                out.flush()
-                pending += text
-                *lines, pending = pending.split("\n")
-                tail.extend(line.rsplit("\r", 1)[-1] for line in lines)
-        except BaseException:  # interrupted: a SIGTERM to hpcnn alone must stop nnU-Net too
-            proc.terminate()
-            raise
-        tail.append(pending)
-        code = proc.wait()
-    return code, "\n".join(line for line in tail if line.strip())
 
 
 def _failure_hint(tail: str, workers: int) -> str:

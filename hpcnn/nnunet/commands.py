@@ -15,7 +15,12 @@ This module imports nothing heavy: the CLI and the job builders use it on their 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import codecs
+import os
+import subprocess
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import TextIO
 
 from hpcnn.nnunet.launcher import NNUNET_SUBCOMMAND, WRITE_SPLITS_SUBCOMMAND
 
@@ -152,6 +157,32 @@ def write_splits(python: str, launcher: str, dataset: str) -> list[str]:
     """The launcher writes nnU-Net's own 5-fold split of the preprocessed cases (kept when the
     one there already covers them), so fold jobs never race on it (nnU-Net issue 3064)."""
     return [python, launcher, WRITE_SPLITS_SUBCOMMAND, dataset]
+
+
+def stream(command: Sequence[str], env: Mapping[str, str], out: TextIO) -> tuple[int, str]:
+    """Run ``command``, copying its output to ``out`` as it comes (progress bars included);
+    returns the exit code and the last lines."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tail: deque[str] = deque(maxlen=40)
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        pending = ""
+        try:
+            while chunk := os.read(fd, 65536):
+                text = decoder.decode(chunk)
+                out.write(text)
+                out.flush()
+                pending += text
+                *lines, pending = pending.split("\n")
+                tail.extend(line.rsplit("\r", 1)[-1] for line in lines)
+        except BaseException:  # interrupted: a SIGTERM to hpcnn alone must stop nnU-Net too
+            proc.terminate()
+            raise
+        tail.append(pending)
+        code = proc.wait()
+    return code, "\n".join(line for line in tail if line.strip())
 
 
 def shell_line(argv: Sequence[str]) -> str:

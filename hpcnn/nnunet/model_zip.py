@@ -44,6 +44,7 @@ from hpcnn.nnunet.model_folder import (
     FINGERPRINT,
     FOLD_PROVENANCE,
     MODEL_FILES,
+    ModelFolder,
     open_model,
 )
 
@@ -55,7 +56,10 @@ _IDENTIFIER = re.compile(r"[^_/][^/]*__[^/]+__[^/]+")
 _FOLD = re.compile(r"fold_(\d+|all)")
 MODEL_PATTERNS = (*MODEL_FILES, FINGERPRINT, "fold_*/checkpoint_*.pth", "fold_*/progress.png",
                   "fold_*/training_log_*.txt", "fold_*/debug.json",
-                  "fold_*/validation/summary.json", f"fold_*/{FOLD_PROVENANCE}")
+                  "fold_*/validation/summary.json", f"fold_*/{FOLD_PROVENANCE}",
+                  # find-best's postprocessing of a configuration that won alone
+                  *(f"crossval_results_folds_*/{n}"
+                    for n in ("postprocessing.pkl", "plans.json", "dataset.json")))
 """What import-model installs of a model folder (paths inside ``Trainer__Plans__config``)."""
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError)
 
@@ -73,26 +77,29 @@ def export_model(model_dir: Path, zip_path: Path, *, force: bool = False,
                  full_checkpoints: bool = False) -> Exported:
     """Zip the model's shared files and its finished folds (their inference checkpoints, unless
     ``full_checkpoints``); the zip appears whole or not at all (written beside it, then
-    renamed)."""
-    model = open_model(model_dir)
+    renamed). ``model_dir`` may be a ``DatasetNNN_Name`` results folder where ``hpcnn
+    find-best`` chose: then every configuration it compared goes in, with the choice and the
+    chosen postprocessing (method_files)."""
+    from hpcnn.nnunet.method_predict import method_files
+
+    method = method_files(model_dir)
+    model = open_model(method.models[0] if method else model_dir)
     if zip_path.suffix.lower() != ".zip":
         raise DataError(f"{zip_path}: a model zip must end in .zip",
                         hint=f"e.g. {zip_path.with_suffix('.zip').name}")
     if zip_path.exists() and not force:
         raise DataError(f"{zip_path} already exists", hint="pass --force to replace it")
-    folds = model.finished
-    if not folds:
-        raise DataError(f"{model.path}: no finished fold to export ({model.describe_missing()})",
-                        hint="train at least one fold to the end (or sync it) first")
     members: list[tuple[Path, str]] = []
-    for name in (*MODEL_FILES, FINGERPRINT):
-        if (model.path / name).is_file():
-            members.append((model.path / name, f"{model.identifier}/{name}"))
-    for fold in folds:
-        folder = model.fold_dirs[fold]
-        for name in FOLD_FILES:
-            if (folder / name).is_file():
-                members.append((folder / name, f"{model.identifier}/{folder.name}/{name}"))
+    models = [open_model(m) for m in method.models] if method else [model]
+    for one in models:
+        if not one.finished:
+            raise DataError(f"{one.path}: no finished fold to export "
+                            f"({one.describe_missing()})",
+                            hint="train at least one fold to the end (or sync it) first")
+        members += _model_members(one)
+    if method:
+        members += [(model_dir / name, f"{model_dir.name}/{name}") for name in method.extras]
+    folds = model.finished
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = zip_path.with_name(f".{zip_path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -116,6 +123,17 @@ def export_model(model_dir: Path, zip_path: Path, *, force: bool = False,
                     model.describe_missing())
 
 
+def _model_members(model: ModelFolder) -> list[tuple[Path, str]]:
+    """(file, name in the zip) of a model's shared files and finished folds."""
+    members = [(model.path / name, f"{model.identifier}/{name}")
+               for name in (*MODEL_FILES, FINGERPRINT) if (model.path / name).is_file()]
+    for fold in model.finished:
+        folder = model.fold_dirs[fold]
+        members += [(folder / name, f"{model.identifier}/{folder.name}/{name}")
+                    for name in FOLD_FILES if (folder / name).is_file()]
+    return members
+
+
 @dataclass
 class Imported:
     installed: list[Path]
@@ -134,7 +152,7 @@ def import_model(zip_path: Path, results: Path, *, force: bool = False,
                         hint="download or copy it again; `hpcnn export` writes model zips") from exc
     with zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
-        models, notes = _check_members(name, zf.infolist(), max_bytes)
+        models, notes, extras = _check_members(name, zf.infolist(), max_bytes)
         _check_space(name, results, sum(i.file_size for i in infos))
         dataset = next(iter(models)).split("/")[0]
         _check_target(name, results, dataset, models, force)
@@ -142,8 +160,12 @@ def import_model(zip_path: Path, results: Path, *, force: bool = False,
         work = results / f".hpcnn-import-{uuid.uuid4().hex[:8]}"
         try:
             for info in infos:
-                if _installed(info.filename, models):
+                if _installed(info.filename, models) or info.filename in extras:
                     _extract(name, zf, info, work)
+            if extras:
+                from hpcnn.nnunet.method_predict import check_method_files
+
+                notes += check_method_files(name, work / dataset)
             installed, folds = [], {}
             for identifier in sorted(models):
                 folder = work / identifier
@@ -159,15 +181,25 @@ def import_model(zip_path: Path, results: Path, *, force: bool = False,
                 target = results / identifier
                 target.parent.mkdir(parents=True, exist_ok=True)
                 _move_into_place(work / identifier, target, target if target.exists() else None)
+            for extra in sorted(extras):  # the choice and its postprocessing, beside the models
+                target = results.joinpath(*PurePosixPath(extra).parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = work.joinpath(*PurePosixPath(extra).parts)
+                source.chmod(0o600)  # the choice names the dataset's results: private
+                os.replace(source, target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return Imported(installed, folds, notes)
 
 
 def _check_members(name: str, infos: list[zipfile.ZipInfo],
-                   max_bytes: int) -> tuple[set[str], list[str]]:
+                   max_bytes: int) -> tuple[set[str], list[str], set[str]]:
     """Paths, kinds and sizes of every member, and nnU-Net's layout; returns the model
-    identifiers (``DatasetNNN_Name/Trainer__Plans__config``) and notes on what is skipped."""
+    identifiers (``DatasetNNN_Name/Trainer__Plans__config``), notes on what is skipped, and the
+    method's files (the choice and an ensemble's postprocessing: method_predict.METHOD_FILE)."""
+    from hpcnn.nnunet.method_predict import METHOD_FILE
+
+    extras: set[str] = set()
     if not infos:
         raise DataError(f"{name}: an empty zip", hint="export the model again")
     names = [i.filename.rstrip("/") for i in infos]
@@ -212,6 +244,8 @@ def _check_members(name: str, infos: list[zipfile.ZipInfo],
         datasets.add(parts[0])
         if len(parts) >= 3 and _IDENTIFIER.fullmatch(parts[1]):
             models.setdefault(f"{parts[0]}/{parts[1]}", set()).add("/".join(parts[2:]))
+        elif METHOD_FILE.fullmatch("/".join(parts[1:])):
+            extras.add(path)
         else:
             skipped.append(path)
     if total > max_bytes:
@@ -239,7 +273,7 @@ def _check_members(name: str, infos: list[zipfile.ZipInfo],
     if unused:
         notes.append(f"left out {len(unused)} file(s) a model does not use (only checkpoints, "
                      f"plans, logs and summaries are installed): {_some(unused)}")
-    return set(models), notes
+    return set(models), notes, extras
 
 
 def _some(paths: list[str], shown: int = 5) -> str:

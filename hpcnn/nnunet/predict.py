@@ -367,9 +367,12 @@ def nnunet_output(log: Path, verbose: bool) -> Iterator[TextIO | None]:
 
 def _run_predictor(model: ModelFolder, folds: Sequence[str], device: str, fast: bool,
                    lists: list[list[str]], produced: list[Path], shown: TextIO | None = None,
-                   verbose: bool = True) -> None:
+                   verbose: bool = True, *, probabilities: bool = False,
+                   previous_stage: Path | None = None) -> None:
     """nnU-Net's predictor on the file lists; with ``shown`` (nnU-Net's output redirected) one
-    progress bar there over cases x folds, advanced after each fold's sliding-window pass."""
+    progress bar there over cases x folds, advanced after each fold's sliding-window pass;
+    ``probabilities`` keeps them (.npz, for an ensemble), ``previous_stage``: the 3d_lowres
+    results a cascade's second stage reads."""
     import sys
 
     import torch
@@ -405,9 +408,11 @@ def _run_predictor(model: ModelFolder, folds: Sequence[str], device: str, fast: 
 
         predictor.predict_sliding_window_return_logits = counted  # type: ignore[method-assign]
         predictor.predict_from_files(lists, [str(p) for p in produced],
-                                     save_probabilities=False, overwrite=True,
+                                     save_probabilities=probabilities, overwrite=True,
                                      num_processes_preprocessing=processes,
-                                     num_processes_segmentation_export=processes)
+                                     num_processes_segmentation_export=processes,
+                                     folder_with_segs_from_prev_stage=str(previous_stage)
+                                     if previous_stage else None)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from hpcnn.errors import ConnectionFailed, HpcnnError, SchedulerUnavailable
 from hpcnn.jobs import vmem
 from hpcnn.jobs.script import render_setup
+from hpcnn.nnunet.choice import version_problem
 from hpcnn.remote.base import join_argv
 from hpcnn.remote.ssh_common import SshConnection
 from hpcnn.schedulers import get_dialect
@@ -28,13 +29,15 @@ from hpcnn.services.doctor.base import (
 )
 
 _PYTHON_PROBE = (
-    "import sys\n"
-    "try:\n"
-    "    import importlib.metadata as m; v = m.version('nnunetv2')\n"
-    "except Exception:\n"
-    "    v = '-'\n"
-    "print(sys.version.split()[0], v)\n"
+    "import sys, importlib.metadata as m\n"
+    "def v(p):\n"
+    "    try:\n"
+    "        return m.version(p)\n"
+    "    except Exception:\n"
+    "        return '-'\n"
+    "print(sys.version.split()[0], v('nnunetv2'), v('torch'))\n"
 )
+"""Python, nnunetv2 and torch versions (torch's from its metadata: importing it takes seconds)."""
 
 
 _NO_SUCH_JOB = "67108863"  # Slurm's largest job id; "0" is rejected as malformed, not unknown
@@ -167,7 +170,7 @@ def check_remote_python(ctx: DoctorContext) -> CheckResult:
                            f"{res.stderr.strip()[-300:]}",
                            "fix environment.setup in cluster.yaml (conda activate, module load "
                            "or a venv) so that python3 works in a job")
-    python, nnunet = words[-2], words[-1]
+    python, nnunet, torch = words[-3:] if len(words) >= 3 else (*words[-2:], "-")
     if nnunet == "-":
         return CheckResult("cluster python", Outcome.FAIL,
                            f"python {python}, but nnunetv2 is not importable after "
@@ -175,12 +178,28 @@ def check_remote_python(ctx: DoctorContext) -> CheckResult:
                            "install nnunetv2 on the cluster, or add its activation (conda, "
                            "module, venv) to environment.setup")
     local = ctx.facts.get("local_nnunet")
-    detail = f"python {python}, nnunetv2 {nnunet}"
+    detail = f"python {python}, nnunetv2 {nnunet}, torch {torch}"
+    warning = version_warning(nnunet, torch)
+    if warning:
+        return CheckResult("cluster python", Outcome.WARN, f"{detail}; {warning[0]}", warning[1])
     if local and local != nnunet:
         return CheckResult("cluster python", Outcome.WARN, f"{detail}; this machine has {local}",
                            f"use the same nnunetv2 on both sides (pip install nnunetv2=={local})"
                            ": plans and checkpoints of one version may not load in another")
     return CheckResult("cluster python", Outcome.OK, detail)
+
+
+def version_warning(nnunet: str, torch: str) -> tuple[str, str] | None:
+    """(problem, fix) for versions that train badly or cannot run the whole method."""
+    if torch.startswith("2.9."):
+        return (f"torch {torch} runs 3D convolutions with AMP about 4x slower "
+                "(pytorch/pytorch#166122), which is why nnunetv2 excludes torch 2.9.*",
+                "install another torch where jobs run, e.g. pip install 'torch!=2.9.*', or "
+                "load another torch module")
+    problem = version_problem(nnunet, "the cascade and ensembles of configurations")
+    if problem:
+        return problem, "pip install 'nnunetv2>=2.7' where jobs run (and here)"
+    return None
 
 
 REMOTE_CHECKS: list[Check] = [
