@@ -70,7 +70,7 @@ def arrays(folder: Path) -> dict[str, tuple]:
 
     found = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != "hpcnn_predict.json":
+        if path.is_file() and path.name not in ("hpcnn_predict.json", "hpcnn_predict.log"):
             image = sitk.ReadImage(str(path))
             found[path.relative_to(folder).as_posix()] = (
                 sitk.GetArrayFromImage(image).tolist(), image.GetOrigin(), image.GetSpacing(),
