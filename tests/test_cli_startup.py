@@ -9,7 +9,8 @@ import sys
 
 HEAVY = ["pydantic", "rich", "jinja2", "yaml", "fabric", "paramiko", "SimpleITK", "torch",
          "numpy", "nnunetv2", "matplotlib"]
-LIGHT = {"hpcnn", "hpcnn.cli", "hpcnn.errors", "hpcnn.units", "hpcnn.remote"}
+LIGHT = {"hpcnn", "hpcnn.cli", "hpcnn.errors", "hpcnn.units", "hpcnn.remote",
+         "hpcnn.remote.defaults"}
 """The hpcnn modules ``--help`` may load besides the command modules (hpcnn.cli.*): no
 transport, no login machinery (hpcnn.remote.login_master brought hashlib and inspect: a third of
 what hpcnn added to Click's start-up)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import click
 
 from hpcnn.cli.common import AppContext, pass_app
-from hpcnn.remote import DEFAULT_PERSIST
+from hpcnn.remote.defaults import DEFAULT_PERSIST
 
 
 def _persist_seconds(ctx: click.Context, param: click.Parameter, value: str) -> int:

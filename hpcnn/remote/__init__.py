@@ -8,10 +8,6 @@ if TYPE_CHECKING:
     from hpcnn.config import Config
     from hpcnn.remote.base import Connection
 
-DEFAULT_PERSIST = "8h"
-"""How long ``hpcnn login`` lasts by default: a working day (log in in the morning, cron syncs
-until the evening). Here, not in login_master.py, so that ``hpcnn --help`` (which shows it)
-does not import the login machinery (hashlib, sockets, files)."""
 
 
 def connect(cfg: Config) -> Connection:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from hpcnn.errors import ConfigError, ConnectionFailed, RemoteCommandError
-from hpcnn.remote import DEFAULT_PERSIST
 from hpcnn.remote.base import Connection, excluded, in_members, safe_relative
+from hpcnn.remote.defaults import DEFAULT_PERSIST
 
 if TYPE_CHECKING:
     from hpcnn.config import ClusterSection
