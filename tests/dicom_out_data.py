@@ -85,13 +85,16 @@ def write_series(folder: Path, size: tuple[int, int, int] = SIZE,
 
 
 def label_array(size: tuple[int, int, int] = SIZE) -> np.ndarray:
-    """(z, y, x) labels: a liver block with a hole on some slices, a tumour inside it, no
-    vessel (class 3 absent)."""
+    """(z, y, x) labels: a liver block with a hole on some slices and a disc below it, a
+    tumour inside it and a 2x2 speck outside, no vessel (class 3 absent)."""
     x, y, z = size
     arr = np.zeros((z, y, x), dtype=np.uint8)
     arr[2:10, 6:26, 5:27] = 1
     arr[4:6, 12:16, 12:16] = 0  # a hole in the liver on slices 4-5
     arr[6:9, 10:17, 18:24] = 2
+    arr[3, 28:30, 28:30] = 2
+    rows, cols = np.ogrid[:y, :x]
+    arr[10][(rows - y / 2) ** 2 + (cols - x / 2) ** 2 <= 36] = 1
     return arr
 
 

@@ -235,3 +235,11 @@ def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(DicomExtraMissing) as info:
         require_dicom("highdicom", "pydicom")
     assert "pip install 'hpcnn[dicom]'" in str(info.value)
+
+
+def test_predict_labels_option_needs_a_dicom_format(tmp_path: Path, workspace, hpcnn) -> None:
+    labels = tmp_path / "labels.yaml"
+    labels.write_text("liver:\n  code: [10200004, SCT, Liver]\n")
+    code, _, err = hpcnn("predict", tmp_path, tmp_path / "out", "--labels", labels,
+                         "--format", "nrrd")
+    assert code == 2 and "use it with --format dicom-seg or rtstruct" in err

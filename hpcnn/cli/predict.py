@@ -100,6 +100,9 @@ def predict_command(app: AppContext, inputs: tuple[str, ...], output: str | None
     from pathlib import Path
 
     wanted = [f.strip() for text in folds for f in text.split(",") if f.strip()]
+    if labels_file and fmt not in ("dicom-seg", "rtstruct"):
+        raise click.UsageError("--labels gives the DICOM formats their codes: use it with "
+                               "--format dicom-seg or rtstruct")
     if attach:
         if inputs or output or model or wanted or fmt or fast or force or max_gib:
             raise click.UsageError("--attach ID takes no INPUT/OUTPUT and no model options: "
