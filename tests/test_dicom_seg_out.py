@@ -182,15 +182,18 @@ def _model(tmp_path: Path):
                                 "labels": {"background": 0, **LABELS}}, {})
 
 
-def test_predict_delivers_a_seg_per_series_case(seg_case, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["dicom-seg", "rtstruct"])
+def test_predict_delivers_one_object_per_series_case(seg_case, tmp_path: Path,
+                                                     fmt: str) -> None:
     """deliver() (step 5 of a prediction here and on the cluster) with a case whose source is
-    a series folder: the result becomes OUTPUT/<case>.seg.dcm referencing that series."""
-    import highdicom as hd
+    a series folder: the result becomes OUTPUT/<case>.seg.dcm (.rtstruct.dcm) referencing that
+    series and naming the model's configuration (an ensemble's members) and folds."""
     import SimpleITK as sitk
+    from pydicom import dcmread
 
     from hpcnn.dataset.sources import SourceFile
     from hpcnn.nnunet.inputs import PredictCase
-    from hpcnn.nnunet.predict import deliver, source_series
+    from hpcnn.nnunet.predict import FORMATS, deliver, source_series
 
     series = seg_case[0]
     case = PredictCase("case7", (SourceFile(series.folder, "case7"),))
@@ -199,16 +202,24 @@ def test_predict_delivers_a_seg_per_series_case(seg_case, tmp_path: Path) -> Non
     work.mkdir()
     sitk.WriteImage(label_image(), str(work / "case_0000.nii.gz"))
     output = tmp_path / "out"
-    result = output / case.output(".seg.dcm")
+    result = output / case.output(FORMATS[fmt])
     lines: list[str] = []
+    method = {"method": {"members": ["3d_fullres", "3d_lowres"]}} if fmt == "rtstruct" else {}
     deliver(output, _model(tmp_path), ["0", "1"], False, [case], [work / "case_0000"],
-            [result], "dicom-seg", lines.append)
-    seg = hd.seg.segread(result)
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_uid
-    params = seg.get_segment_description(1).algorithm_identification[0].AlgorithmParameters
-    assert "configuration=3d_fullres" in params and "folds=0,1" in params
+            [result], fmt, lines.append, source=method)
+    ds = dcmread(result)
+    if fmt == "dicom-seg":
+        refs = ds.ReferencedSeriesSequence[0]
+        said = str(ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+                   .AlgorithmParameters)
+        assert "configuration=3d_fullres" in said and "folds=0,1" in said
+    else:
+        refs = (ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+                .RTReferencedSeriesSequence[0])
+        assert ds.StructureSetDescription == "nnU-Net 3d_fullres+3d_lowres folds 0,1"
+    assert refs.SeriesInstanceUID == series.series_uid and ds.PatientID == PATIENT_ID
     assert lines == [f"case7 -> {result}"]
-    assert {p.name for p in output.iterdir()} == {"case7.seg.dcm", "hpcnn_predict.json"}
+    assert {p.name for p in output.iterdir()} == {result.name, "hpcnn_predict.json"}
 
 
 @pytest.mark.parametrize("fmt", ["dicom-seg", "rtstruct"])
