@@ -1,0 +1,1 @@
+"""Image and label formats hpcnn reads and writes."""
