@@ -272,21 +272,36 @@ def _start(fh: BinaryIO, found: Layout) -> int:
 
 
 def _inflate(fh: BinaryIO, encoding: str) -> Iterator[bytes]:
-    """The decompressed data in chunks: gzip (CRC and length checked at the end of each
-    member) or zlib (MetaImage's CompressedData), which must reach its end-of-stream mark."""
-    if encoding == "gzip":
-        with gzip.GzipFile(fileobj=fh, mode="rb") as gz:
-            while chunk := gz.read(CHUNK):
-                yield chunk
-        return
-    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib or gzip header
-    while chunk := fh.read(CHUNK):
-        yield inflater.decompress(chunk)
-        if inflater.eof:
-            break
-    if not inflater.eof:
-        raise EOFError("the compressed stream ends early")
-    yield inflater.flush()
+    """The decompressed data in chunks of at most CHUNK bytes (a small file may inflate to
+    gigabytes): gzip, member after member, each checked by zlib against its CRC and length;
+    or zlib (MetaImage's CompressedData), which must reach its end-of-stream mark.
+
+    zlib checks the gzip trailer itself, so no second pass computes the CRC (``gzip.GzipFile``
+    does, in Python): this check is the one decompression that ``dataset import`` adds to
+    SimpleITK's own read."""
+    wbits = zlib.MAX_WBITS | (16 if encoding == "gzip" else 32)  # gzip; zlib or gzip header
+    inflater, data = None, b""
+    while True:
+        if inflater is None:  # between gzip members: zero padding is allowed there
+            data = data.lstrip(b"\0")
+            while not data:
+                data = fh.read(CHUNK)
+                if not data:
+                    return
+                data = data.lstrip(b"\0")
+            inflater = zlib.decompressobj(wbits)
+        if not data:
+            data = fh.read(CHUNK)
+            if not data:
+                raise EOFError("the compressed stream ends early")
+        out = inflater.decompress(data, CHUNK)
+        if out:
+            yield out
+        data = inflater.unconsumed_tail
+        if inflater.eof:  # what follows the stream is all in unused_data (the tail repeats it)
+            if encoding != "gzip":
+                return
+            data, inflater = inflater.unused_data, None
 
 
 def _reason(exc: BaseException) -> str:
