@@ -199,7 +199,7 @@ def scan(found: Layout) -> list[Problem]:
                         "corrupt-data")]
     except (OSError, zlib.error) as exc:
         return [Problem(f"cannot read: {where}the {found.encoding} data are corrupt "
-                        f"({_reason(exc)})", fix, "corrupt-data")]
+                        f"({_reason(exc, found.encoding)})", fix, "corrupt-data")]
     if have < found.declared:
         return [Problem(f"cannot read: {where}cut short: expected {found.declared} bytes of "
                         f"voxel data ({found.describe()}), received {max(have, 0)}", fix,
@@ -304,9 +304,14 @@ def _inflate(fh: BinaryIO, encoding: str) -> Iterator[bytes]:
             data, inflater = inflater.unused_data, None
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, encoding: str) -> str:
+    """zlib's words for a failed trailer check, as a user reads them."""
     text = str(exc) or type(exc).__name__
-    return "gzip CRC check failed" if "CRC" in text else text
+    if "CRC" in text or "incorrect data check" in text:
+        return "gzip CRC check failed" if encoding == "gzip" else "checksum failed"
+    if "incorrect length check" in text:
+        return "gzip length check failed"
+    return text
 
 
 def inside(path: Path, root: Path) -> bool:
