@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from models import CONFIGURATION, DATASET, FOLDS, nnunet_env, tiny_model  # noqa: F401
+from models import CONFIGURATION, DATASET, FOLDS, tiny_model, training_env  # noqa: F401
 
 TRAINER = "hpcnnTinyTrainer"
 CONFIGURATIONS = ("2d", CONFIGURATION)
@@ -26,7 +26,7 @@ _built: list[Path] = []
 def _run(root: Path, name: str, argv: list[str]) -> None:
     log = root / f"{name}.log"
     with open(log, "w", encoding="utf-8") as out:
-        done = subprocess.run(argv, env=nnunet_env(root), stdout=out, stderr=subprocess.STDOUT,
+        done = subprocess.run(argv, env=training_env(root), stdout=out, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed ({done.returncode}):\n"

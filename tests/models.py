@@ -4,13 +4,15 @@ zips, monitoring, sync) and for bench/predict_overhead.py.
 ``build_tiny_model(root)`` writes a workspace under ``root``: a raw dataset of 6 nested-sphere
 cases of 32^3 (synthetic.write_nnunet_dataset, ``.nrrd``), preprocessed through hpcnn's own
 ``preprocess`` (as ``hpcnn preprocess`` runs it), then folds 0 and 1 trained with the stock
-``nnUNetv2_train ... -tr hpcnnTinyTrainer -device cpu`` (2 epochs of 3 iterations; about 35 s per
+``nnUNetv2_train ... -tr hpcnnTinyTrainer -device cpu`` (2 epochs of 3 iterations; about 20 s per
 fold on 2 cores), ``nnUNet_extTrainer`` pointing at hpcnn's packaged trainers. It returns the
 model folder ``nnUNet_results/Dataset501_Tiny/hpcnnTinyTrainer__nnUNetPlans__3d_fullres``.
 
-The ``tiny_model`` fixture builds it once per test session; tests that change a model copy it
-first (``copy_model``). Import the fixture into a test module (``from models import
-tiny_model``) or list ``models`` in ``pytest_plugins``.
+The ``tiny_dataset`` fixture preprocesses the dataset once per test session (about 30
+CPU-seconds); every test that trains copies it (``copy_dataset``): the ``tiny_model``, the local
+and the test bed's train-all-folds. The ``tiny_model`` fixture trains once per test session;
+tests that change a model copy it first (``copy_model``). Import the fixtures into a test module
+(``from models import tiny_model``) or list ``models`` in ``pytest_plugins``.
 
 ``fake_model(root)`` writes a model folder in seconds for tests that never run the network
 (input checks, zip checks): the real files' names and JSON keys, and checkpoints that hold a
@@ -47,6 +49,13 @@ def nnunet_env(workspace: Path) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
+def training_env(workspace: Path) -> dict[str, str]:
+    """``nnunet_env`` for the fixtures' own ``nnUNetv2_train`` runs: one export process for the
+    validation, as hpcnn's jobs ask for one per allocated CPU (nnU-Net's default spawns 8 fresh
+    Pythons per validation, about 60 CPU-seconds for two cases of 32^3)."""
+    return {**nnunet_env(workspace), "nnUNet_def_n_proc": "1"}
+
+
 def prepare_tiny_dataset(root: Path, *, n_cases: int = 6,
                          size: tuple[int, int, int] = (32, 32, 32)) -> Path:
     """The raw dataset, preprocessed through hpcnn's own ``preprocess`` (splits and provenance
@@ -64,19 +73,33 @@ def prepare_tiny_dataset(root: Path, *, n_cases: int = 6,
     return root
 
 
+def copy_dataset(dataset: Path, root: Path) -> Path:
+    """The raw and preprocessed trees of a ``prepare_tiny_dataset`` workspace, copied under
+    ``root`` (created); returns ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for tree in ("nnUNet_raw", "nnUNet_preprocessed"):
+        shutil.copytree(dataset / tree, root / tree)
+    return root
+
+
 def build_tiny_model(root: Path, folds: Sequence[int] = FOLDS, *, n_cases: int = 6,
-                     size: tuple[int, int, int] = (32, 32, 32)) -> Path:
-    """Dataset, preprocessing and trained folds under ``root``; returns the model folder."""
+                     size: tuple[int, int, int] = (32, 32, 32),
+                     dataset: Path | None = None) -> Path:
+    """Dataset, preprocessing and trained folds under ``root``; returns the model folder.
+    ``dataset``: a ``prepare_tiny_dataset`` workspace to copy instead of preprocessing again."""
     from hpcnn.workspace import Workspace
 
-    prepare_tiny_dataset(root, n_cases=n_cases, size=size)
+    if dataset is None:
+        prepare_tiny_dataset(root, n_cases=n_cases, size=size)
+    else:
+        copy_dataset(dataset, root)
     workspace = Workspace(root)
     train = Path(sys.executable).with_name("nnUNetv2_train")
     for fold in folds:
         with open(root / f"train_fold_{fold}.log", "w", encoding="utf-8") as log:
             done = subprocess.run([str(train), "501", CONFIGURATION, str(fold), "-tr",
                                    "hpcnnTinyTrainer", "-device", "cpu"],
-                                  env=nnunet_env(root), stdout=log, stderr=subprocess.STDOUT,
+                                  env=training_env(root), stdout=log, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, check=False)
         if done.returncode != 0:
             tail = (root / f"train_fold_{fold}.log").read_text(errors="replace")[-3000:]
@@ -132,15 +155,29 @@ def fake_model(root: Path, *, channels: Sequence[str] = ("CT",),
     return model
 
 
-_trained: list[Path] = []  # pytest keeps a fixture per importing module: train only once
+_made: dict[str, Path] = {}  # pytest keeps a fixture per importing module: make each once
+
+
+def shared_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's one ``prepare_tiny_dataset`` workspace (made on first use)."""
+    import importlib.util
+
+    need(importlib.util.find_spec("nnunetv2") is not None, "nnunetv2 is not installed")
+    if "dataset" not in _made:
+        _made["dataset"] = prepare_tiny_dataset(tmp_path_factory.mktemp("tiny-dataset"))
+    return _made["dataset"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny dataset preprocessed once per session; each workspace copies it."""
+    return shared_dataset(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny two-fold model, trained once per session (about 90 s on 2 idle cores)."""
-    import importlib.util
-
-    need(importlib.util.find_spec("nnunetv2") is not None, "nnunetv2 is not installed")
-    if not _trained:
-        _trained.append(build_tiny_model(tmp_path_factory.mktemp("tiny-model")))
-    return _trained[0]
+    """The tiny two-fold model, trained once per session (about a minute on 2 idle cores)."""
+    if "model" not in _made:
+        _made["model"] = build_tiny_model(tmp_path_factory.mktemp("tiny-model"),
+                                          dataset=shared_dataset(tmp_path_factory))
+    return _made["model"]

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import need
-from models import prepare_tiny_dataset
+from models import copy_dataset, tiny_dataset  # noqa: F401  (tiny_dataset: fixture)
 
 from hpcnn.nnunet.checkpoint import check_checkpoint
 from hpcnn.nnunet.launcher import INFERENCE, INFERENCE_KEYS
@@ -38,12 +37,9 @@ def wait_status(ws: Path, done: set[int], timeout: float = 400, *args: str) -> d
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
     """Folds 0 and 1 of the tiny dataset trained through `hpcnn train-all-folds`."""
-    import importlib.util
-
-    need(importlib.util.find_spec("nnunetv2") is not None, "nnunetv2 is not installed")
-    ws = prepare_tiny_dataset(tmp_path_factory.mktemp("local-train"))
+    ws = copy_dataset(tiny_dataset, tmp_path_factory.mktemp("local-train"))
     (ws / "cluster.yaml").write_text(
         "training: {dataset: Tiny, trainer: hpcnnTinyTrainer, device: cpu, max_resubmits: 1}\n"
         "resources: {cpus: 1, gpus: 0}\nlocal: {max_parallel: 2}\n")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import need, testbed_ssh
-from models import prepare_tiny_dataset
+from conftest import testbed_ssh
+from models import tiny_dataset  # noqa: F401  (the session's one preprocessed dataset)
 from runs_helper import record_run
 
 HPCNN = [sys.executable, "-m", "hpcnn.cli.main"]
@@ -99,7 +99,7 @@ def make_bed(root: Path, dataset: Path | None, testbed: dict[str, str], ssh_conf
              setup: list[str], *, scheduler: str = "torque", ssh: str = "fabric",
              remote_dir: str | None = None, **sections: dict[str, object]) -> Bed:
     """A workspace under ``root`` with a copy of the tiny dataset (``dataset``: a workspace of
-    prepare_tiny_dataset; None: none) and a cluster.yaml for the test bed."""
+    models.prepare_tiny_dataset; None: none) and a cluster.yaml for the test bed."""
     ws = root / "ws"
     ws.mkdir(parents=True)
     if dataset is not None:
@@ -180,17 +180,6 @@ def remote_sha256(bed: Bed, folder: str) -> dict[str, str]:
 
 
 _made: dict[str, Path] = {}  # pytest keeps a fixture per importing module: make each once
-
-
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny dataset preprocessed once per session; each workspace copies it."""
-    import importlib.util
-
-    need(importlib.util.find_spec("nnunetv2") is not None, "nnunetv2 is not installed")
-    if "dataset" not in _made:
-        _made["dataset"] = prepare_tiny_dataset(tmp_path_factory.mktemp("tiny-dataset"))
-    return _made["dataset"]
 
 
 @pytest.fixture(scope="session")

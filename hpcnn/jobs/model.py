@@ -97,13 +97,17 @@ def job_python(cfg: Config) -> str:
 
 def nnunet_env(cfg: Config, layout: RemoteLayout, cpus: int) -> dict[str, str]:
     """nnU-Net's tuning variables for a job with ``cpus`` cores: compile off unless asked, data
-    augmentation workers from the allocation (nnU-Net would take the NODE's count)."""
+    augmentation workers from the allocation (nnU-Net would take the NODE's count), and the
+    processes of nnU-Net's other pools from it too: without ``nnUNet_def_n_proc`` every
+    validation spawns 8 fresh Pythons that each import torch (about 60 CPU-seconds per fold
+    before any case is exported, and 8 more address spaces under Grid Engine's h_vmem)."""
     workers = cfg.training.data_augmentation_workers or cpus
     trainers = layout.trainers_dir
     user = cfg.environment.variables.get("nnUNet_extTrainer")
     return {
         "nnUNet_compile": "t" if cfg.training.compile else "f",
         "nnUNet_n_proc_DA": str(max(1, workers)),
+        "nnUNet_def_n_proc": str(max(1, cpus)),
         "nnUNet_extTrainer": f"{user}:{trainers}" if user else trainers,
     }
 
