@@ -74,16 +74,11 @@ def _record(status: RunStatus) -> dict[str, object]:
             "exit_code": status.exit_code, "folds": [fold_record(f, now) for f in status.folds]}
 
 
-def _render(status: RunStatus, as_json: bool, wide: bool = False) -> None:
+def _render(status: RunStatus, wide: bool = False) -> None:
     from datetime import datetime, timezone
 
     now = datetime.now(timezone.utc)
     records = [fold_record(f, now) for f in status.folds]
-    if as_json:
-        import json
-
-        click.echo(json.dumps(_record(status), indent=2))
-        return
     from rich.console import Console
 
     from hpcnn.cli.status_table import print_table, summary
@@ -128,6 +123,7 @@ def status_cmd(app: AppContext, run_id: str | None, configurations: tuple[str, .
     cancelled, 3 the cluster or its scheduler did not answer.
     """
     from hpcnn.errors import EXIT_FAILED, EXIT_OK, HpcnnError
+    from hpcnn.services.method import chosen
     from hpcnn.services.status import experiment_status, worst_exit
 
     interval = max(10.0, interval)
@@ -145,14 +141,22 @@ def status_cmd(app: AppContext, run_id: str | None, configurations: tuple[str, .
                 continue
             wait = interval
             code = worst_exit(statuses)
-            if as_json and len(statuses) > 1:
+            choice = chosen(session, [(s.run, s.row) for s in statuses])
+            if as_json:
                 import json
+                from dataclasses import asdict
 
-                click.echo(json.dumps({"exit_code": code,
-                                       "runs": [_record(s) for s in statuses]}, indent=2))
+                record = ({"exit_code": code, "runs": [_record(s) for s in statuses]}
+                          if len(statuses) > 1 else _record(statuses[0]))
+                record["choice"] = None if choice is None else {
+                    **{k: v for k, v in asdict(choice).items() if k != "instructions"},
+                    "summary": choice.summary()}
+                click.echo(json.dumps(record, indent=2))
             else:
                 for status in statuses:
-                    _render(status, as_json, wide)
+                    _render(status, wide)
+                if choice is not None:
+                    click.secho(choice.summary(), bold=True)
             if not watch or code in (EXIT_OK, EXIT_FAILED):
                 break
             try:
