@@ -60,6 +60,17 @@ def choose(cfg: Config, trained: Trained, *, ensembling: bool = True, workers: i
                      ensembling=ensembling, out=out)
 
 
+def experiment_of(session: Session,
+                  runs: Sequence[tuple[Run, RunRow]]) -> tuple[list[str], list[int]]:
+    """The configurations and folds of the experiment ``runs`` belong to (all of them, however
+    ``-c`` narrowed ``runs``)."""
+    row = runs[0][1]
+    experiment = session.registry.experiment(row.experiment) if row.experiment else None
+    if experiment is not None:
+        return experiment.configuration_list, experiment.fold_list
+    return [r.configuration for r, _ in runs], list(session.cfg.training.folds)
+
+
 def chosen(session: Session, runs: Sequence[tuple[Run, RunRow]]) -> Choice | None:
     """What find-best chose for the experiment of ``runs`` (among its every configuration,
     however ``-c`` narrowed what a command shows), from the results on this machine; None
@@ -68,12 +79,7 @@ def chosen(session: Session, runs: Sequence[tuple[Run, RunRow]]) -> Choice | Non
 
     if not runs:
         return None
-    run, row = runs[0]
-    experiment = session.registry.experiment(row.experiment) if row.experiment else None
-    if experiment is not None:
-        configurations, folds = experiment.configuration_list, experiment.fold_list
-    else:
-        configurations, folds = [r.configuration for r, _ in runs], session.cfg.training.folds
+    run = runs[0][0]
+    configurations, folds = experiment_of(session, runs)
     return experiment_choice(session.workspace.results / run.dataset, run.trainer, run.plans,
                              configurations, folds)
-
