@@ -97,3 +97,23 @@ def test_report_covers_the_experiments_configurations_and_the_winner(
         f"report-{DATASET}-{TRAINER}__nnUNetPlans__2d.png"]
     code, out, err = hpcnn("report", "-c", "3d_lowres")
     assert code == 2 and "trains no 3d_lowres" in err
+
+
+def test_export_carries_the_experiments_configurations_or_those_asked(
+        experiment: Path, tmp_path: Path, hpcnn) -> None:
+    import zipfile
+
+    def names(zip_file: Path) -> set[str]:
+        return {n.split("/")[1] for n in zipfile.ZipFile(zip_file).namelist()}
+
+    code, out, err = hpcnn("export", tmp_path / "all.zip")
+    assert code == 0, err
+    models = {f"{TRAINER}__nnUNetPlans__{c}" for c in CONFIGURATIONS}
+    assert names(tmp_path / "all.zip") == models, "no choice yet: every configuration"
+    write_choice(experiment, _choice())
+    code, out, err = hpcnn("export", tmp_path / "method.zip")
+    assert code == 0, err
+    assert names(tmp_path / "method.zip") == {*models, "hpcnn_choice.json"}
+    code, out, err = hpcnn("export", tmp_path / "2d.zip", "-c", "2d")
+    assert code == 0, err
+    assert names(tmp_path / "2d.zip") == {f"{TRAINER}__nnUNetPlans__2d"}, "no choice it cannot use"

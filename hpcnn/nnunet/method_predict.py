@@ -121,6 +121,7 @@ class MethodFiles:
 
     models: list[Path]  # every configuration compared
     extras: list[str]  # relative to the DatasetNNN_Name folder
+    chosen: list[Path]  # the winner's model folders (what the choice needs to predict)
 
 
 def method_files(results: Path) -> MethodFiles | None:
@@ -137,7 +138,7 @@ def method_files(results: Path) -> MethodFiles | None:
         extras += [(folder / n).as_posix() for n in ("postprocessing.pkl", "plans.json",
                                                       "dataset.json")
                    if (results / folder / n).is_file()]
-    return MethodFiles(models, extras)
+    return MethodFiles(models, extras, [results / f"{prefix}{c}" for c in choice.members])
 
 
 def _compared(choice: Choice) -> list[str]:
