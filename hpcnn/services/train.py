@@ -386,7 +386,8 @@ def _dry_run(session: Session, cfg: Config, plan: Plan, remote_prep: bool, npz: 
         node = step.node
         after = [f"afterok {names.get(n.node, n.node)}" for n in node.needs]
         if node.kind == PREP:
-            spec = prep_spec(cfg, layout, node.run, experiment.configurations, node.owner)
+            spec = prep_spec(cfg, layout, node.run, experiment.configurations, node.owner,
+                             step.attempt)
             specs.append((spec, after))
         elif node.kind == FOLD and step.chain is not None:
             chain = step.chain
