@@ -73,3 +73,22 @@ def test_resubmit_failed_after_a_failed_prep_job() -> None:
     done = [_prep_row(exp, "completed"), *held]
     plan = _plan(exp, done, resubmit_failed=True)
     assert plan.steps[PREP].action == KEEP and not plan.to_submit
+
+
+def test_a_remote_planner_needs_its_plans_named(workspace, hpcnn) -> None:
+    import json
+
+    raw = workspace / "nnUNet_raw" / "Dataset501_Tiny"
+    raw.mkdir(parents=True)
+    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {
+        "background": 0, "liver": 1}, "numTraining": 5, "file_ending": ".nrrd"}))
+    (workspace / "cluster.yaml").write_text(
+        "training: {dataset: 501, preprocess: remote}\n"
+        "preprocess: {planner: nnUNetPlannerResEncM}\n")
+    code, out, err = hpcnn("train-all-folds", "--dry-run")
+    assert code == 2 and "preprocess.planner nnUNetPlannerResEncM" in err, out + err
+    code, out, err = hpcnn("train-all-folds", "--dry-run", "--plans", "nnUNetResEncUNetMPlans")
+    assert code == 0, out + err
+    assert "-pl nnUNetPlannerResEncM" in (workspace / ".hpcnn" / "dry-run").joinpath(
+        "501-nnUNetTrainer-3d_fullres-nnUNetResEncUNetMPlans",
+        "hpcnn-501-nnUNetTrainer-3d_fullres-nnUNetResEncUNetMPlans-prep.sh").read_text()

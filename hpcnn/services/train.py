@@ -40,6 +40,7 @@ from hpcnn.jobs.plan import Plan, Step, make_plan
 from hpcnn.jobs.resources import gpu_hours
 from hpcnn.jobs.script import render_job, render_setup
 from hpcnn.jobs.submit import Submission, reconcile, record_experiment
+from hpcnn.nnunet.commands import DEFAULT_PLANNER
 from hpcnn.nnunet.launcher import RESUMABLE
 from hpcnn.remote.base import join_argv
 from hpcnn.schedulers.base import JobState
@@ -242,6 +243,20 @@ def _move_results_aside(session: Session, run: Run, folds: list[int], echo: Echo
         echo(f"--fresh: kept the old {moved} as {moved}.replaced-{stamp} in {base}")
 
 
+def check_remote_planner(cfg: Config, experiment: Experiment) -> None:
+    """With preprocessing on the cluster, the plans identifier the folds train with cannot be
+    read from what the planner wrote (it is written there, later): a planner other than the
+    default writes its own (``nnUNetPlannerResEncM``: ``nnUNetResEncUNetMPlans``, a site's
+    planner any name), so the user names it instead of hpcnn guessing it."""
+    planner = cfg.preprocess.planner
+    if planner and planner != DEFAULT_PLANNER and experiment.plans == "nnUNetPlans":
+        raise ConfigError(
+            f"preprocess.planner {planner} writes its own plans file on the cluster, and the "
+            "folds would train with nnUNetPlans, which it does not write",
+            hint="name the plans it writes: training.plans or --plans (nnUNetPlannerResEncM "
+                 "writes nnUNetResEncUNetMPlans, L and XL likewise)")
+
+
 def plans_digest(session: Session, experiment: Experiment) -> str | None:
     """The sha256 of the plans file this machine pushes for ``experiment`` (None: the cluster
     preprocesses, or it is not here)."""
@@ -306,6 +321,8 @@ def train_all_folds(session: Session, opts: TrainOptions, echo: Echo = print) ->
                                         configurations=opts.configurations, folds=opts.folds,
                                         connect=not opts.dry_run)
     remote_prep = (opts.preprocess or cfg.training.preprocess) == "remote"
+    if remote_prep:
+        check_remote_planner(cfg, experiment)
     digest = None if remote_prep else plans_digest(session, experiment)
     check_other_experiments(session, experiment, digest, refresh=not opts.dry_run)
     if cfg.resources.gpus > 1:
