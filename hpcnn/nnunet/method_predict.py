@@ -240,7 +240,9 @@ def predict_method(method: Method, inputs: Sequence[str], output: Path,
         echo(cpu_cost(first, cases, sum(len(f) for f in chosen.values()), fast))
     ids = [case_id(i) for i in range(len(cases))]
     with result_folder(output) as work:
-        lists = stage(cases, work / "input", first.file_ending)
+        # The cascade's second stage finds each case's 3d_lowres result by the case id nnU-Net
+        # reads off the input's file name: every input gets its numbered name then.
+        lists = stage(cases, work / "input", first.file_ending, every_file=cascade)
         member_outputs = []
         for configuration in method.members:
             previous = None
