@@ -18,6 +18,7 @@ A lock makes a second sync exit at once with the "locked" code.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import posixpath
 import time
@@ -27,7 +28,15 @@ from pathlib import Path
 
 from hpcnn.errors import EXIT_OK, HpcnnError, Locked
 from hpcnn.fsutil import ensure_dir
-from hpcnn.nnunet.choice import CHOICE, INFORMATION, INSTRUCTIONS, POSTPROCESSING, Choice, Trained
+from hpcnn.nnunet.choice import (
+    CHOICE,
+    INFORMATION,
+    INSTRUCTIONS,
+    MAX_JSON_BYTES,
+    POSTPROCESSING,
+    Choice,
+    Trained,
+)
 from hpcnn.nnunet.launcher import FINAL, INFERENCE
 from hpcnn.remote.ssh_common import (
     PARTIAL_SUFFIX,
@@ -223,6 +232,16 @@ def _record_choice(session: Session, out: ExperimentSync) -> None:
     configurations, folds = experiment_of(session, [(r.status.run, r.status.row)
                                                     for r in out.runs])
     first = out.runs[0].status.run
+    try:  # an answer among other configurations (another experiment's) is not this one's
+        answer = out.results / INFORMATION
+        if answer.stat().st_size > MAX_JSON_BYTES:
+            raise ValueError("too large")
+        best = json.loads(answer.read_text(encoding="utf-8"))["best_model_or_ensemble"]
+        members = {m["configuration"] for m in best["selected_model_or_models"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        members = set()
+    if not members or not members <= set(configurations):
+        return
     try:
         choice = read_answer(Trained(out.results, first.trainer, first.plans,
                                      tuple(configurations), tuple(folds)))
