@@ -198,10 +198,12 @@ def _sync(session: Session, run_id: str | None, configurations: list[str] | None
         result = owner.get(rel)
         if result is None:
             out.method_files.append(name)
-        else:
-            result.pulled.append(name.partition("/")[2])
+            shown = name
+        else:  # named within its run's results folder, as the run's sync line says
+            shown = name.partition("/")[2]
+            result.pulled.append(shown)
             result.nbytes += size
-        echo(f"pulled {name} ({kind}{format_bytes(size)}, {time.time() - started:.1f} s)")
+        echo(f"pulled {shown} ({kind}{format_bytes(size)}, {time.time() - started:.1f} s)")
         started = time.time()
 
     if todo:
