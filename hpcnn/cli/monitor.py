@@ -13,6 +13,7 @@ from hpcnn.units import format_bytes
 
 if TYPE_CHECKING:
     from hpcnn.services.status import FoldStatus, RunStatus
+    from hpcnn.services.sync import SyncResult
 
 _RUN = click.option("--run", "run_id", help="Run id or prefix (default: the most recent run).")
 
@@ -74,16 +75,11 @@ def _record(status: RunStatus) -> dict[str, object]:
             "exit_code": status.exit_code, "folds": [fold_record(f, now) for f in status.folds]}
 
 
-def _render(status: RunStatus, as_json: bool, wide: bool = False) -> None:
+def _render(status: RunStatus, wide: bool = False) -> None:
     from datetime import datetime, timezone
 
     now = datetime.now(timezone.utc)
     records = [fold_record(f, now) for f in status.folds]
-    if as_json:
-        import json
-
-        click.echo(json.dumps(_record(status), indent=2))
-        return
     from rich.console import Console
 
     from hpcnn.cli.status_table import print_table, summary
@@ -128,6 +124,7 @@ def status_cmd(app: AppContext, run_id: str | None, configurations: tuple[str, .
     cancelled, 3 the cluster or its scheduler did not answer.
     """
     from hpcnn.errors import EXIT_FAILED, EXIT_OK, HpcnnError
+    from hpcnn.services.method import chosen
     from hpcnn.services.status import experiment_status, worst_exit
 
     interval = max(10.0, interval)
@@ -145,14 +142,22 @@ def status_cmd(app: AppContext, run_id: str | None, configurations: tuple[str, .
                 continue
             wait = interval
             code = worst_exit(statuses)
-            if as_json and len(statuses) > 1:
+            choice = chosen(session, [(s.run, s.row) for s in statuses])
+            if as_json:
                 import json
+                from dataclasses import asdict
 
-                click.echo(json.dumps({"exit_code": code,
-                                       "runs": [_record(s) for s in statuses]}, indent=2))
+                record = ({"exit_code": code, "runs": [_record(s) for s in statuses]}
+                          if len(statuses) > 1 else _record(statuses[0]))
+                record["choice"] = None if choice is None else {
+                    **{k: v for k, v in asdict(choice).items() if k != "instructions"},
+                    "summary": choice.summary()}
+                click.echo(json.dumps(record, indent=2))
             else:
                 for status in statuses:
-                    _render(status, as_json, wide)
+                    _render(status, wide)
+                if choice is not None:
+                    click.secho(choice.summary(), bold=True)
             if not watch or code in (EXIT_OK, EXIT_FAILED):
                 break
             try:
@@ -207,6 +212,9 @@ def logs_cmd(app: AppContext, fold: int, run_id: str | None, err: bool, training
 
 @click.command("sync")
 @_RUN
+@click.option("--configuration", "-c", "configurations", multiple=True, metavar="NAME",
+              help="Only this configuration of the experiment (repeat for several) [default: "
+                   "every configuration of the experiment of --run].")
 @click.option("--with-latest", is_flag=True,
               help="Also checkpoint_latest/best.pth, and nnU-Net's whole final checkpoint.")
 @click.option("--full-checkpoints", is_flag=True,
@@ -221,14 +229,18 @@ def logs_cmd(app: AppContext, fold: int, run_id: str | None, err: bool, training
               help="Once every fold is synced, predict INPUT into OUTPUT with the ensemble "
                    "(once: an OUTPUT that exists is left alone).")
 @pass_app
-def sync_cmd(app: AppContext, run_id: str | None, with_latest: bool, full_checkpoints: bool,
-             with_validation_npz: bool, everything: bool, install_cron: str | None,
-             uninstall_cron: bool, then_predict: tuple[str, str] | None) -> None:
+def sync_cmd(app: AppContext, run_id: str | None, configurations: tuple[str, ...],
+             with_latest: bool, full_checkpoints: bool, with_validation_npz: bool,
+             everything: bool, install_cron: str | None, uninstall_cron: bool,
+             then_predict: tuple[str, str] | None) -> None:
     """Pull the finished folds' results into the local nnUNet_results (safe under cron).
 
-    Quiet unless something changed. Never deletes a local file; an interrupted download never
-    replaces a good file. Exit codes: 0 every fold completed and synced, 10 some still queued
-    or running, 11 some failed, 12 another sync is running, 3 cluster unreachable.
+    Every configuration of the experiment (or those given with -c), and what a
+    find_best_configuration job wrote (its answer, the cross-validation summaries and
+    postprocessing files), recorded as the choice `hpcnn predict` uses. Quiet unless something
+    changed. Never deletes a local file; an interrupted download never replaces a good file.
+    Exit codes: 0 every fold completed and synced, 10 some still queued or running, 11 some
+    failed, 12 another sync is running, 3 cluster unreachable.
     """
     if install_cron or uninstall_cron:
         from hpcnn.services.cron import install, uninstall
@@ -241,9 +253,37 @@ def sync_cmd(app: AppContext, run_id: str | None, with_latest: bool, full_checkp
 
     with app.session() as session:
         session.find_run(run_id)  # no runs: said before the sync lock leaves any state here
-        result = sync_run(session, run_id, latest=with_latest, npz=with_validation_npz,
-                          everything=everything, full_checkpoints=full_checkpoints,
-                          echo=click.echo)
+        synced = sync_run(session, run_id, list(configurations) or None, latest=with_latest,
+                          npz=with_validation_npz, everything=everything,
+                          full_checkpoints=full_checkpoints, echo=click.echo)
+    for result in synced.runs:
+        _report_sync(result)
+    if synced.method_files:
+        click.echo(f"find-best's answer: {len(synced.method_files)} file(s) into "
+                   f"{synced.results}")
+    if synced.choice is not None:
+        click.secho(synced.choice.summary(), bold=True)
+    if synced.choice_problem:
+        click.echo(f"warning: {synced.choice_problem}", err=True)
+    if then_predict and all_synced(synced):
+        from pathlib import Path
+
+        from hpcnn.nnunet.method_predict import method_for, predict_method
+        from hpcnn.nnunet.predict import predict
+
+        source, target = then_predict
+        if not Path(target).exists():
+            method = method_for(synced.runs[0].model_dir)  # find-best's choice, once made
+            done = (predict_method(method, [source], Path(target), echo=click.echo)
+                    if method is not None else
+                    predict(synced.runs[0].model_dir, [source], Path(target), echo=click.echo))
+            click.echo(f"predicted {len(done.outputs)} case(s) into {target} with fold(s) "
+                       f"{', '.join(done.folds)}")
+    raise click.exceptions.Exit(synced.exit_code)
+
+
+def _report_sync(result: SyncResult) -> None:
+    """What a sync did for one configuration (quiet under cron when nothing changed)."""
     synced = ', '.join(map(str, result.synced_folds)) or 'none'
     if result.pulled:
         click.echo(f"run {result.status.run.id}: {len(result.pulled)} file(s), "
@@ -258,17 +298,6 @@ def sync_cmd(app: AppContext, run_id: str | None, with_latest: bool, full_checkp
         click.echo(f"warning: fold {fold} is completed but {result.remote_dir}/fold_{fold}/"
                    "checkpoint_final.pth is not on the cluster (moved or deleted there?); "
                    f"retrain it with `hpcnn train-all-folds --fresh --folds {fold}`", err=True)
-    if then_predict and all_synced(result):
-        from pathlib import Path
-
-        from hpcnn.nnunet.predict import predict
-
-        source, target = then_predict
-        if not Path(target).exists():
-            done = predict(result.model_dir, [source], Path(target), echo=click.echo)
-            click.echo(f"predicted {len(done.outputs)} case(s) into {target} with fold(s) "
-                       f"{', '.join(done.folds)}")
-    raise click.exceptions.Exit(result.exit_code)
 
 
 COMMANDS = [status_cmd, runs_cmd, logs_cmd, sync_cmd]

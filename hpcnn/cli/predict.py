@@ -234,13 +234,17 @@ def _dice(value: float | None) -> str:
 @click.argument("zip_file", metavar="FILE.zip", type=click.Path(dir_okay=False))
 @click.option("--model", "model", type=click.Path(file_okay=False), help=_MODEL_HELP)
 @_RUN
+@click.option("--configuration", "-c", "configurations", multiple=True, metavar="NAME",
+              help="Only this configuration of the experiment (repeat for several) [default: "
+                   "every configuration of the experiment of --run].")
 @click.option("--force", is_flag=True, help="Replace FILE.zip if it exists.")
 @click.option("--full-checkpoints", is_flag=True,
               help="nnU-Net's whole checkpoints (with the optimizer state, to resume or "
                    "fine-tune) instead of inference checkpoints, half their size.")
 @pass_app
 def export_command(app: AppContext, zip_file: str, model: str | None, run_id: str | None,
-                   force: bool, full_checkpoints: bool) -> None:
+                   configurations: tuple[str, ...], force: bool,
+                   full_checkpoints: bool) -> None:
     """Write a model zip that `hpcnn import-model` and nnU-Net's
     nnUNetv2_install_pretrained_model_from_zip read, with every finished fold (each checkpoint
     checked to hold weights and plain data only, and cut to what prediction reads).
@@ -252,11 +256,29 @@ def export_command(app: AppContext, zip_file: str, model: str | None, run_id: st
     from hpcnn.nnunet.method_predict import method_for
     from hpcnn.nnunet.model_zip import export_model
 
-    target = app.model_folder(model, run_id)
-    method = method_for(target) if model is None else None
-    if method is not None and method.choice is not None:
-        target = method.results  # the run's configuration was among those chosen from
-    done = export_model(target, Path(zip_file), force=force, full_checkpoints=full_checkpoints)
+    models: list[Path] = []
+    if model is not None:
+        if configurations:
+            raise click.UsageError("--configuration picks configurations of an experiment; "
+                                   "--model names the folder to export")
+        target = Path(model)
+    else:
+        with app.session() as session:
+            session.find_run(run_id, for_model=True)
+            runs = session.experiment_runs(run_id, list(configurations) or None)
+            models = [session.workspace.results / run.results_folder for run, _ in runs]
+        target = models[0]
+        method = method_for(target)
+        if method is not None and method.choice is not None:
+            target = method.results  # the run's configuration was among those chosen from
+            if not configurations and run_id is None:
+                models = []  # every configuration find-best compared, as it recorded them
+        elif len(models) > 1:
+            target = target.parent
+        if len(models) == 1:
+            target, models = models[0], []
+    done = export_model(target, Path(zip_file), force=force, full_checkpoints=full_checkpoints,
+                        models=models)
     click.secho(f"{zip_file}: {done.identifier}, fold(s) {', '.join(done.folds)}, "
                 f"{done.size / 2**20:.1f} MiB", fg="green")
     if done.skipped:

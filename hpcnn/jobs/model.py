@@ -62,11 +62,12 @@ class Run:
 
 
 def job_name(run_id: str, fold: int | None, attempt: int = 1, kind: str = FOLD) -> str:
-    """``hpcnn-<run>-f<fold>-a<attempt>``; ``hpcnn-<run>-prep`` for the preprocessing job;
+    """``hpcnn-<run>-f<fold>-a<attempt>``; ``hpcnn-<run>-prep`` for the preprocessing job
+    (``-prep-a<attempt>`` when resubmitted);
     ``hpcnn-<experiment>-find_best-a<attempt>`` (run again after folds were retrained)."""
     if kind == FOLD:
         return f"hpcnn-{run_id}-f{fold}-a{attempt}"
-    if kind == FIND_BEST:
+    if kind == FIND_BEST or (kind == PREP and attempt > 1):  # prep again: --resubmit-failed
         return f"hpcnn-{run_id}-{kind}-a{attempt}"
     return f"hpcnn-{run_id}-{kind}"
 
@@ -194,17 +195,18 @@ def data_configurations(configurations: Sequence[str]) -> list[str]:
 
 
 def prep_spec(cfg: Config, layout: RemoteLayout, run: Run,
-              configurations: Sequence[str] | None = None, owner: str | None = None) -> JobSpec:
+              configurations: Sequence[str] | None = None, owner: str | None = None,
+              attempt: int = 1) -> JobSpec:
     """The CPU job that preprocesses the dataset on the cluster (for ``configurations``,
     default the run's) and writes its split, so that the fold jobs (which depend on it with
     afterok) never race on splits_final.json. ``owner``: the experiment id its job folder
     and registry rows go under (default the run's)."""
     owner = owner or run.id
-    name = job_name(owner, None, kind=PREP)
+    name = job_name(owner, None, attempt, kind=PREP)
     resources = cpu_resources(cfg, PREP)
     python = job_python(cfg)
     return JobSpec(
-        run=owner, name=name, job_dir=layout.job_dir(owner, name), kind=PREP,
+        run=owner, name=name, job_dir=layout.job_dir(owner, name), kind=PREP, attempt=attempt,
         commands=[
             commands.through_launcher(python, layout.launcher, commands.plan_and_preprocess(
                 run.dataset_id, data_configurations(configurations or [run.configuration]),

@@ -190,32 +190,56 @@ def make_plan(graph: Graph, rows: Sequence[JobRow], opts: Asked, chain_length: i
             view = views.get(node.fold) if node.fold is not None else None
             decided[node.key] = (Step(node, SUBMIT, chain, view=view, rows=mine, why=chain.why)
                                  if chain else Step(node, KEEP, view=view, rows=mine))
+    prep = graph.nodes.get(PREP)
+    prep_step = _prep(prep, rows, opts) if prep is not None else None
+    if prep_step is not None and prep_step.action == SUBMIT:
+        result.steps[PREP] = prep_step
     for key, node in graph.nodes.items():
         if node.kind == FOLD:
             step = _relinked(result, decided[key], chain_length)
             if step.action == SUBMIT and step.chain and step.chain.after is None:
-                why = _waiting_on(result, node)
+                why = (f"waits on preprocessing, which {prep_step.why}"
+                       if prep_step is not None and prep_step.action == BLOCKED
+                       else _waiting_on(result, node))
                 if why:
                     step = Step(node, BLOCKED, view=step.view, rows=step.rows, why=why)
             result.steps[key] = step
         elif node.kind == FIND_BEST:
             result.steps[key] = _find_best(result, node, rows, opts)
-    prep = graph.nodes.get(PREP)
-    if prep is not None:
-        mine = tuple(r for r in rows if r.run == prep.owner and r.kind == PREP)
-        if mine:
-            result.steps[PREP] = Step(prep, KEEP, rows=mine)
-        elif result.to_submit:
-            result.steps[PREP] = Step(prep, SUBMIT, why="new")
+    if prep is not None and prep_step is not None:
+        if prep_step.action != SUBMIT:
+            new = prep_step.action == KEEP and not prep_step.rows and result.to_submit
+            result.steps[PREP] = Step(prep, SUBMIT, why="new") if new else prep_step
         result.steps = {k: result.steps[k] for k in graph.nodes if k in result.steps}
     return result
 
 
+def _prep(node: Node, rows: Sequence[JobRow], opts: Asked) -> Step:
+    """The preprocessing job on the cluster: kept while it is there and may complete (a new
+    fold chain waits on it, ``afterok``, or on its exit marker once it ended); after a failure
+    resubmitted with ``--resubmit-failed`` (and the folds with it), else every new fold chain
+    is blocked naming it. KEEP without rows: submit it when anything else is."""
+    mine = tuple(sorted((r for r in rows if r.run == node.owner and r.kind == PREP),
+                        key=lambda r: r.attempt))
+    if not mine:
+        return Step(node, KEEP)
+    last = JobState(mine[-1].state)
+    if last not in RETRY:
+        return Step(node, KEEP, rows=mine)
+    if opts.resubmit_failed:
+        return Step(node, SUBMIT, attempt=mine[-1].attempt + 1, rows=mine, why=f"was {last}")
+    return Step(node, BLOCKED, rows=mine,
+                why=f"is {last} (job {mine[-1].name}): `hpcnn train-all-folds "
+                    "--resubmit-failed` resubmits it, and the folds after it")
+
+
 def _renewed(plan: Plan, node: Node) -> list[str]:
-    """The fold chains ``node`` needs that start anew in this plan."""
+    """The fold chains (and the preprocessing job) ``node`` needs that start anew in this
+    plan."""
     return [n.node for n in node.needs
             if (s := plan.steps.get(n.node)) is not None and s.action == SUBMIT
-            and s.node.kind == FOLD and s.chain is not None and s.chain.after is None]
+            and (s.node.kind == PREP or (s.node.kind == FOLD and s.chain is not None
+                                         and s.chain.after is None))]
 
 
 def _unfinished(rows: Sequence[JobRow]) -> tuple[JobRow, ...]:

@@ -193,7 +193,8 @@ class Submission:
                 self.echo(f"cancelled {row.name} (job {row.scheduler_id}): {step.why}")
         waits = self.waits(node)
         if node.kind == PREP:
-            spec = prep_spec(cfg, layout, node.run, experiment.configurations, node.owner)
+            spec = prep_spec(cfg, layout, node.run, experiment.configurations, node.owner,
+                             step.attempt)
             self._one(node, spec, waits.deps)
         elif node.kind == FIND_BEST:
             spec = find_best_spec(cfg, layout, node.run, node.owner, experiment.configurations,

@@ -94,6 +94,17 @@ class Choice:
                 else self.members[0])
         return f"{what} (cross-validation Dice {self.dice:.4f})"
 
+    def summary(self) -> str:
+        """The one line ``status`` and ``report`` show once find-best chose."""
+        what = (f"ensemble of {' + '.join(self.members)}" if self.is_ensemble
+                else f"{self.members[0]} (no ensemble)")
+        used = self.postprocessing_helped and self.postprocessing
+        post = (f"postprocessing on (Dice {self.dice:.4f} -> {self.dice_postprocessed:.4f})"
+                if used else "postprocessing off (it does not help)")
+        best = self.dice_postprocessed if used else self.dice
+        return (f"find-best chose {what}; {post}; cross-validation Dice {best:.4f} "
+                f"(mean over foreground classes, folds {' '.join(map(str, self.folds))})")
+
 
 def version_problem(version: str | None, what: str) -> str | None:
     """Why ``version`` of nnunetv2 cannot run ``what`` (a cascade or an ensemble), or None."""
@@ -258,3 +269,25 @@ def trained_configurations(results: Path, trainer: str, plans: str) -> list[str]
              if p.is_dir() and any(p.glob("fold_*"))] if results.is_dir() else []
     order = {c: i for i, c in enumerate(commands.STANDARD_CONFIGURATIONS)}
     return sorted(found, key=lambda c: (order.get(c, len(order)), c))
+
+
+def experiment_choice(results: Path, trainer: str, plans: str,
+                      configurations: Sequence[str], folds: Sequence[int]) -> Choice | None:
+    """The choice among ``configurations`` of ``trainer`` and ``plans`` under ``results``
+    (``nnUNet_results/DatasetNNN_Name``): hpcnn's record (``hpcnn find-best``, a sync), else
+    what a find_best_configuration job wrote there (the local scheduler's results are here);
+    None when nothing chose among exactly these models yet. Never writes."""
+    try:
+        choice = read_choice(results)
+    except DataError:
+        choice = None
+    if choice is None and (results / INFORMATION).is_file():
+        try:
+            choice = read_answer(Trained(results, trainer, plans, tuple(configurations),
+                                         tuple(folds)))
+        except (DataError, OSError, ValueError, KeyError, TypeError):
+            return None
+    if choice is None or (choice.trainer, choice.plans) != (trainer, plans):
+        return None
+    return choice if set(choice.members) <= set(configurations) else None
+

@@ -177,6 +177,53 @@ def validation_is_done(folder: Path, npz: bool) -> bool:
     return not npz or any(summary.parent.glob("*.npz"))
 
 
+# --- the cascade's second stage, without torch ----------------------------------------------
+
+PREDICTED_NEXT_STAGE = "predicted_next_stage"
+PREDICTION_SUFFIXES = (".b2nd", ".npz", ".npy")
+"""How nnU-Net's datasets store a previous stage's segmentation of a case (blosc2 since 2.6)."""
+
+
+def previous_stage_problem(dataset: str, trainer: str, plans: str, configuration: str,
+                           fold: str) -> str | None:
+    """Why a cascade fold cannot train (None: it can, or it is no cascade).
+
+    A ``3d_cascade_fullres`` fold reads, for every case it trains and validates on, what the
+    3d_lowres folds predicted of their validation cases during their final validation
+    (``<lowres>/predicted_next_stage/<cascade>``). nnU-Net itself only fails later, in a
+    data-loading worker, with a bare FileNotFoundError; this names the folder, the cases and
+    the 3d_lowres folds that should have written them."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    name = maybe_convert_to_dataset_name(dataset)
+    base = Path(os.environ[PREPROCESSED], name)
+    data = json.loads((base / f"{plans}.json").read_text())
+    previous = data.get("configurations", {}).get(configuration, {}).get("previous_stage")
+    if not previous:
+        return None
+    plans_name = data.get("plans_name", plans)
+    folder = Path(os.environ[RESULTS], name, f"{trainer}__{plans_name}__{previous}",
+                  PREDICTED_NEXT_STAGE, configuration)
+    splits = json.loads((base / SPLITS_FILE).read_text())
+    if fold == "all":
+        cases = {c for split in splits for c in split["val"]}
+    else:
+        split = splits[int(fold)]
+        cases = {*split["train"], *split["val"]}
+    there = {p.name[: -len(s)] for p in folder.glob("*") for s in PREDICTION_SUFFIXES
+             if p.name.endswith(s)} if folder.is_dir() else set()
+    missing = sorted(cases - there)
+    if not missing:
+        return None
+    folds = sorted({i for i, split in enumerate(splits) for c in missing if c in split["val"]})
+    shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10
+                                       else "")
+    return (f"{configuration} needs what the {previous} folds predicted of every case, and "
+            f"{folder} lacks {shown}: {previous} folds {', '.join(map(str, folds))} did not "
+            f"complete their validation. Fix: let those {previous} folds complete (`hpcnn "
+            f"train-all-folds --resubmit-failed` resubmits a failed one, then this fold)")
+
+
 # --- the inference checkpoint ---------------------------------------------------------------
 
 
@@ -733,6 +780,13 @@ def attempt_fold(args: argparse.Namespace, stopper: Stopper) -> int:
                                 "exit_code": EXIT_COMPLETE})
         print(f"hpcnn launcher: {folder} is complete; nothing to do")
         return EXIT_COMPLETE
+    problem = previous_stage_problem(args.dataset, args.trainer, args.plans,
+                                     args.configuration, args.fold)
+    if problem:
+        record_attempt(folder, {**attempt, "ended": _now(), "outcome": "failed",
+                                "error": problem[:2000], "exit_code": EXIT_USAGE})
+        print(f"hpcnn launcher: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     record_attempt(folder, attempt)
     progress: dict[str, Any] = {}
 

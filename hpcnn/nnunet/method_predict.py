@@ -122,6 +122,7 @@ class MethodFiles:
 
     models: list[Path]  # every configuration compared
     extras: list[str]  # relative to the DatasetNNN_Name folder
+    chosen: list[Path]  # the winner's model folders (what the choice needs to predict)
 
 
 def method_files(results: Path) -> MethodFiles | None:
@@ -138,7 +139,7 @@ def method_files(results: Path) -> MethodFiles | None:
         extras += [(folder / n).as_posix() for n in ("postprocessing.pkl", "plans.json",
                                                       "dataset.json")
                    if (results / folder / n).is_file()]
-    return MethodFiles(models, extras)
+    return MethodFiles(models, extras, [results / f"{prefix}{c}" for c in choice.members])
 
 
 def _compared(choice: Choice) -> list[str]:
@@ -242,7 +243,9 @@ def predict_method(method: Method, inputs: Sequence[str], output: Path,
         echo(cpu_cost(first, cases, sum(len(f) for f in chosen.values()), fast))
     ids = [case_id(i) for i in range(len(cases))]
     with result_folder(output) as work:
-        lists = stage(cases, work / "input", first.file_ending)
+        # The cascade's second stage finds each case's 3d_lowres result by the case id nnU-Net
+        # reads off the input's file name: every input gets its numbered name then.
+        lists = stage(cases, work / "input", first.file_ending, every_file=cascade)
         member_outputs = []
         for configuration in method.members:
             previous = None

@@ -32,7 +32,8 @@ import time
 import uuid
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from hpcnn.dataset.importer import _move_into_place
@@ -74,24 +75,34 @@ class Exported:
 
 
 def export_model(model_dir: Path, zip_path: Path, *, force: bool = False,
-                 full_checkpoints: bool = False) -> Exported:
+                 full_checkpoints: bool = False, models: Sequence[Path] = ()) -> Exported:
     """Zip the model's shared files and its finished folds (their inference checkpoints, unless
     ``full_checkpoints``); the zip appears whole or not at all (written beside it, then
     renamed). ``model_dir`` may be a ``DatasetNNN_Name`` results folder where ``hpcnn
     find-best`` chose: then every configuration it compared goes in, with the choice and the
-    chosen postprocessing (method_files)."""
+    chosen postprocessing (method_files). ``models``: exactly these model folders of that
+    results folder (an experiment's configurations, or some of them), with the choice only
+    when they hold every configuration it chose."""
     from hpcnn.nnunet.method_predict import method_files
 
     method = method_files(model_dir)
-    model = open_model(method.models[0] if method else model_dir)
+    skipped = ""
+    if models:
+        if method and not {p.name for p in method.chosen} <= {p.name for p in models}:
+            skipped = (f"find-best's choice ({', '.join(p.name for p in method.chosen)}): "
+                       "its configurations are not all exported")
+            method = None
+        method = replace(method, models=list(models)) if method else None
+    model = open_model(method.models[0] if method else (models[0] if models else model_dir))
     if zip_path.suffix.lower() != ".zip":
         raise DataError(f"{zip_path}: a model zip must end in .zip",
                         hint=f"e.g. {zip_path.with_suffix('.zip').name}")
     if zip_path.exists() and not force:
         raise DataError(f"{zip_path} already exists", hint="pass --force to replace it")
     members: list[tuple[Path, str]] = []
-    models = [open_model(m) for m in method.models] if method else [model]
-    for one in models:
+    opened = ([open_model(m) for m in method.models] if method
+              else [open_model(m) for m in models] if models else [model])
+    for one in opened:
         if not one.finished:
             raise DataError(f"{one.path}: no finished fold to export "
                             f"({one.describe_missing()})",
@@ -120,7 +131,7 @@ def export_model(model_dir: Path, zip_path: Path, *, force: bool = False,
     finally:
         tmp.unlink(missing_ok=True)
     return Exported(zip_path, model.identifier, folds, zip_path.stat().st_size,
-                    model.describe_missing())
+                    "; ".join(p for p in (model.describe_missing(), skipped) if p))
 
 
 def _model_members(model: ModelFolder) -> list[tuple[Path, str]]:

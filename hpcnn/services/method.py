@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from hpcnn.config import Config
 from hpcnn.dataset.layout import chosen_dataset, match_dataset
 from hpcnn.errors import DataError
 from hpcnn.nnunet.choice import Choice, Trained, find_best, trained_configurations
 from hpcnn.workspace import Workspace
+
+if TYPE_CHECKING:
+    from hpcnn.jobs.model import Run
+    from hpcnn.services.session import Session
+    from hpcnn.state import RunRow
 
 
 def results_folder(workspace: Workspace, spec: str) -> Path:
@@ -53,3 +58,28 @@ def choose(cfg: Config, trained: Trained, *, ensembling: bool = True, workers: i
     env = {**os.environ, **workspace.nnunet_env(), "PYTHONUNBUFFERED": "1"}
     return find_best(trained, workspace.preprocessed / trained.dataset, env, workers=workers,
                      ensembling=ensembling, out=out)
+
+
+def experiment_of(session: Session,
+                  runs: Sequence[tuple[Run, RunRow]]) -> tuple[list[str], list[int]]:
+    """The configurations and folds of the experiment ``runs`` belong to (all of them, however
+    ``-c`` narrowed ``runs``)."""
+    row = runs[0][1]
+    experiment = session.registry.experiment(row.experiment) if row.experiment else None
+    if experiment is not None:
+        return experiment.configuration_list, experiment.fold_list
+    return [r.configuration for r, _ in runs], list(session.cfg.training.folds)
+
+
+def chosen(session: Session, runs: Sequence[tuple[Run, RunRow]]) -> Choice | None:
+    """What find-best chose for the experiment of ``runs`` (among its every configuration,
+    however ``-c`` narrowed what a command shows), from the results on this machine; None
+    before it chose. ``status`` and ``report`` print it."""
+    from hpcnn.nnunet.choice import experiment_choice
+
+    if not runs:
+        return None
+    run = runs[0][0]
+    configurations, folds = experiment_of(session, runs)
+    return experiment_choice(session.workspace.results / run.dataset, run.trainer, run.plans,
+                             configurations, folds)

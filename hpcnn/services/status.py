@@ -191,9 +191,8 @@ def _parse_fold(text: str) -> tuple[list[Attempt], TrainingLog]:
 def experiment_status(session: Session, run_id: str | None = None,
                       configurations: list[str] | None = None) -> list[RunStatus]:
     """``run_status`` of each run ``status`` shows (``Session.experiment_runs``): the most
-    recent experiment's configurations, or those asked for."""
-    return [run_status(session, found=pair)
-            for pair in session.experiment_runs(run_id, configurations)]
+    recent experiment's configurations, or those asked for, all in ONE remote round trip."""
+    return runs_status(session, session.experiment_runs(run_id, configurations))
 
 
 def worst_exit(statuses: list[RunStatus]) -> int:
@@ -208,13 +207,36 @@ def worst_exit(statuses: list[RunStatus]) -> int:
 def run_status(session: Session, run_id: str | None = None, *,
                found: tuple[Run, RunRow] | None = None) -> RunStatus:
     """Refresh the run's jobs and read every fold's progress, in one remote round trip."""
-    run, row = found or session.find_run(run_id)
-    rows = [r for r in session.registry.jobs(run.id) if r.kind == FOLD]
-    folds = sorted({r.fold for r in rows if r.fold is not None})
-    snippets = [_fold_snippet(session, run, f, [r for r in rows if r.fold == f]) for f in folds]
-    rows, _, answered, extras = engine.refresh(
-        session.registry, session.conn, session.dialect, rows,
+    return runs_status(session, [found or session.find_run(run_id)])[0]
+
+
+def runs_status(session: Session, runs: list[tuple[Run, RunRow]]) -> list[RunStatus]:
+    """Refresh the jobs of ``runs`` and read every fold's progress: ONE remote command for all
+    of them (the scheduler's status call, the markers, the training logs' tails)."""
+    per_run = []
+    snippets: list[str] = []
+    every: list[JobRow] = []
+    for run, row in runs:
+        rows = [r for r in session.registry.jobs(run.id) if r.kind == FOLD]
+        folds = sorted({r.fold for r in rows if r.fold is not None})
+        snippets += [_fold_snippet(session, run, f, [r for r in rows if r.fold == f])
+                     for f in folds]
+        per_run.append((run, row, rows, len(folds)))
+        every += rows
+    stored, _, answered, extras = engine.refresh(
+        session.registry, session.conn, session.dialect, every,
         grace=session.cfg.status.lost_grace, extra=snippets)
+    by_name = {r.name: r for r in stored}
+    result = []
+    for run, row, rows, count in per_run:
+        texts, extras = extras[:count], extras[count:]
+        result.append(_run_status(session, run, row, [by_name.get(r.name, r) for r in rows],
+                                  texts, answered))
+    return result
+
+
+def _run_status(session: Session, run: Run, row: RunRow, rows: list[JobRow], extras: list[str],
+                answered: bool) -> RunStatus:
     result = []
     gpus = session.cfg.resources.gpus
     for view, text in zip(fold_views(rows, continuations(session.registry, run.id)), extras,

@@ -22,7 +22,7 @@ from hpcnn.config import Config, ResourcesSection, margin_problem
 from hpcnn.dataset.layout import SPLITS
 from hpcnn.errors import ConfigError, DataError, HpcnnError, Locked
 from hpcnn.fsutil import atomic_write_text
-from hpcnn.jobs import transfer
+from hpcnn.jobs import engine, transfer
 from hpcnn.jobs.experiment import Experiment
 from hpcnn.jobs.folds import continuations
 from hpcnn.jobs.graph import Graph, build_graph
@@ -40,8 +40,10 @@ from hpcnn.jobs.plan import Plan, Step, make_plan
 from hpcnn.jobs.resources import gpu_hours
 from hpcnn.jobs.script import render_job, render_setup
 from hpcnn.jobs.submit import Submission, reconcile, record_experiment
+from hpcnn.nnunet.commands import DEFAULT_PLANNER
 from hpcnn.nnunet.launcher import RESUMABLE
 from hpcnn.remote.base import join_argv
+from hpcnn.schedulers.base import JobState
 from hpcnn.services.session import Session
 from hpcnn.state import JobRow
 from hpcnn.units import format_hms
@@ -241,6 +243,75 @@ def _move_results_aside(session: Session, run: Run, folds: list[int], echo: Echo
         echo(f"--fresh: kept the old {moved} as {moved}.replaced-{stamp} in {base}")
 
 
+def check_remote_planner(cfg: Config, experiment: Experiment) -> None:
+    """With preprocessing on the cluster, the plans identifier the folds train with cannot be
+    read from what the planner wrote (it is written there, later): a planner other than the
+    default writes its own (``nnUNetPlannerResEncM``: ``nnUNetResEncUNetMPlans``, a site's
+    planner any name), so the user names it instead of hpcnn guessing it."""
+    planner = cfg.preprocess.planner
+    if planner and planner != DEFAULT_PLANNER and experiment.plans == "nnUNetPlans":
+        raise ConfigError(
+            f"preprocess.planner {planner} writes its own plans file on the cluster, and the "
+            "folds would train with nnUNetPlans, which it does not write",
+            hint="name the plans it writes: training.plans or --plans (nnUNetPlannerResEncM "
+                 "writes nnUNetResEncUNetMPlans, L and XL likewise)")
+
+
+def plans_digest(session: Session, experiment: Experiment) -> str | None:
+    """The sha256 of the plans file this machine pushes for ``experiment`` (None: the cluster
+    preprocesses, or it is not here)."""
+    import hashlib
+
+    path = session.workspace.preprocessed / experiment.dataset / f"{experiment.plans}.json"
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def check_other_experiments(session: Session, experiment: Experiment, digest: str | None, *,
+                            refresh: bool) -> None:
+    """Refuses, before anything is pushed or submitted, an experiment whose plans differ from
+    those of another experiment of the same dataset that still has jobs queued or running.
+
+    Both would write ``nnUNet_results/DatasetNNN_Name``'s find-best answer
+    (``inference_information.json``, one per dataset), and with the same plans identifier but
+    other contents (planned again, e.g. with another --gpu-memory-target) the push would
+    replace the plans file under the other experiment's running folds, whose continuations
+    would then build another network than their checkpoints hold. ``refresh``: poll the other
+    experiments' unfinished jobs first (one remote command), else trust the registry."""
+    registry = session.registry
+    others: dict[str, tuple[str, str | None]] = {}
+    for row in registry.runs():
+        if row.dataset != experiment.dataset or (row.experiment or row.id) == experiment.id:
+            continue
+        theirs = row.option_values.get("plans_sha256")
+        if row.plans != experiment.plans or (digest and theirs and theirs != digest):
+            others[row.id] = (row.experiment or row.id, row.plans)
+    if not others:
+        return
+    rows = [j for run in others for j in registry.jobs(run)
+            if not JobState(j.state).finished and j.scheduler_id]
+    if rows and refresh:
+        rows, *_ = engine.refresh(registry, session.conn, session.dialect, rows,
+                                  grace=session.cfg.status.lost_grace)
+    busy = sorted({(*others[j.run], j.run) for j in rows if not JobState(j.state).finished})
+    if not busy:
+        return
+    name, plans, run = busy[0]
+    if plans == experiment.plans:
+        why = (f"{plans}.json was planned again since it was submitted: pushing it now would "
+               "change the plans under its queued and running folds")
+    else:
+        why = (f"it trains with {plans} and this one with {experiment.plans}: both "
+               f"experiments' find-best would write nnUNet_results/{experiment.dataset}/"
+               "inference_information.json (one per dataset)")
+    raise ConfigError(
+        f"experiment {name} of {experiment.dataset} still has jobs queued or running, and {why}",
+        hint=f"wait for it (`hpcnn status --run {run}`) or cancel its runs (`hpcnn cancel "
+             f"--run {run}`), then train this experiment")
+
+
 def train_all_folds(session: Session, opts: TrainOptions, echo: Echo = print) -> TrainResult:
     """Push, render and submit the experiment's jobs; see the module docstring."""
     from filelock import FileLock, Timeout
@@ -250,6 +321,10 @@ def train_all_folds(session: Session, opts: TrainOptions, echo: Echo = print) ->
                                         configurations=opts.configurations, folds=opts.folds,
                                         connect=not opts.dry_run)
     remote_prep = (opts.preprocess or cfg.training.preprocess) == "remote"
+    if remote_prep:
+        check_remote_planner(cfg, experiment)
+    digest = None if remote_prep else plans_digest(session, experiment)
+    check_other_experiments(session, experiment, digest, refresh=not opts.dry_run)
     if cfg.resources.gpus > 1:
         echo(f"note: {cfg.resources.gpus} GPUs per job: nnU-Net trains with -num_gpus "
              f"{cfg.resources.gpus} (DDP); one GPU per fold is usually faster in total")
@@ -265,7 +340,7 @@ def train_all_folds(session: Session, opts: TrainOptions, echo: Echo = print) ->
                 raise Locked(f"another hpcnn is submitting run {run.id} right now",
                              hint="wait for it to finish, then run `hpcnn status`") from None
             held.append(lock)
-        return _train(session, cfg, experiment, remote_prep, provenance, opts, echo)
+        return _train(session, cfg, experiment, remote_prep, provenance, opts, echo, digest)
     finally:
         for lock in reversed(held):
             lock.release()
@@ -277,7 +352,8 @@ def experiment_graph(cfg: Config, experiment: Experiment, remote_prep: bool) -> 
 
 
 def _train(session: Session, cfg: Config, experiment: Experiment, remote_prep: bool,
-           provenance: dict | None, opts: TrainOptions, echo: Echo) -> TrainResult:
+           provenance: dict | None, opts: TrainOptions, echo: Echo,
+           digest: str | None) -> TrainResult:
     registry = session.registry
     graph = experiment_graph(cfg, experiment, remote_prep)
     rows = [r for owner in graph.owners for r in registry.jobs(owner)]
@@ -301,7 +377,8 @@ def _train(session: Session, cfg: Config, experiment: Experiment, remote_prep: b
                 _move_results_aside(session, run, folds, echo)
     plan = with_checkpoints(session, plan)
     record_experiment(registry, experiment, session.host, folds=list(experiment.folds),
-                      npz=opts.npz or experiment.npz, preprocess=remote_prep)
+                      npz=opts.npz or experiment.npz, preprocess=remote_prep,
+                      plans_sha256=digest)
     result.submitted = Submission(session, cfg, plan, echo, npz=opts.npz).run()
     return result
 
@@ -326,7 +403,8 @@ def _dry_run(session: Session, cfg: Config, plan: Plan, remote_prep: bool, npz: 
         node = step.node
         after = [f"afterok {names.get(n.node, n.node)}" for n in node.needs]
         if node.kind == PREP:
-            spec = prep_spec(cfg, layout, node.run, experiment.configurations, node.owner)
+            spec = prep_spec(cfg, layout, node.run, experiment.configurations, node.owner,
+                             step.attempt)
             specs.append((spec, after))
         elif node.kind == FOLD and step.chain is not None:
             chain = step.chain
