@@ -29,9 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from hpcnn import formats
 from hpcnn.dataset import payload, sources
 from hpcnn.dataset.findings import Finding, error, notice, shorten, summary_lines
 from hpcnn.errors import DataError
+from hpcnn.formats.source import SourceItem
 
 _NNUNET_CHANNEL = re.compile(r".+_(\d{4})")
 _ONE_FILE = {".nhdr": ".nrrd", ".mhd": ".mha"}
@@ -42,7 +44,7 @@ class PredictCase:
     """One case to predict: its images in channel order and the name its result gets."""
 
     name: str  # relative output path without extension: the image's own name, or the case's
-    images: tuple[sources.SourceFile, ...]
+    images: tuple[SourceItem, ...]
 
     @property
     def extension(self) -> str:
@@ -64,7 +66,7 @@ def collect(items: Sequence[str], channel_names: Sequence[str], *,
     files, findings = _files(items, exclude.resolve() if exclude else None)
     images = [f for f in files if not _is_segmentation(f)]
     nnunet_named = bool(images) and all(
-        _NNUNET_CHANNEL.fullmatch(sources.split_extension(f.path.name)[0]) for f in images)
+        _NNUNET_CHANNEL.fullmatch(formats.split_extension(f.path.name)[0]) for f in images)
     n = len(channel_names)
     if nnunet_named:
         tokens = tuple(f"{c:04d}" for c in range(n))
@@ -81,7 +83,7 @@ def collect(items: Sequence[str], channel_names: Sequence[str], *,
     entries = []
     skipped = []
     for file in files:
-        stem, ext = sources.split_extension(file.path.name)
+        stem, ext = formats.split_extension(file.path.name)
         entry = sources._by_name(file, stem, ext or "", tokens)
         if entry.is_seg:
             skipped.append(file.display)
@@ -102,7 +104,7 @@ def collect(items: Sequence[str], channel_names: Sequence[str], *,
         findings += pairing
         cases = [PredictCase(_case_name(c), c.images) for c in pairs]
     else:
-        cases = [PredictCase(sources.split_extension(e.file.display)[0], (e.file,))
+        cases = [PredictCase(formats.split_extension(e.file.display)[0], (e.file,))
                  for e in entries]
     if not cases and not any(f.level == "error" for f in findings):
         raise DataError(f"no images found in {', '.join(items)}",
@@ -111,9 +113,9 @@ def collect(items: Sequence[str], channel_names: Sequence[str], *,
     return cases, findings
 
 
-def _is_segmentation(file: sources.SourceFile) -> bool:
+def _is_segmentation(file: SourceItem) -> bool:
     """The dataset import's rule (``.seg.nrrd``, ``_label``, ``_mask`` ...)."""
-    stem, ext = sources.split_extension(file.path.name)
+    stem, ext = formats.split_extension(file.path.name)
     return sources._by_name(file, stem, ext or "", ()).is_seg
 
 
@@ -136,10 +138,10 @@ def refuse(findings: Sequence[Finding]) -> None:
 
 
 def _files(items: Sequence[str],
-           exclude: Path | None) -> tuple[list[sources.SourceFile], list[Finding]]:
+           exclude: Path | None) -> tuple[list[SourceItem], list[Finding]]:
     """Every image file the items name: folders recursively (display relative to the folder),
     files and glob matches by name."""
-    found: list[sources.SourceFile] = []
+    found: list[SourceItem] = []
     ignored: list[str] = []
     problems: list[Finding] = []
     for item in items:
@@ -150,10 +152,10 @@ def _files(items: Sequence[str],
                 if any(part.startswith(".") for part in rel.parts) or (
                         exclude is not None and child.resolve().is_relative_to(exclude)):
                     continue
-                if sources.split_extension(child.name)[1] is None:
+                if formats.split_extension(child.name)[1] is None:
                     ignored.append(rel.as_posix())
                 else:
-                    found.append(sources.SourceFile(child, rel.as_posix()))
+                    found.append(SourceItem(child, rel.as_posix()))
             continue
         matches = [Path(m) for m in sorted(glob.glob(os.path.expanduser(item)))]
         if not matches and not glob.has_magic(item):
@@ -166,11 +168,11 @@ def _files(items: Sequence[str],
                 problems.append(error(str(match), "a folder matched by a pattern",
                                       hint="pass folders by name, or make the pattern match "
                                            "files"))
-            elif sources.split_extension(match.name)[1] is None:
+            elif formats.split_extension(match.name)[1] is None:
                 problems.append(error(str(match), "not an image file hpcnn reads",
                                       hint="pass .nrrd, .nii, .nii.gz or .mha files"))
             else:
-                found.append(sources.SourceFile(match, match.name))
+                found.append(SourceItem(match, match.name))
     if ignored:
         problems.append(notice("", f"ignored {len(ignored)} file(s) that are not images: "
                                    f"{shorten(ignored)}"))
@@ -226,7 +228,7 @@ def check_images(cases: Sequence[PredictCase], channel_names: Sequence[str], *,
     refuse(findings)
 
 
-def _root(file: sources.SourceFile) -> Path:
+def _root(file: SourceItem) -> Path:
     """The folder the user named that holds ``file`` (its own folder for a file or a glob's
     match): a detached header's data must lie inside it, as in ``dataset import``."""
     depth = len(PurePosixPath(file.display).parts)
