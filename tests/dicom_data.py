@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +49,25 @@ def ball(shape: tuple[int, int, int] = (12, 32, 32), centre: tuple[float, float,
             + ((x - centre[2]) / radius[2]) ** 2) <= 1
 
 
+def _new_object(sop_class: str, transfer_syntax: str | None = None) -> Any:
+    """A dataset with its file meta, a new SOP Instance UID and the made-up patient."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sop = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop
+    ds.PatientName = PATIENT_NAME
+    ds.PatientID = PATIENT_ID
+    return ds
+
+
 def write_series(folder: Path, image: np.ndarray, *, modality: str = "CT",
                  description: str = "AX 2.5mm", series_number: int = 2,
                  study_uid: str | None = None, frame_of_reference: str | None = None,
@@ -57,7 +77,6 @@ def write_series(folder: Path, image: np.ndarray, *, modality: str = "CT",
                  names: str = "IM{:04d}") -> Series:
     """One file per slice, named ``names`` (shuffled instance numbers: hpcnn must sort by
     position). ``tilt_mm`` shifts each slice along y (gantry tilt)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -68,17 +87,8 @@ def write_series(folder: Path, image: np.ndarray, *, modality: str = "CT",
     files, uids = [], []
     order = list(range(image.shape[0]))[::-1]  # instance numbers run against position
     for k in range(image.shape[0]):
-        sop = generate_uid()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CT_STORAGE
-        meta.MediaStorageSOPInstanceUID = sop
-        meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CT_STORAGE
-        ds.SOPInstanceUID = sop
-        ds.PatientName = PATIENT_NAME
-        ds.PatientID = PATIENT_ID
+        ds = _new_object(CT_STORAGE, transfer_syntax)
+        sop = ds.SOPInstanceUID
         ds.PatientBirthDate = "19700101"
         ds.PatientSex = "F"
         ds.StudyInstanceUID = study_uid
@@ -173,20 +183,10 @@ def write_rtstruct(path: Path, series: Series,
                    *, referenced_series: str | None = None) -> Path:
     """An RTSTRUCT of ``series``: per ROI, per slice index, polygons in (x, y) index space
     (an ROI with no slices has no contours)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
 
-    sop = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RTSTRUCT_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = RTSTRUCT_STORAGE
-    ds.SOPInstanceUID = sop
-    ds.PatientName = PATIENT_NAME
-    ds.PatientID = PATIENT_ID
+    ds = _new_object(RTSTRUCT_STORAGE)
     ds.StudyInstanceUID = series.study_uid
     ds.SeriesInstanceUID = generate_uid()
     ds.Modality = "RTSTRUCT"

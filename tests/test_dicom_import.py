@@ -244,3 +244,20 @@ def test_missing_extra_names_the_install(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setitem(sys.modules, "pydicom", None)
     message = _failure(tmp_path, tmp_path / "src")
     assert "pip install 'hpcnn[dicom]'" in message
+
+
+def test_label_file_beside_the_series(tmp_path: Path) -> None:
+    """A label map of another format in the case folder is the case's label, put on the
+    series' grid like any segmentation."""
+    import SimpleITK as sitk
+
+    src = tmp_path / "src"
+    dd.write_series(src / "p0" / "dicom", dd.volume())
+    mask = sitk.GetImageFromArray(dd.ball().astype(np.uint8))
+    mask.SetSpacing(dd.SPACING)
+    mask.SetOrigin(dd.ORIGIN)
+    sitk.WriteImage(mask, str(src / "p0" / "liver_label.nii.gz"))
+    result = _import(tmp_path, src)
+    assert result.cases[0].segmentation == "p0/liver_label.nii.gz"
+    label = _read(result.path / "labelsTr" / f"{result.cases[0].case_id}.nii.gz")
+    assert np.array_equal(label, dd.ball().astype(np.uint8))

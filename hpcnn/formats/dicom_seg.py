@@ -11,19 +11,11 @@ from typing import Any
 
 from hpcnn.errors import DataError
 from hpcnn.formats import Format, register
-from hpcnn.formats.dicom_series import INSTALL_HINT
+from hpcnn.formats.dicom_series import dicom_library
 from hpcnn.formats.segment import NamedSegment
 
 DICOM_SEG = register(Format("dicom-seg", label=True, dicom=True))
 
-
-def _highdicom() -> Any:
-    try:
-        import highdicom
-    except ImportError as exc:
-        raise DataError("reading DICOM-SEG needs highdicom, which is not installed",
-                        hint=INSTALL_HINT) from exc
-    return highdicom
 
 
 def references(ds: Any) -> tuple[set[str], set[str], set[str]]:
@@ -58,7 +50,7 @@ def layers(path: Path, source_uids: Sequence[str]) -> Any:
     for the image slices ``source_uids`` (in volume order)."""
     import numpy as np
 
-    hd = _highdicom()
+    hd = dicom_library("highdicom")
     seg = hd.seg.segread(str(path))
     numbers = [s.index for s in segments(path)]
     try:

@@ -32,14 +32,20 @@ SPACING_TOLERANCE = 0.01  # relative: slices further apart than this from the us
 TILT_TOLERANCE = 0.01  # mm of in-plane shift per mm of slice step
 
 
-def pydicom_module() -> Any:
-    """pydicom, or a DataError saying how to install the extra that brings it."""
+def dicom_library(name: str = "pydicom") -> Any:
+    """A library of the ``dicom`` extra (pydicom, highdicom), or a DataError saying how to
+    install the extra."""
+    import importlib
+
     try:
-        import pydicom
+        return importlib.import_module(name)
     except ImportError as exc:
-        raise DataError("reading DICOM needs pydicom, which is not installed",
+        raise DataError(f"reading DICOM needs {name}, which is not installed",
                         hint=INSTALL_HINT) from exc
-    return pydicom
+
+
+def pydicom_module() -> Any:
+    return dicom_library("pydicom")
 
 
 @dataclass(frozen=True)
