@@ -23,6 +23,8 @@ from hpcnn.dataset.importer import ImportOptions, import_dataset  # noqa: E402
 from hpcnn.errors import DataError  # noqa: E402
 from hpcnn.workspace import Workspace  # noqa: E402
 
+HTJ2K = "1.2.840.10008.1.2.4.201"  # High-Throughput JPEG 2000: SimpleITK's GDCM lacks it
+
 
 def _import(tmp_path: Path, source: Path, **kw: object):
     options = ImportOptions(source=source, name="Dicom", workers=1, test_fraction=0,
@@ -171,13 +173,13 @@ def test_label_of_another_series_is_refused(tmp_path: Path) -> None:
 def test_series_that_is_not_one_volume_is_refused(tmp_path: Path, fault: str) -> None:
     src = tmp_path / "src"
     kw = {"tilt": {"tilt_mm": 0.8},
-          "compressed": {"transfer_syntax": "1.2.840.10008.1.2.4.70"}}.get(fault, {})
+          "compressed": {"transfer_syntax": HTJ2K}}.get(fault, {})
     series = dd.write_series(src / "p0", dd.volume(), **kw)  # type: ignore[arg-type]
     if fault == "compressed":
         from pydicom.pixels import get_decoder
 
-        if get_decoder("1.2.840.10008.1.2.4.70").is_available:
-            pytest.skip("a JPEG Lossless decoder is installed here")
+        if get_decoder(HTJ2K).is_available:
+            pytest.skip("an HTJ2K decoder (pylibjpeg-openjpeg) is installed here")
     if fault == "missing-slice":
         series.files[5].unlink()
     message = _failure(tmp_path, src)
@@ -187,8 +189,8 @@ def test_series_that_is_not_one_volume_is_refused(tmp_path: Path, fault: str) ->
     elif fault == "tilt":
         assert "gantry tilt" in message
     else:
-        assert "compressed pixel data (JPEG Lossless" in message
-        assert "pip install pylibjpeg pylibjpeg-libjpeg" in message
+        assert "compressed pixel data (High-Throughput JPEG 2000" in message
+        assert "pip install pylibjpeg pylibjpeg-openjpeg" in message
 
 
 def test_stray_files_dicomdir_and_missing_preamble(tmp_path: Path) -> None:
@@ -261,3 +263,18 @@ def test_label_file_beside_the_series(tmp_path: Path) -> None:
     assert result.cases[0].segmentation == "p0/liver_label.nii.gz"
     label = _read(result.path / "labelsTr" / f"{result.cases[0].case_id}.nii.gz")
     assert np.array_equal(label, dd.ball().astype(np.uint8))
+
+
+def test_pydicom_reader_gives_what_imageseriesreader_gives(tmp_path: Path) -> None:
+    """The fallback for transfer syntaxes GDCM lacks reads the same voxels on the same grid."""
+    import pydicom
+    import SimpleITK as sitk
+
+    from hpcnn.formats import dicom_series
+
+    series = dd.write_series(tmp_path / "p0", dd.volume())
+    files = list(series.files)
+    gdcm, own = dicom_series.read_volume(files), dicom_series._read_with_pydicom(files, pydicom)
+    assert np.array_equal(sitk.GetArrayFromImage(gdcm), sitk.GetArrayFromImage(own))
+    for get in ("GetOrigin", "GetSpacing", "GetDirection"):
+        assert np.allclose(getattr(gdcm, get)(), getattr(own, get)()), get

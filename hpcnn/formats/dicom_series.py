@@ -26,8 +26,16 @@ INSTALL_HINT = "pip install 'hpcnn[dicom]'"
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame variants .7.x
 LABEL_MODALITIES = ("SEG", "RTSTRUCT")
-_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
-                 "1.2.840.10008.1.2.1.99"}
+_GDCM_DECODES = {
+    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",  # uncompressed
+    "1.2.840.10008.1.2.1.99",  # deflated
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",  # JPEG baseline, extended, lossless
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",  # JPEG-LS
+    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE
+}
+"""Transfer syntaxes SimpleITK's own GDCM decodes; others need a pydicom decoder plugin."""
 SPACING_TOLERANCE = 0.01  # relative: slices further apart than this from the usual step
 TILT_TOLERANCE = 0.01  # mm of in-plane shift per mm of slice step
 
@@ -240,9 +248,9 @@ def problems(slices: Sequence[DicomFile]) -> list[tuple[str, str, str]]:
 
 
 def _decoder(file: DicomFile) -> list[tuple[str, str, str]]:
-    """A compressed transfer syntax that pydicom has no installed decoder for, naming what to
-    install."""
-    if file.transfer_syntax in _UNCOMPRESSED:
+    """A compressed transfer syntax that neither SimpleITK's GDCM nor an installed pydicom
+    decoder reads, naming what to install."""
+    if file.transfer_syntax in _GDCM_DECODES:
         return []
     from pydicom.pixels import get_decoder
 
@@ -255,21 +263,39 @@ def _decoder(file: DicomFile) -> list[tuple[str, str, str]]:
     if decoder.is_available:
         return []
     needs = "; or ".join(decoder.missing_dependencies)
-    packages = [p for p in ("pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle",
-                            "python-gdcm") if p.split("-", 1)[-1] in needs]
-    install = " ".join(["pylibjpeg", *(p for p in packages if p != "python-gdcm")])
+    packages = [p for p in ("pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle")
+                if p in needs]
+    install = " ".join(["pylibjpeg", *packages])
     return [(file.display, f"compressed pixel data ({decoder.UID.name}) and no decoder for it "
              f"installed (needs: {needs})",
              f"pip install {install}" + (" (or python-gdcm)" if "gdcm" in needs else ""))]
 
 
 def read_volume(files: Sequence[Path]) -> Any:
-    """The series as a SimpleITK image: slices in the order given (``ordered``), rescaled to
-    stored units (HU for CT), as int16 when the values fit, else float32."""
-    import numpy as np
+    """The series as a SimpleITK image, slices in the order given (``ordered``), rescaled to
+    stored units (HU for CT): SimpleITK's ImageSeriesReader (GDCM) where it decodes the
+    transfer syntax, else pydicom with its decoder plugins (``_decoder`` checked that one is
+    installed)."""
     import SimpleITK as sitk
 
     pydicom = pydicom_module()
+    meta = pydicom.dcmread(files[0], stop_before_pixels=True, force=True).file_meta
+    if str(getattr(meta, "TransferSyntaxUID", "1.2.840.10008.1.2")) in _GDCM_DECODES:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames([str(f) for f in files])
+        try:
+            return reader.Execute()
+        except RuntimeError:
+            pass  # a file GDCM cannot parse (no preamble, odd encoding): pydicom reads it
+    return _read_with_pydicom(files, pydicom)
+
+
+def _read_with_pydicom(files: Sequence[Path], pydicom: Any) -> Any:
+    """The slices stacked by pydicom, as int16 when the rescaled values fit, else int32 or
+    float32, on the grid ImageSeriesReader gives."""
+    import numpy as np
+    import SimpleITK as sitk
+
     first = None
     volume = None
     scales = []
