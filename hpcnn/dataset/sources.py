@@ -21,6 +21,11 @@ Naming rules (folder input, file names compared case-insensitively):
   segmentation (without that group the suffix rule decides), a group ``channel`` the channel.
   Files it does not match are ignored and listed.
 
+DICOM: a folder that holds DICOM files (recognised by content, any names) is a case folder, the
+top-level folder under the source (or the source itself for DICOM files lying in it); its files
+go to dicom_cases.py, which sorts them into series by their headers, and the files of other
+formats in it are its label.
+
 CSV input: a header row with ``image`` and optionally ``segmentation`` (or ``label``/``mask``),
 ``case`` and ``channel``; one row per image, paths relative to the CSV file; an empty
 segmentation means an unlabelled image.

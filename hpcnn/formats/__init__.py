@@ -3,6 +3,9 @@ dialects): one module per format declares a ``Format``; the importer, the checke
 input staging and output, and the CLI's ``--format`` choices ask this registry instead of keeping
 lists of their own. Adding a format = one module here (listed in ``_MODULES``) + its tests.
 
+A format predict writes sets ``prediction_choice`` and ``ending`` (``predict --format`` then
+offers it); its writer lives in the format's own module or one beside it.
+
 The registry imports nothing heavy: a format module declares data at import time and keeps its
 readers' imports (SimpleITK, pydicom, highdicom) inside functions, so the CLI stays fast.
 """
