@@ -17,6 +17,7 @@ import numpy as np
 PATIENT_ID = "PID-SECRET-4711"
 PATIENT_NAME = "Doe^Jane"
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 SPACING = (0.8, 0.9, 2.5)  # x, y, z (mm)
 ORIGIN = (-12.0, -14.0, 30.0)
@@ -74,7 +75,7 @@ def write_series(folder: Path, image: np.ndarray, *, modality: str = "CT",
                  spacing: tuple[float, float, float] = SPACING,
                  origin: tuple[float, float, float] = ORIGIN, tilt_mm: float = 0.0,
                  transfer_syntax: str | None = None, burned_in: bool = False,
-                 names: str = "IM{:04d}") -> Series:
+                 sop_class: str = CT_STORAGE, names: str = "IM{:04d}") -> Series:
     """One file per slice, named ``names`` (shuffled instance numbers: hpcnn must sort by
     position). ``tilt_mm`` shifts each slice along y (gantry tilt)."""
     from pydicom.encaps import encapsulate
@@ -87,7 +88,7 @@ def write_series(folder: Path, image: np.ndarray, *, modality: str = "CT",
     files, uids = [], []
     order = list(range(image.shape[0]))[::-1]  # instance numbers run against position
     for k in range(image.shape[0]):
-        ds = _new_object(CT_STORAGE, transfer_syntax)
+        ds = _new_object(sop_class, transfer_syntax)
         sop = ds.SOPInstanceUID
         ds.PatientBirthDate = "19700101"
         ds.PatientSex = "F"

@@ -27,8 +27,8 @@ HTJ2K = "1.2.840.10008.1.2.4.201"  # High-Throughput JPEG 2000: SimpleITK's GDCM
 
 
 def _import(tmp_path: Path, source: Path, **kw: object):
-    options = ImportOptions(source=source, name="Dicom", workers=1, test_fraction=0,
-                            modality=("CT",), **kw)  # type: ignore[arg-type]
+    options = ImportOptions(**{"source": source, "name": "Dicom", "workers": 1,  # type: ignore[arg-type]
+                               "test_fraction": 0, "modality": ("CT",), **kw})
     return import_dataset(Workspace(tmp_path / "ws"), options)
 
 
@@ -228,16 +228,29 @@ def _write_dicomdir(path: Path) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
-def test_burned_in_annotation_is_flagged_by_import_and_check(tmp_path: Path) -> None:
+def test_burned_in_text_and_secondary_capture_are_flagged(tmp_path: Path) -> None:
+    """By the import, and by ``dataset check`` from the UID mapping (nnUNet_raw has no
+    headers); a dataset without a mapping has no such finding."""
     src = tmp_path / "src"
     series = dd.write_series(src / "p0", dd.volume(), burned_in=True)
     dd.write_seg(src / "p0" / "seg.dcm", series, {"Liver": dd.ball()})
+    dd.write_series(src / "p1", dd.volume(), sop_class=dd.SECONDARY_CAPTURE)
     result = _import(tmp_path, src)
-    assert "BurnedInAnnotation YES" in _lines(result)
+    assert "p0/: the image series says BurnedInAnnotation YES" in _lines(result)
+    assert "p1/: the image series is a Secondary Capture" in _lines(result)
     mapping = dicom_map.path_for(tmp_path / "ws" / ".hpcnn", result.path.name)
     report = check_dataset(result.path, workers=1, dicom_mapping=mapping)
     codes = {(f.file, f.code) for f in report.problems}
-    assert (result.cases[0].case_id, "dicom-burned-in") in codes
+    ids = {c.images[0]: c.case_id for c in result.cases}
+    assert {(ids["p0/"], "dicom-burned-in"), (ids["p1/"], "dicom-secondary-capture")} <= codes
+    plain = check_dataset(result.path, workers=1, dicom_mapping=tmp_path / "none.csv")
+    assert not {f.code for f in plain.problems} & {"dicom-burned-in", "dicom-secondary-capture"}
+
+
+def test_dicom_channels_are_refused(tmp_path: Path) -> None:
+    dd.write_series(tmp_path / "src" / "p0", dd.volume())
+    message = _failure(tmp_path, tmp_path / "src", channels=("T1", "T2"), modality=("MR",))
+    assert "--channels with DICOM case folders" in message
 
 
 def test_missing_extra_names_the_install(monkeypatch: pytest.MonkeyPatch,
