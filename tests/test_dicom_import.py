@@ -291,3 +291,23 @@ def test_pydicom_reader_gives_what_imageseriesreader_gives(tmp_path: Path) -> No
     assert np.array_equal(sitk.GetArrayFromImage(gdcm), sitk.GetArrayFromImage(own))
     for get in ("GetOrigin", "GetSpacing", "GetDirection"):
         assert np.allclose(getattr(gdcm, get)(), getattr(own, get)()), get
+
+
+def test_predict_takes_dicom_series_folders(tmp_path: Path) -> None:
+    """predict's input staging: each folder holding one series is a case named after the
+    folder, staged for nnU-Net as the volume the import would write; a folder with a gap is
+    refused before anything runs."""
+    from hpcnn.nnunet.inputs import collect, stage
+
+    dd.write_series(tmp_path / "in" / "case7-ct" / "DICOM", dd.volume())
+    dd.write_series(tmp_path / "in" / "case8-ct", dd.volume(seed=2))
+    cases, _ = collect([str(tmp_path / "in")], ["CT"])
+    assert [(c.name, c.output(None)) for c in cases] == [("case7-ct", "case7-ct.nii.gz"),
+                                                        ("case8-ct", "case8-ct.nii.gz")]
+    lists = stage(cases, tmp_path / "staged", ".nii.gz")
+    assert np.array_equal(_read(Path(lists[0][0])), dd.volume())
+    assert np.array_equal(_read(Path(lists[1][0])), dd.volume(seed=2))
+    broken = dd.write_series(tmp_path / "gap" / "case9", dd.volume())
+    broken.files[4].unlink()
+    with pytest.raises(DataError, match="uneven slice spacing"):
+        collect([str(tmp_path / "gap")], ["CT"])

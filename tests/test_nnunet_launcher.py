@@ -12,6 +12,7 @@ on 2 cores. The lookup and stop rules are tested on their own in fractions of a 
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import signal
@@ -333,11 +334,11 @@ def test_a_signal_during_validation_keeps_the_trained_epochs_and_the_continuatio
             assert process.poll() is None and time.monotonic() < deadline, "no validation"
             time.sleep(0.2)
         os.killpg(process.pid, signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)  # a scheduler's KillWait is 30 s or less
+        # A scheduler's KillWait is 30 s or less. The output ends when every process holding
+        # it has ended: the pool's replacements for the workers the signal killed too.
+        output, _ = process.communicate(timeout=30)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        _kill_group(process)
     assert process.returncode == EXIT_CONTINUE, output[-3000:]
     assert _epoch(fold / "checkpoint_final.pth") == 2, "the trained model's own final checkpoint"
     attempt = json.loads((fold / "hpcnn_provenance.json").read_text())["attempts"][-1]
@@ -350,6 +351,41 @@ def test_a_signal_during_validation_keeps_the_trained_epochs_and_the_continuatio
     _assert_completed(second, fold, epochs=2)  # validating again trains nothing
     attempts = json.loads((fold / "hpcnn_provenance.json").read_text())["attempts"]
     assert attempts[-1]["start_epoch"] == attempts[-1]["next_epoch"] == 2, attempts
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """Whatever a failed test left of the launcher's process group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+FORKED_WORKER = """
+import multiprocessing, sys, time
+sys.path.insert(0, sys.argv[1])
+import launcher
+
+stopper = launcher.Stopper(None, 60.0)
+launcher.install_stop_handlers(stopper)
+stopper.interruptible = False  # in an epoch: the launcher's own handler only takes note
+worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+worker.start()
+time.sleep(1)  # the worker runs
+worker.terminate()  # what a data-loader's shutdown does with a worker that did not stop
+worker.join(30)
+print(worker.exitcode)
+worker.kill()
+"""
+
+
+def test_a_forked_data_loader_worker_stops_on_sigterm_during_an_epoch() -> None:
+    """nnU-Net's data-loader workers are forked from the launcher: SIGTERM must stop them (their
+    shutdown's terminate(), the scheduler's signal to the job), not run the launcher's handler,
+    or a worker outlives the launcher and holds the job open."""
+    done = subprocess.run([sys.executable, "-c", FORKED_WORKER, str(launcher_path().parent)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(-signal.SIGTERM)], done.stdout
 
 
 def test_refuses_to_run_without_the_nnunet_paths(tmp_path: Path) -> None:

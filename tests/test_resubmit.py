@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import testbed_ssh
+from conftest import testbed_ssh as ssh_argv
 from test_train_local import cli, wait_status
 from testbed_train import Bed, make_bed
 
@@ -160,7 +160,7 @@ def slurm_bed(testbed, ssh_config, tiny_dataset, testbed_environment,
                    scheduler="slurm", remote_dir=remote_dir,
                    training={"trainer": TRAINER, "folds": [0], "max_resubmits": 1},
                    environment={"variables": {"nnUNet_extTrainer": ext}})
-    subprocess.run([*testbed_ssh(testbed), f"mkdir -p {shlex.quote(remote_dir)}"], check=True,
+    subprocess.run([*ssh_argv(testbed), f"mkdir -p {shlex.quote(remote_dir)}"], check=True,
                    capture_output=True, timeout=60)
     bed.remote(f"mkdir -p ext && printf %s {shlex.quote(FAILING_TRAINER)} > ext/failing.py "
                f"&& touch ext/{FLAG}")

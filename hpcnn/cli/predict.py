@@ -45,7 +45,13 @@ def _echo(line: str) -> None:
                    "accurate.")
 @click.option("--format", "fmt", type=click.Choice(list(formats.prediction_choices())),
               help="Result format [default: each input's own]; seg.nrrd: a 3D Slicer "
-                   "segmentation with the model's class names.")
+                   "segmentation with the model's class names; dicom-seg (CASE.seg.dcm) and "
+                   "rtstruct (CASE.rtstruct.dcm): a DICOM object referencing the case's "
+                   "source series, for DICOM series inputs (pip install 'hpcnn[dicom]').")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
+              help="labels.yaml whose classes' `code: [CodeValue, CodingSchemeDesignator, "
+                   "CodeMeaning]` (and `category`) the DICOM formats write [default: the "
+                   "generic SNOMED CT 'Tissue'].")
 @click.option("--on-cluster", is_flag=True,
               help="Predict as one job where the run's folds are (its GPUs): the images go "
                    "there, only the results come back.")
@@ -70,7 +76,7 @@ def predict_command(app: AppContext, inputs: tuple[str, ...], output: str | None
                     folds: tuple[str, ...], device: str,
                     fast: bool, fmt: str | None, on_cluster: bool, no_follow: bool,
                     attach: str | None, interval: float, force: bool, max_gib: float | None,
-                    verbose: bool) -> None:
+                    verbose: bool, labels_file: str | None) -> None:
     """Segment images with a trained model; results keep the images' names.
 
     INPUT is folders (searched recursively), files or quoted globs, in any format `dataset
@@ -94,6 +100,9 @@ def predict_command(app: AppContext, inputs: tuple[str, ...], output: str | None
     from pathlib import Path
 
     wanted = [f.strip() for text in folds for f in text.split(",") if f.strip()]
+    if labels_file and fmt not in ("dicom-seg", "rtstruct"):
+        raise click.UsageError("--labels gives the DICOM formats their codes: use it with "
+                               "--format dicom-seg or rtstruct")
     if attach:
         if inputs or output or model or wanted or fmt or fast or force or max_gib:
             raise click.UsageError("--attach ID takes no INPUT/OUTPUT and no model options: "
@@ -101,6 +110,8 @@ def predict_command(app: AppContext, inputs: tuple[str, ...], output: str | None
     elif not inputs or output is None:
         raise click.UsageError(f"Missing argument '{'OUTPUT' if inputs else 'INPUT...'}'.")
     if on_cluster or attach:
+        if labels_file:
+            raise click.UsageError("--labels goes with a prediction on this machine")
         if configurations:
             raise click.UsageError("--configuration predicts on this machine; with "
                                    "--on-cluster the run's configuration predicts")
@@ -120,10 +131,12 @@ def predict_command(app: AppContext, inputs: tuple[str, ...], output: str | None
     method = method_for(model_dir, configurations)
     if method is None:
         result = predict(model_dir, list(inputs), Path(output), wanted or None, device, fast,
-                         fmt, _echo, force=force, max_gib=max_gib, verbose=verbose)
+                         fmt, _echo, force=force, max_gib=max_gib, verbose=verbose,
+                         labels_file=Path(labels_file) if labels_file else None)
     else:
         result = predict_method(method, list(inputs), Path(output), wanted or None, device,
-                                fast, fmt, _echo, force=force, max_gib=max_gib)
+                                fast, fmt, _echo, force=force, max_gib=max_gib,
+                                labels_file=Path(labels_file) if labels_file else None)
     click.secho(f"{len(result.outputs)} result(s) in {output} ({len(result.folds)} fold(s), "
                 f"{result.device}, {result.seconds:.1f} s)", fg="green")
 

@@ -67,6 +67,13 @@ def collect(folders: Sequence[DicomFolder], series_description: str | None,
     return found
 
 
+def image_series(folder: DicomFolder, findings: list[Finding]) -> SourceItem | None:
+    """The one image series of a folder to predict (the same choice and checks as an import
+    without options), or None after an error in ``findings``."""
+    case = _case(folder, None, (), findings)
+    return case.case.images[0] if case is not None else None
+
+
 def _case(folder: DicomFolder, description: str | None, modality: Sequence[str],
           findings: list[Finding]) -> DicomCase | None:
     where = f"{folder.display}/"

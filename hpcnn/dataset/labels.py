@@ -120,10 +120,11 @@ def _entry(
     if isinstance(entry, list):
         return None, tuple(str(s) for s in entry), ()
     if isinstance(entry, dict):
-        unknown = set(entry) - {"value", "synonyms", "source_values"}
+        # code/category: the class's coded concept in DICOM results (formats/dicom_derived.py)
+        unknown = set(entry) - {"value", "synonyms", "source_values", "code", "category"}
         if unknown:
             raise DataError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}",
-                            hint="use value, synonyms and source_values")
+                            hint="use value, synonyms, source_values, code and category")
         value = entry.get("value")
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise DataError(f"{where}: value must be a whole number")

@@ -14,7 +14,8 @@ from hpcnn.formats import Format, register
 from hpcnn.formats.dicom_series import dicom_library
 from hpcnn.formats.segment import NamedSegment
 
-DICOM_SEG = register(Format("dicom-seg", label=True, dicom=True))
+DICOM_SEG = register(Format("dicom-seg", prediction_choice="dicom-seg", ending=".seg.dcm",
+                            label=True, dicom=True))  # written by dicom_seg_out.py
 
 
 

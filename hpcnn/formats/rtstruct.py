@@ -19,7 +19,8 @@ from hpcnn.formats import Format, register
 from hpcnn.formats.dicom_series import pydicom_module
 from hpcnn.formats.segment import NamedSegment
 
-RTSTRUCT = register(Format("rtstruct", label=True, dicom=True))
+RTSTRUCT = register(Format("rtstruct", prediction_choice="rtstruct", ending=".rtstruct.dcm",
+                           label=True, dicom=True))  # written by rtstruct_out.py
 PLANE_TOLERANCE = 0.25  # of a slice: how far a contour may lie off its slice's plane
 
 

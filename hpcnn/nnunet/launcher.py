@@ -34,6 +34,10 @@ before the folds start). The fold job is nnU-Net's own training entry point
   exits without unwinding, because the scheduler signalled nnU-Net's worker processes too, and
   a ``multiprocessing`` pool whose idle worker died holding the queue's lock hangs in its
   cleanup until the scheduler's SIGKILL, which leaves no record. The continuation validates.
+- No process that nnU-Net started outlives a stopped launcher: the data-loader workers it forks
+  keep the stop signals' default action (not the launcher's handler), and a stop kills what is
+  left of its ``multiprocessing`` children (a pool replaces a worker killed by the scheduler's
+  signal at once, with one that the signal never reached).
 - Checkpoints are written to a temporary name and renamed, so a job killed mid-write never leaves
   a truncated checkpoint for the continuation to load.
 - Once the fold is complete it writes ``checkpoint_final_inference.pth`` beside nnU-Net's final
@@ -474,8 +478,7 @@ def _ddp_rank(rank: int, args: argparse.Namespace, world_size: int) -> None:
     import torch.distributed as dist
 
     stopper = Stopper(args.deadline, args.safety)
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, stopper.on_signal)
+    install_stop_handlers(stopper)
     dist.init_process_group("nccl", rank=rank, world_size=world_size)
     torch.cuda.set_device(torch.device("cuda", rank))
 
@@ -672,6 +675,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _default_stop_signals() -> None:
+    """In a child forked from the launcher (nnU-Net's data-loader workers): the stop signals'
+    default action again. With the launcher's handler, which only takes note during an epoch,
+    a worker outlived ``terminate()`` and the scheduler's SIGTERM, held the job's output open
+    and kept the job running after the launcher had exited."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def install_stop_handlers(stopper: Stopper) -> None:
+    """The stop signals go to ``stopper`` in the launcher, and keep their default action in
+    the processes it forks."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stopper.on_signal)
+    os.register_at_fork(after_in_child=_default_stop_signals)
+
+
+def kill_children() -> None:
+    """SIGKILL the processes this one started through ``multiprocessing``, twice over: a pool
+    may have replaced a killed worker between the two rounds."""
+    import multiprocessing
+
+    for _ in range(2):
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(OSError, ValueError):
+                child.kill()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SUBCOMMANDS:
@@ -683,8 +714,7 @@ def main(argv: list[str] | None = None) -> int:
               "script before running the launcher", file=sys.stderr)
         return EXIT_USAGE
     stopper = Stopper(args.deadline, args.safety)
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, stopper.on_signal)
+    install_stop_handlers(stopper)
     try:
         return attempt_fold(args, stopper)
     except StopRequest as stop:  # before the attempt was recorded, or while recording its end
@@ -720,6 +750,7 @@ def attempt_fold(args: argparse.Namespace, stopper: Stopper) -> int:
                 stream.flush()
         os.write(sys.stdout.fileno(), f"hpcnn launcher: {outcome}; exit {EXIT_CONTINUE}\n"
                  .encode())
+        kill_children()
         os._exit(EXIT_CONTINUE)
 
     if args.num_gpus <= 1:  # the ranks of a multi-GPU fold stop on their own (_ddp_rank)

@@ -42,6 +42,7 @@ from hpcnn.nnunet.predict import (
     check_request,
     cpu_cost,
     deliver,
+    dicom_codes,
     resolve_device,
     result_folder,
     version_warnings,
@@ -193,9 +194,10 @@ def load_postprocessing(path: Path) -> tuple[list[Any], list[dict[str, Any]]]:
 def predict_method(method: Method, inputs: Sequence[str], output: Path,
                    folds: Sequence[str] | None = None, device: str = "auto",
                    fast: bool = False, fmt: str | None = None, echo: Echo = print, *,
-                   force: bool = False, max_gib: float | None = None) -> Prediction:
+                   force: bool = False, max_gib: float | None = None,
+                   labels_file: Path | None = None) -> Prediction:
     """Predict ``inputs`` into ``output`` with ``method`` (see the module's docstring);
-    ``force`` and ``max_gib`` as for a single model's predict()."""
+    ``force``, ``max_gib`` and ``labels_file`` as for a single model's predict()."""
     from hpcnn.nnunet.checkpoint import check_folds
 
     start = time.perf_counter()
@@ -232,6 +234,7 @@ def predict_method(method: Method, inputs: Sequence[str], output: Path,
                                       else f"find-best chose it for {' + '.join(chosen_for)}")
              + ")")
     first = models[method.members[0]]
+    codes = dicom_codes(fmt, labels_file)
     cases, results = check_request(first, inputs, output, fmt, echo, force=force,
                                    max_gib=max_gib)
     torch_device = resolve_device(device)
@@ -271,7 +274,7 @@ def predict_method(method: Method, inputs: Sequence[str], output: Path,
                 plans_file_or_dict=_plans_beside(method.postprocessing, models[method.members[0]]),
                 num_processes=processes)
         deliver(output, first, chosen[method.members[0]], fast, cases, [final / i for i in ids],
-                results, fmt, echo, force=force, source={"method": {
+                results, fmt, echo, force=force, codes=codes, source={"method": {
                     "members": list(method.members), "trainer": method.trainer,
                     "plans": method.plans, "folds": chosen,
                     "postprocessing": str(method.postprocessing) if pp is not None else None,

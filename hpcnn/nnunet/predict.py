@@ -68,6 +68,9 @@ from hpcnn.nnunet.model_folder import (
     open_model,
 )
 
+DICOM_FORMATS = tuple(f.prediction_choice for f in formats.all_formats()
+                      if f.dicom and f.prediction_choice)
+"""Formats written as a DICOM object derived from the case's source series (formats/)."""
 RECORD = "hpcnn_predict.json"
 LOG = "hpcnn_predict.log"
 PREDICT_COPIES = 8
@@ -109,12 +112,14 @@ def predict(
     force: bool = False,
     max_gib: float | None = None,
     verbose: bool = False,
+    labels_file: Path | None = None,
 ) -> Prediction:
     """Predict every case in ``inputs`` into ``output`` with the model's finished folds (or
     ``folds``); ``fmt`` is a key of ``formats.prediction_choices()`` (default: each input's own
     format); ``echo`` gets the lines a user should read (warnings start with ``warning:``).
-    ``force`` replaces existing results; ``max_gib`` bounds an image's voxel data (max_image_bytes);
-    ``verbose`` shows nnU-Net's own output instead of keeping it in the log."""
+    ``force`` replaces existing results; ``max_gib`` bounds an image's voxel data
+    (max_image_bytes); ``verbose`` shows nnU-Net's own output instead of keeping it in the log;
+    ``labels_file``: a labels.yaml whose classes' ``code`` the DICOM formats write."""
     start = time.perf_counter()
     model = open_model(model_dir)
     chosen = choose_folds(model, folds)
@@ -124,6 +129,7 @@ def predict(
          + (f" ({missing})" if missing else ""))
     for line in version_warnings(model, chosen):
         echo(f"warning: {line}")
+    codes = dicom_codes(fmt, labels_file)
     cases, results = check_request(model, inputs, output, fmt, echo, force=force,
                                    max_gib=max_gib, records=(RECORD, LOG))
     torch_device = resolve_device(device)
@@ -135,7 +141,8 @@ def predict(
         produced = [work / "output" / case_id(i) for i in range(len(cases))]
         with nnunet_output(work / LOG, verbose) as shown:
             _run_predictor(model, chosen, torch_device, fast, lists, produced, shown, verbose)
-        deliver(output, model, chosen, fast, cases, produced, results, fmt, echo, force=force)
+        deliver(output, model, chosen, fast, cases, produced, results, fmt, echo, force=force,
+                codes=codes)
         if not verbose:
             os.replace(work / LOG, output / LOG)
     return Prediction(results, chosen, torch_device, time.perf_counter() - start)
@@ -154,8 +161,41 @@ def check_request(model: ModelFolder, inputs: Sequence[str], output: Path, fmt: 
     cases, findings = collect(inputs, model.channel_names, exclude=output)
     for finding in findings:
         echo(f"{finding.level}: {finding.line()}")
+    if fmt in DICOM_FORMATS:
+        _check_dicom_sources(cases, fmt)
     check_images(cases, model.channel_names, max_bytes=max_image_bytes(max_gib))
     return cases, check_outputs(cases, extension, output, force=force, records=records)
+
+
+def source_series(case: PredictCase) -> Path | None:
+    """The DICOM series folder ``case`` was read from, which a DICOM result references (None:
+    the case is an image file). The input side makes a series folder a case's first image."""
+    path = case.images[0].path
+    return path if path.is_dir() else None
+
+
+def _check_dicom_sources(cases: Sequence[PredictCase], fmt: str) -> None:
+    """A DICOM result needs the libraries and, for every case, its source series."""
+    from hpcnn.formats.dicom_derived import require_dicom
+
+    require_dicom("highdicom" if fmt == "dicom-seg" else "pydicomrt.rs", "pydicom")
+    files = [c.images[0].display for c in cases if source_series(c) is None]
+    if files:
+        raise DataError(f"--format {fmt} writes a DICOM object that references the source "
+                        f"DICOM series (patient, study, frame of reference, slices); "
+                        f"{shorten(files)} {'is not a' if len(files) == 1 else 'are not'} "
+                        "DICOM series", hint="predict the DICOM series folders themselves, or "
+                                             "choose --format nii.gz, nrrd or seg.nrrd")
+
+
+def dicom_codes(fmt: str | None, labels_file: Path | None) -> dict[str, Any]:
+    """The coded concepts of labels.yaml's classes for a DICOM format (read before anything
+    runs, so a bad code stops the prediction at once); empty otherwise."""
+    if labels_file is None or fmt not in DICOM_FORMATS:
+        return {}
+    from hpcnn.formats.dicom_derived import read_codes
+
+    return read_codes(labels_file)
 
 
 def max_image_bytes(max_gib: float | None) -> int | None:
@@ -191,13 +231,13 @@ def result_folder(output: Path) -> Iterator[Path]:
 def deliver(output: Path, model: ModelFolder, folds: Sequence[str], fast: bool,
             cases: Sequence[PredictCase], produced: Sequence[Path], results: Sequence[Path],
             fmt: str | None, echo: Echo, *, source: Mapping[str, object] | None = None,
-            force: bool = False) -> None:
+            force: bool = False, codes: Mapping[str, Any] | None = None) -> None:
     """Step 5: nnU-Net's results (``produced``, named ``case_NNNN`` without the file ending)
     renamed or converted to their final names and format, then ``hpcnn_predict.json``. Every
     result is checked first, so a missing one leaves the earlier ones unplaced, and so is
     every final name again (without ``force``): a file that appeared there while nnU-Net ran
     is not replaced either. ``source`` replaces what the record says of the model (a model on
-    the cluster)."""
+    the cluster, a method); ``codes``: the classes' coded concepts for a DICOM format."""
     made = [Path(f"{p}{model.file_ending}") for p in produced]
     missing = [final.name for m, final in zip(made, results, strict=True) if not m.is_file()]
     if missing:
@@ -207,8 +247,12 @@ def deliver(output: Path, model: ModelFolder, folds: Sequence[str], fast: bool,
     if not force:
         refuse_existing(results, output)
     for case, result, final in zip(cases, made, results, strict=True):
-        _place(result, final, model,
-               fmt is not None and formats.by_prediction_choice(fmt).name == "slicer-seg")
+        if fmt in DICOM_FORMATS:
+            _place_dicom(result, final, model, folds, case, fmt, source or {}, codes or {},
+                         force=force)
+        else:
+            _place(result, final, model,
+                   fmt is not None and formats.by_prediction_choice(fmt).name == "slicer-seg")
         echo(f"{case.images[0].display} -> {final}")
     _write_record(output, model, folds, fast, cases, results, source or {})
 
@@ -462,6 +506,31 @@ def _place(result: Path, final: Path, model: ModelFolder, slicer: bool) -> None:
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _place_dicom(result: Path, final: Path, model: ModelFolder, folds: Sequence[str],
+                 case: PredictCase, fmt: str, source: Mapping[str, Any],
+                 codes: Mapping[str, Any], *, force: bool) -> None:
+    """Write nnU-Net's result as a DICOM-SEG or RTSTRUCT derived from the case's source series
+    (its headers read here, never sent anywhere), through a temporary name beside ``final``."""
+    import SimpleITK as sitk
+
+    from hpcnn import __version__
+    from hpcnn.formats.dicom_derived import Algorithm, read_series, segment_classes
+    from hpcnn.formats.dicom_seg_out import write_dicom_seg
+    from hpcnn.formats.rtstruct_out import write_rtstruct
+
+    folder = source_series(case)
+    assert folder is not None  # check_request refused cases without one
+    method = source.get("method")
+    configuration = ("+".join(method["members"]) if isinstance(method, dict)
+                     else model.path.name.rsplit("__", 1)[-1])
+    algorithm = Algorithm(configuration, tuple(folds), local_nnunetv2_version() or "unknown",
+                          __version__)
+    ensure_dir(final.parent)
+    write = write_dicom_seg if fmt == "dicom-seg" else write_rtstruct
+    write(sitk.ReadImage(str(result)), read_series(folder),
+          segment_classes(model.labels, PALETTE, codes), algorithm, final, force=force)
 
 
 def _write_record(output: Path, model: ModelFolder, folds: Sequence[str], fast: bool,
