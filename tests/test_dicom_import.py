@@ -169,7 +169,8 @@ def test_label_of_another_series_is_refused(tmp_path: Path) -> None:
     assert "p1/rs.dcm: does not belong to the image series in p1/" in message
 
 
-@pytest.mark.parametrize("fault", ["missing-slice", "tilt", "compressed"])
+@pytest.mark.parametrize("fault", ["missing-slice", "duplicate", "tilt", "compressed",
+                                   "multi-frame"])
 def test_series_that_is_not_one_volume_is_refused(tmp_path: Path, fault: str) -> None:
     src = tmp_path / "src"
     kw = {"tilt": {"tilt_mm": 0.8},
@@ -182,10 +183,24 @@ def test_series_that_is_not_one_volume_is_refused(tmp_path: Path, fault: str) ->
             pytest.skip("an HTJ2K decoder (pylibjpeg-openjpeg) is installed here")
     if fault == "missing-slice":
         series.files[5].unlink()
+    if fault in ("duplicate", "multi-frame"):
+        import pydicom
+
+        for path in series.files:
+            ds = pydicom.dcmread(path)
+            if fault == "multi-frame":
+                ds.NumberOfFrames = 3
+            elif path == series.files[7]:
+                ds.ImagePositionPatient = pydicom.dcmread(series.files[6]).ImagePositionPatient
+            ds.save_as(path)
     message = _failure(tmp_path, src)
     if fault == "missing-slice":
         assert "uneven slice spacing: 5 mm from p0/IM" in message
         assert "others are 2.5 mm apart" in message and "missing slice" in message
+    elif fault == "duplicate":
+        assert "at the same position as p0/IM" in message and "duplicated slice" in message
+    elif fault == "multi-frame":
+        assert "enhanced multi-frame object (3 frames in one file)" in message
     elif fault == "tilt":
         assert "gantry tilt" in message
     else:
