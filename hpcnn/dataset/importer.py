@@ -153,7 +153,7 @@ def import_dataset(
     if anonymize:
         ids = sources.opaque_ids(len(found.cases), options.seed)
         findings.append(notice("", f"{'--anonymize' if options.anonymize else 'DICOM input'}: "
-                                   f"cases numbered {ids[0]}...{ids[-1]} in a seeded order, "
+                                   f"cases numbered {min(ids)}...{max(ids)} in a seeded order, "
                                    "header keys other than the geometry removed; only cases.csv "
                                    + ("and the DICOM mapping " if dicom else "")
                                    + "(keep them local) map them back"))
