@@ -1,6 +1,6 @@
-"""Tiny synthetic CT series and label maps for the DICOM output tests: a series written slice
-by slice with pydicom (patient/study values a derived object must carry over), a label map on
-its grid, and the same label map on another grid."""
+"""Tiny synthetic label maps for the DICOM output tests, on the grid of a CT series written by
+tests/dicom_data.py (patient/study values a derived object must carry over), and the same label
+map on another grid."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from dicom_data import PATIENT_ID  # noqa: F401  (the tests import it from here)
 
 SIZE = (32, 32, 12)  # x, y, z
 SPACING = (0.8, 0.8, 2.5)
 ORIGIN = (-12.0, -14.0, 30.0)
-PATIENT_ID = "HPCNN-TEST-7"
 LABELS = {"liver": 1, "tumor": 2, "vessel": 3}
 """The model's classes; the prediction below holds liver and tumor but no vessel."""
 
@@ -29,59 +29,15 @@ class Series:
 def write_series(folder: Path, size: tuple[int, int, int] = SIZE,
                  spacing: tuple[float, float, float] = SPACING,
                  origin: tuple[float, float, float] = ORIGIN) -> Series:
-    """A CT series of ``size`` (x, y, z) axial slices as CT Image Storage files, named in
-    reverse order (readers must sort by position, not by name)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    """A CT series of ``size`` (x, y, z) axial slices (tests/dicom_data.py writes it, named
+    against their position order: readers must sort by position, not by name)."""
+    import dicom_data
 
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    rng = np.random.default_rng(0)
-    uids = []
-    for k in range(size[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.PatientName = "Test^Hpcnn"
-        ds.PatientID = PATIENT_ID
-        ds.PatientBirthDate = "19700101"
-        ds.PatientSex = "O"
-        ds.StudyInstanceUID = study
-        ds.StudyDate = "20260101"
-        ds.StudyTime = "120000"
-        ds.StudyID = "1"
-        ds.AccessionNumber = "A1"
-        ds.ReferringPhysicianName = ""
-        ds.SeriesInstanceUID = series
-        ds.SeriesNumber = 3
-        ds.Modality = "CT"
-        ds.Manufacturer = "hpcnn tests"
-        ds.FrameOfReferenceUID = frame
-        ds.PositionReferenceIndicator = ""
-        ds.InstanceNumber = k + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * spacing[2]]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [spacing[1], spacing[0]]
-        ds.SliceThickness = spacing[2]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = size[1], size[0]
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = 0
-        ds.RescaleSlope = 1
-        ds.KVP = 120
-        ds.PixelData = rng.integers(-100, 200, (size[1], size[0]), dtype=np.int16).tobytes()
-        ds.save_as(folder / f"slice{size[2] - k:03d}.dcm", enforce_file_format=True)
-        uids.append(ds.SOPInstanceUID)
-    return Series(folder, study, series, frame, tuple(uids))
+    image = dicom_data.volume((size[2], size[1], size[0]))
+    made = dicom_data.write_series(folder, image, spacing=spacing, origin=origin,
+                                   series_number=3, names="slice{:03d}.dcm")
+    return Series(folder, made.study_uid, made.series_uid, made.frame_of_reference,
+                  made.sop_uids)
 
 
 def label_array(size: tuple[int, int, int] = SIZE) -> np.ndarray:

@@ -10,10 +10,13 @@ import sys
 HEAVY = ["pydantic", "rich", "jinja2", "yaml", "fabric", "paramiko", "SimpleITK", "torch",
          "numpy", "nnunetv2", "matplotlib"]
 LIGHT = {"hpcnn", "hpcnn.cli", "hpcnn.errors", "hpcnn.units", "hpcnn.remote",
-         "hpcnn.remote.defaults"}
+         "hpcnn.remote.defaults", "hpcnn.formats",
+         *(f"hpcnn.formats.{m}" for m in ("nifti", "nrrd", "slicer_seg", "metaimage", "segment",
+                                           "dicom_series", "dicom_seg", "rtstruct"))}
 """The hpcnn modules ``--help`` may load besides the command modules (hpcnn.cli.*): no
 transport, no login machinery (hpcnn.remote.login_master brought hashlib and inspect: a third of
-what hpcnn added to Click's start-up)."""
+what hpcnn added to Click's start-up). The format registry and its format declarations are
+data (the ``--format`` choices); their readers import pydicom and SimpleITK only when called."""
 
 
 def test_help_imports_no_heavy_module() -> None:

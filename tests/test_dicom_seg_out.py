@@ -191,18 +191,19 @@ def test_predict_delivers_one_object_per_series_case(seg_case, tmp_path: Path,
     import SimpleITK as sitk
     from pydicom import dcmread
 
-    from hpcnn.dataset.sources import SourceFile
+    from hpcnn import formats
+    from hpcnn.formats.source import SourceItem
     from hpcnn.nnunet.inputs import PredictCase
-    from hpcnn.nnunet.predict import FORMATS, deliver, source_series
+    from hpcnn.nnunet.predict import deliver, source_series
 
     series = seg_case[0]
-    case = PredictCase("case7", (SourceFile(series.folder, "case7"),))
+    case = PredictCase("case7", (SourceItem(series.folder, "case7"),))
     assert source_series(case) == series.folder
     work = tmp_path / "work"
     work.mkdir()
     sitk.WriteImage(label_image(), str(work / "case_0000.nii.gz"))
     output = tmp_path / "out"
-    result = output / case.output(FORMATS[fmt])
+    result = output / case.output(formats.prediction_choices()[fmt])
     lines: list[str] = []
     method = {"method": {"members": ["3d_fullres", "3d_lowres"]}} if fmt == "rtstruct" else {}
     deliver(output, _model(tmp_path), ["0", "1"], False, [case], [work / "case_0000"],

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from hpcnn import formats
 from hpcnn.cli.common import AppContext, pass_app
 
 if TYPE_CHECKING:
@@ -36,13 +37,17 @@ def dataset_group() -> None:
               help="Overlapping Slicer segments: priority order, first wins [default: error].")
 @click.option("--modality", metavar="CT|MR[,...]",
               help="channel_names, one for all channels or one each; CT selects nnU-Net's CT "
-                   "normalisation.")
+                   "normalisation. DICOM: also the series' Modality to import.")
+@click.option("--series-description", metavar="TEXT",
+              help="DICOM: the image series whose SeriesDescription matches (case-insensitive, "
+                   "* and ? allowed) [default: the only series, or the one the label "
+                   "references].")
 @click.option("--channels", metavar="T1,T2,...",
               help="Several images per case, named CASE_T1 ...: channels in this order.")
 @click.option("--pattern", metavar="REGEX",
               help="Pair other names: a regex with (?P<case>...) and optional (?P<label>...) "
                    "and (?P<channel>...) groups, searched in each relative path.")
-@click.option("--format", "file_format", type=click.Choice(["nrrd", "nii.gz"]),
+@click.option("--format", "file_format", type=click.Choice(list(formats.dataset_choices())),
               help="Output format [default: nrrd when every input is NRRD, else nii.gz].")
 @click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2,
               show_default=True, help="Labelled cases held out in imagesTs/labelsTs.")
@@ -67,8 +72,9 @@ def import_command(app: AppContext, source: str, name: str, dataset_id: int | No
                    modality: str | None, channels: str | None, pattern: str | None,
                    file_format: str | None, test_fraction: float, seed: int, strict: bool,
                    force: bool, workers: int | None, max_gib: float | None,
-                   allow_outside_source: bool, anonymize: bool) -> None:
-    """Import Slicer/NRRD/NIfTI exports into nnUNet_raw/DatasetNNN_NAME.
+                   allow_outside_source: bool, anonymize: bool,
+                   series_description: str | None) -> None:
+    """Import Slicer/NRRD/NIfTI exports or DICOM into nnUNet_raw/DatasetNNN_NAME.
 
     SOURCE is a folder (searched recursively) or a CSV with image and segmentation columns.
     Images pair with segmentations by name: case7.nrrd with case7.seg.nrrd, case7_label.nii.gz,
@@ -77,6 +83,10 @@ def import_command(app: AppContext, source: str, name: str, dataset_id: int | No
     without a segmentation go to imagesTs. Nothing is written unless every case imports. Detached
     headers (.nhdr, .mhd) are read with their data files; every file's data are checked whole
     (gzip CRC, declared size) before it is read.
+
+    DICOM (pip install 'hpcnn[dicom]'): one folder per case holding the series (any file
+    names, nested) and its label, a DICOM-SEG or RTSTRUCT referencing the series or a label file;
+    cases get hpcnn's names, the UIDs stay in .hpcnn/dicom/ (0600).
 
     \b
     labels.yaml lists the classes in order (class 1, 2, ...); every key but the name is
@@ -102,7 +112,7 @@ def import_command(app: AppContext, source: str, name: str, dataset_id: int | No
         overlap=_names(overlap), modality=_names(modality), channels=_names(channels),
         pattern=pattern, file_format=file_format, test_fraction=test_fraction, seed=seed,
         strict=strict, force=force, workers=workers, allow_outside_source=allow_outside_source,
-        max_gib=max_gib, anonymize=anonymize,
+        max_gib=max_gib, anonymize=anonymize, series_description=series_description,
     )
     workspace = Workspace(app.config.workspace)
     click.echo(f"reads {Path(source)}; writes {_where(workspace, RAW)}")
@@ -133,6 +143,7 @@ def check_command(app: AppContext, dataset: str, as_json: bool, workers: int | N
     """
     import json
 
+    from hpcnn.dataset import dicom_map
     from hpcnn.dataset.check import check_dataset
     from hpcnn.dataset.interrupt import signals_raise
     from hpcnn.dataset.layout import resolve_dataset
@@ -147,7 +158,9 @@ def check_command(app: AppContext, dataset: str, as_json: bool, workers: int | N
     _print_findings(sweep(folder.parent), err=as_json)  # stdout stays JSON alone
     with signals_raise(), _progress() as on_progress:
         report = check_dataset(folder, folds=cfg.training.folds, workers=workers,
-                               on_progress=on_progress)
+                               on_progress=on_progress,
+                               dicom_mapping=dicom_map.path_for(workspace.state_dir,
+                                                                folder.name))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:

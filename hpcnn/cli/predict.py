@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from hpcnn import formats
 from hpcnn.cli.common import AppContext, pass_app
 
 _MODEL_HELP = ("Trained model folder: nnUNet_results/DatasetNNN_Name/Trainer__Plans__config "
@@ -42,8 +43,7 @@ def _echo(line: str) -> None:
 @click.option("--fast", is_flag=True,
               help="No test-time augmentation (mirroring): up to 8x faster, slightly less "
                    "accurate.")
-@click.option("--format", "fmt",
-              type=click.Choice(["nii.gz", "nrrd", "seg.nrrd", "dicom-seg", "rtstruct"]),
+@click.option("--format", "fmt", type=click.Choice(list(formats.prediction_choices())),
               help="Result format [default: each input's own]; seg.nrrd: a 3D Slicer "
                    "segmentation with the model's class names; dicom-seg (CASE.seg.dcm) and "
                    "rtstruct (CASE.rtstruct.dcm): a DICOM object referencing the case's "

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hpcnn import formats
 from hpcnn.dataset.findings import (
     DATASET_JSON,
     CheckReport,
@@ -59,8 +60,8 @@ V1_KEYS = {
     "modality": "nnU-Net v2 reads 'channel_names' instead",
 }
 RENAME_MODALITY = 'rename "modality" to "channel_names" (same content, e.g. {"0": "CT"})'
-IMAGE_ENDINGS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl",
-                 ".gipl.gz", ".tif", ".tiff", ".png", ".bmp", ".dcm")
+NNUNET_ONLY_ENDINGS = (".gipl.gz", ".gipl", ".tiff", ".tif", ".png", ".bmp", ".dcm")
+"""Endings nnU-Net's readers take in a raw dataset that hpcnn itself neither imports nor writes."""
 SPACING_OUTLIER = 2.0  # a case this many times finer/coarser than the median along an axis
 _CHANNEL = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -111,8 +112,11 @@ def check_dataset(
     folds: Sequence[int] = tuple(range(NNUNET_FOLDS)),
     workers: int | None = None,
     on_progress: Progress | None = None,
+    dicom_mapping: Path | None = None,
 ) -> CheckReport:
-    """Check the raw dataset in ``folder``; ``folds`` are the folds that will be trained."""
+    """Check the raw dataset in ``folder``; ``folds`` are the folds that will be trained;
+    ``dicom_mapping`` is the import's case → DICOM file (dicom_map.py), whose flags are
+    reported."""
     report = CheckReport(folder)
     meta = _read_dataset_json(folder, report)
     ending = _scan_ending(folder / IMAGES_TR, meta.file_ending, report)
@@ -138,7 +142,28 @@ def check_dataset(
     if ending is not None:
         _check_test_images(folder, ending, channels, report)
     _check_raw_splits(folder, report.cases, report)
+    if dicom_mapping is not None:
+        report.add(_dicom_flags(dicom_mapping))
     return report
+
+
+def _dicom_flags(mapping: Path) -> list[Finding]:
+    """Cases whose DICOM source may carry patient text in its pixels."""
+    from hpcnn.dataset import dicom_map
+
+    found = []
+    for row in dicom_map.read(mapping):
+        if row.burned_in:
+            found.append(warning(row.case_id, "its DICOM series says BurnedInAnnotation YES: "
+                                 "the pixels may show patient text, and training sends them to "
+                                 "the cluster", "use a series without burned-in text, or remove "
+                                 "the text from the pixels", code="dicom-burned-in"))
+        if row.secondary_capture:
+            found.append(warning(row.case_id, "its DICOM series is a Secondary Capture (a "
+                                 "screenshot or derived image, possibly with patient text in the "
+                                 "pixels)", "import the scanner's original series instead",
+                                 code="dicom-secondary-capture"))
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,7 +352,8 @@ def _labels(data: dict[str, Any], meta: Meta, problems: list[Finding]) -> None:
 
 def _image_ending(name: str) -> str | None:
     lower = name.lower()
-    return next((e for e in IMAGE_ENDINGS if lower.endswith(e)), None)
+    endings = sorted(formats.file_endings() + NNUNET_ONLY_ENDINGS, key=len, reverse=True)
+    return next((e for e in endings if lower.endswith(e)), None)
 
 
 def _infer_ending(images_dir: Path) -> str | None:

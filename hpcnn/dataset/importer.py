@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from hpcnn.dataset import leftovers, payload, sources
+from hpcnn import formats
+from hpcnn.dataset import dicom_cases, dicom_map, leftovers, payload, sources
 from hpcnn.dataset.findings import Finding, error, fix, notice, raise_if_errors, warning
 from hpcnn.dataset.geometry import Geometry, onto_image, relation, within
 from hpcnn.dataset.interrupt import Interrupted, deferred
@@ -55,11 +56,12 @@ from hpcnn.dataset.layout import (
 from hpcnn.dataset.slicer import SegmentTableError, class_map, read_segments
 from hpcnn.dataset.workers import Progress, available_cpus, available_memory, runner
 from hpcnn.errors import DataError
+from hpcnn.formats import dicom_series
+from hpcnn.formats.source import SourceItem
 from hpcnn.fsutil import ensure_dir, restrict_tree
 from hpcnn.workspace import Workspace
 
-FORMATS = {"nrrd": ".nrrd", "nii.gz": ".nii.gz"}
-NRRD_KINDS = (".nrrd", ".seg.nrrd", ".nhdr", ".seg.nhdr")  # the same format, attached or not
+DICOM_LABELS = ("dicom-seg", "rtstruct")
 IMPORT_COPIES = 4  # a worker holds the image, the segmentation, the class map and a resampled copy
 
 
@@ -85,6 +87,7 @@ class ImportOptions:
     allow_outside_source: bool = False
     max_gib: float | None = None
     anonymize: bool = False
+    series_description: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ def import_dataset(
     findings = leftovers.sweep(workspace.raw)
     found = sources.discover(options.source, channels=options.channels, pattern=options.pattern)
     findings += found.findings
+    dicom = _dicom_cases(found, options, findings)
+    anonymize = options.anonymize or bool(dicom)
     for case in found.cases:
         if case.segmentation is None:
             findings.append(warning(case.images[0].display, "image without a segmentation: "
@@ -133,8 +138,9 @@ def import_dataset(
                                          + ("" if strict else " (or pass --strict to refuse)")))
     if found.cases and not any(c.segmentation for c in found.cases):
         findings.append(error(str(options.source), "no segmentations found",
-                              hint="segmentations end in .seg.nrrd or _label/-label/_seg/_mask; "
-                                   "see --pattern for other names"))
+                              hint="segmentations end in .seg.nrrd or _label/-label/_seg/_mask "
+                                   "(see --pattern for other names), or are a DICOM-SEG or "
+                                   "RTSTRUCT in a DICOM case folder"))
     elif not found.cases and not any(f.level == "error" for f in findings):
         raise DataError(f"{options.source}: no images found",
                         hint="images end in .nrrd, .nhdr, .nii, .nii.gz, .mha or .mhd")
@@ -144,11 +150,13 @@ def import_dataset(
     destination = workspace.raw / ref.folder_name
     ending = _file_ending(found.cases, options.file_format, findings)
     channel_names = _channel_names(options, findings)
-    if options.anonymize:
+    if anonymize:
         ids = sources.opaque_ids(len(found.cases), options.seed)
-        findings.append(notice("", f"--anonymize: cases numbered {ids[0]}...{ids[-1]} in a "
-                                   "seeded order, header keys other than the geometry removed; "
-                                   "only cases.csv (keep it local) maps them back"))
+        findings.append(notice("", f"{'--anonymize' if options.anonymize else 'DICOM input'}: "
+                                   f"cases numbered {min(ids)}...{max(ids)} in a seeded order, "
+                                   "header keys other than the geometry removed; only cases.csv "
+                                   + ("and the DICOM mapping " if dicom else "")
+                                   + "(keep them local) map them back"))
     else:
         ids, id_findings = sources.case_ids([c.key for c in found.cases])
         findings += id_findings
@@ -180,7 +188,7 @@ def import_dataset(
             tmp = leftovers.work_folder(destination, leftovers.IMPORTING)
             try:
                 tasks = _write_tasks(found.cases, ids, splits, scans, plan, priority, ending, tmp,
-                                     options.anonymize)
+                                     anonymize, dicom)
                 results = run("writing", _write, tasks)
                 findings += [f for r in results for f in r]
                 raise_if_errors(findings, strict=strict)
@@ -201,9 +209,11 @@ def import_dataset(
                                              encoding="utf-8")
                 restrict_tree(tmp)
                 replaced = _describe(replaces) if replaces is not None else None
+                mapping = dicom_map.path_for(workspace.state_dir, ref.folder_name)
                 with deferred():  # both renames, or neither
                     _move_into_place(tmp, destination, replaces)
                     moved = True
+                    _write_mapping(mapping, found.cases, ids, dicom)
             except BaseException:
                 with deferred():
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -212,7 +222,51 @@ def import_dataset(
         raise Interrupted(exc.signum, _in_place(destination, replaces, moved, ids)) from None
     if replaced is not None:
         findings.append(notice("", f"replaced {replaced} with the new import"))
+    if dicom:
+        findings.append(notice("", f"DICOM cases → UIDs and PatientID: {mapping} (0600; keep it "
+                                   "on this machine)"))
     return ImportResult(ref, destination, labels, channel_names, ending, cases, findings)
+
+
+def _dicom_cases(found: sources.Discovery, options: ImportOptions,
+                 findings: list[Finding]) -> dict[str, dicom_cases.DicomCase]:
+    """The DICOM case folders as cases (added to ``found.cases``), by source case key."""
+    if not found.dicom:
+        if options.series_description:
+            raise DataError("--series-description applies to DICOM series; the source holds no "
+                            "DICOM files", hint="drop --series-description")
+        return {}
+    if options.channels:
+        raise DataError("--channels with DICOM case folders: hpcnn imports one series per DICOM "
+                        "case", hint="choose the series with --series-description")
+    collected = dicom_cases.collect(found.dicom, options.series_description, options.modality)
+    findings += collected.findings
+    found.cases.extend(c.case for c in collected.cases)
+    found.cases.sort(key=lambda c: c.key)
+    return {c.case.key: c for c in collected.cases}
+
+
+def _write_mapping(path: Path, cases: Sequence[sources.SourceCase], ids: Sequence[str],
+                   dicom: dict[str, dicom_cases.DicomCase]) -> None:
+    """The case → UID mapping of a DICOM import (dicom_map.py); a former one of the same
+    dataset goes when the new import has no DICOM case."""
+    if not dicom:
+        path.unlink(missing_ok=True)
+        return
+    rows = []
+    for case, case_id in zip(cases, ids, strict=True):
+        d = dicom.get(case.key)
+        if d is None:
+            continue
+        first = d.slices[0]
+        rows.append(dicom_map.Row(case_id, "image", case.images[0].display, first.patient_id,
+                                  first.study_uid, first.series_uid,
+                                  tuple(s.sop_uid for s in d.slices), d.burned_in,
+                                  d.secondary_capture))
+        if d.label is not None:
+            rows.append(dicom_map.Row(case_id, "label", d.label.display, d.label.patient_id,
+                                      d.label.study_uid, d.label.series_uid, (d.label.sop_uid,)))
+    dicom_map.write(path, rows)
 
 
 def _in_place(destination: Path, replaces: Path | None, moved: bool, ids: Sequence[str]) -> str:
@@ -294,8 +348,11 @@ def _file_ending(cases: Sequence[sources.SourceCase], chosen: str | None,
                  findings: list[Finding]) -> str:
     """``--format``, else .nrrd when every input is NRRD, else .nii.gz (with a notice)."""
     files = [f for c in cases for f in (*c.images, c.segmentation) if f is not None]
-    kinds = sorted({".nrrd" if f.extension in NRRD_KINDS else f.extension for f in files})
-    ending = FORMATS[chosen] if chosen else ".nrrd" if kinds == [".nrrd"] else ".nii.gz"
+    nrrd = (formats.get("nrrd"), formats.get("slicer-seg"))  # one format, attached or not
+    kinds = sorted({".nrrd" if f.format in nrrd else f.extension or f.format_name or ""
+                    for f in files})
+    ending = (formats.dataset_choices()[chosen] if chosen
+              else ".nrrd" if kinds == [".nrrd"] else ".nii.gz")
     converted = sum(f.extension != ending for c in cases for f in c.images)
     if converted:
         findings.append(notice("", f"input formats {', '.join(kinds)}: the dataset uses "
@@ -375,6 +432,8 @@ class _ScanTask:
     root: str  # files (and their data files) must lie inside, unless allow_outside
     allow_outside: bool
     max_bytes: int | None
+    series: tuple[bool, ...] = ()  # per image: a DICOM series (checked when it was found)
+    seg_format: str | None = None  # "dicom-seg" | "rtstruct": read by the DICOM label readers
 
 
 @dataclass
@@ -390,7 +449,12 @@ def _scan_task(case: sources.SourceCase, options: ImportOptions,
     root = source if source.is_dir() else case.images[0].path.parent  # a CSV: each file's own
     return _ScanTask(tuple((str(f.path), f.display) for f in case.images),
                      (str(seg.path), seg.display) if seg else None, str(root),
-                     options.allow_outside_source, max_bytes)
+                     options.allow_outside_source, max_bytes,
+                     tuple(f.is_series for f in case.images), _dicom_label(seg))
+
+
+def _dicom_label(seg: SourceItem | None) -> str | None:
+    return seg.format_name if seg is not None and seg.format_name in DICOM_LABELS else None
 
 
 def _scan(task: _ScanTask) -> _Scan:
@@ -399,7 +463,9 @@ def _scan(task: _ScanTask) -> _Scan:
 
     findings: list[Finding] = []
     first: tuple[str, tuple[int, ...]] | None = None
-    for path, display in task.images:
+    for k, (path, display) in enumerate(task.images):
+        if task.series and task.series[k]:
+            continue  # dicom_cases checked the series' headers
         reader = _inspect(path, display, task, findings) and _header(path, display, findings)
         if not reader:
             continue
@@ -421,6 +487,14 @@ def _scan(task: _ScanTask) -> _Scan:
     if task.segmentation is None:
         return _Scan(findings, None)
     path, display = task.segmentation
+    if task.seg_format is not None:
+        try:
+            segments = dicom_cases.segments_of(SourceItem(Path(path), display, (),
+                                                          task.seg_format))
+        except DataError as exc:
+            findings.append(error(display, exc.args[0], hint=exc.hint))
+            return _Scan(findings, None)
+        return _Scan(findings, SegInfo(display, segments))
     reader = _inspect(path, display, task, findings) and _header(path, display, findings)
     if not reader:
         return _Scan(findings, None)
@@ -525,6 +599,9 @@ class _WriteTask:
     class_names: tuple[str, ...]
     dtype: str
     anonymize: bool
+    series: tuple[tuple[str, ...], ...] = ()  # per image: a DICOM series' files in order
+    seg_format: str | None = None  # "dicom-seg" | "rtstruct"
+    source_uids: tuple[str, ...] = ()  # the series' SOP Instance UIDs, for a DICOM-SEG
 
 
 def _write_tasks(
@@ -537,6 +614,7 @@ def _write_tasks(
     ending: str,
     tmp: Path,
     anonymize: bool,
+    dicom: dict[str, dicom_cases.DicomCase],
 ) -> list[_WriteTask]:
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (tmp / sub).mkdir(parents=True, exist_ok=True)
@@ -563,6 +641,10 @@ def _write_tasks(
             class_names=tuple(plan.classes),
             dtype=plan.dtype.name,
             anonymize=anonymize,
+            series=tuple(tuple(str(p) for p in f.files) for f in case.images),
+            seg_format=_dicom_label(seg),
+            source_uids=tuple(s.sop_uid for s in dicom[case.key].slices)
+            if case.key in dicom else (),
         ))
     for sub in ("imagesTs", "labelsTs"):
         if not any(Path(p).parent.name == sub for t in tasks
@@ -581,7 +663,9 @@ def _write(task: _WriteTask) -> list[Finding]:
     outputs = zip(task.images, task.image_outputs, strict=True)
     for index, ((path, display), output) in enumerate(outputs):
         copy = task.copy_images
-        image = _read_image(path, display, copy, findings)
+        files = task.series[index] if task.series else ()
+        image = (_read_series(files, display, findings) if files
+                 else _read_image(path, display, copy, findings))
         if image is None:
             continue
         geometry = Geometry.of(image)
@@ -617,6 +701,16 @@ def _write(task: _WriteTask) -> list[Finding]:
         reference.apply(out)
         sitk.WriteImage(out, task.label_output, True)
     return findings
+
+
+def _read_series(files: Sequence[str], display: str, findings: list[Finding]) -> Any:
+    """A DICOM series as an image (formats/dicom_series.py), or None after an error."""
+    try:
+        return dicom_series.read_volume([Path(f) for f in files])
+    except Exception as exc:  # a decoder or a damaged slice: pydicom raises many kinds
+        findings.append(error(display, f"cannot read the series' pixel data: {exc}",
+                              hint="export the series again (uncompressed if in doubt)"))
+        return None
 
 
 def _read_image(path: str, display: str, copy: bool, findings: list[Finding]) -> Any:
@@ -655,12 +749,19 @@ def _labels(task: _WriteTask, image: Geometry, findings: list[Finding]) -> np.nd
     import SimpleITK as sitk
 
     path, display = task.segmentation  # type: ignore[misc]
-    try:
-        seg = sitk.ReadImage(path)
-    except RuntimeError as exc:
-        findings.append(_unreadable(display, exc))
-        return None
-    data = sitk.GetArrayViewFromImage(seg)
+    if task.seg_format is not None:
+        data = _dicom_layers(task, image, findings)
+        if data is None:
+            return None
+        seg_geometry = image
+    else:
+        try:
+            seg = sitk.ReadImage(path)
+        except RuntimeError as exc:
+            findings.append(_unreadable(display, exc))
+            return None
+        data = sitk.GetArrayViewFromImage(seg)
+        seg_geometry = Geometry.of(seg)
     if data.dtype.kind == "f":  # whole numbers (checked in _scan for plain label maps)
         data = data.astype(np.int64)
     dtype = np.dtype(task.dtype)
@@ -690,7 +791,6 @@ def _labels(task: _WriteTask, image: Geometry, findings: list[Finding]) -> np.nd
                                 hint="check the export; an empty label map teaches nnU-Net that "
                                      "the structures are absent"))
         return np.zeros(image.size[::-1], dtype)
-    seg_geometry = Geometry.of(seg)
     placed, kind, total, inside = onto_image(labels, seg_geometry, image)
     if not inside:
         findings.append(error(display, "does not overlap its image at all (segmentation "
@@ -722,6 +822,21 @@ def _labels(task: _WriteTask, image: Geometry, findings: list[Finding]) -> np.nd
             findings.append(warning(display, "no labelled voxel is left after resampling onto "
                                     "the image grid", hint="check the segmentation's geometry"))
     return placed
+
+
+def _dicom_layers(task: _WriteTask, image: Geometry, findings: list[Finding]) -> Any:
+    """A DICOM-SEG's or RTSTRUCT's segments as layers on the image grid, or None after an
+    error; the RTSTRUCT's drawing problems as warnings."""
+    path, display = task.segmentation  # type: ignore[misc]
+    item = SourceItem(Path(path), display, (), task.seg_format)
+    try:
+        data, notes = dicom_cases.label_layers(item, task.source_uids, image.size,
+                                               image.spacing, image.origin, image.direction)
+    except DataError as exc:
+        findings.append(error(display, exc.args[0], hint=exc.hint))
+        return None
+    findings += [warning(file, message, hint=hint) for file, message, hint in notes]
+    return data
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

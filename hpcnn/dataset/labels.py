@@ -28,16 +28,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from hpcnn.dataset.findings import Finding, error, fix, shorten, warning
 from hpcnn.errors import DataError
+from hpcnn.formats.segment import NamedSegment
 from hpcnn.yamlfile import read_yaml
-
-if TYPE_CHECKING:
-    from hpcnn.dataset.slicer import SlicerSegment
 
 BACKGROUND = "background"
 _PLAIN_NAME = re.compile(r"label_-?\d+")
@@ -188,7 +186,7 @@ class SegInfo:
     """What the header scan learnt about one segmentation file."""
 
     file: str
-    segments: list[SlicerSegment] | None  # None: a plain label map
+    segments: list[NamedSegment] | None  # None: a plain label map
     values: list[int] = field(default_factory=list)  # plain label maps: distinct values
 
 
@@ -205,7 +203,7 @@ class LabelPlan:
     def dtype(self) -> np.dtype:
         return np.dtype(np.uint8 if len(self.classes) < 256 else np.uint16)
 
-    def segment_table(self, segments: Sequence[SlicerSegment]) -> list[tuple[int, int, int]]:
+    def segment_table(self, segments: Sequence[NamedSegment]) -> list[tuple[int, int, int]]:
         """``(layer, label_value, class)`` for ``slicer.class_map``."""
         return [(s.layer, s.value, self.by_name.get(s.name.casefold(), 0)) for s in segments]
 
@@ -323,7 +321,7 @@ def _unmapped_plain(infos: Sequence[SegInfo], remap: Mapping[int, int], named: S
                         "Slicer, or all label maps)")
 
 
-def _same_class(file: str, first: SlicerSegment, second: SlicerSegment) -> Finding:
+def _same_class(file: str, first: NamedSegment, second: NamedSegment) -> Finding:
     """Two segments of one file that would become one class: merging them silently would
     hide whichever the user meant to keep (a duplicate left over from an edit)."""
     what = (f"two segments named {first.name!r}" if first.name.casefold() ==
@@ -358,7 +356,7 @@ def _per_file(
                                         + " belong to no class in labels.yaml: left as background",
                                         hint="add them to a class's source_values, or --remap"))
             continue
-        present: dict[int, SlicerSegment] = {}
+        present: dict[int, NamedSegment] = {}
         for seg in info.segments:
             cls = by_name.get(seg.name.casefold())
             if cls is None:

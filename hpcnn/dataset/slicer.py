@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hpcnn.dataset.labels import lookup
+from hpcnn.formats.segment import NamedSegment
 
 
 def segment_key(index: int | str, field: str) -> str:
@@ -30,21 +31,11 @@ def segment_key(index: int | str, field: str) -> str:
 _KEY = re.compile(segment_key(r"(\d+)", "(ID|Name|Layer|LabelValue)"))
 
 
-@dataclass(frozen=True)
-class SlicerSegment:
-    """One row of the segment table."""
-
-    index: int
-    name: str
-    layer: int
-    value: int
-
-
 class SegmentTableError(ValueError):
     """The header's segment table cannot be used (message says which key)."""
 
 
-def read_segments(metadata: Mapping[str, str], layers: int) -> list[SlicerSegment]:
+def read_segments(metadata: Mapping[str, str], layers: int) -> list[NamedSegment]:
     """The segments declared in a header's metadata (empty: not a Slicer segmentation)."""
     fields: dict[int, dict[str, str]] = {}
     for key, value in metadata.items():
@@ -63,7 +54,7 @@ def read_segments(metadata: Mapping[str, str], layers: int) -> list[SlicerSegmen
         if value <= 0:
             raise SegmentTableError(f"Segment{index}_LabelValue is {value}; Slicer values are "
                                     "1 or more")
-        segments.append(SlicerSegment(index, name, layer, value))
+        segments.append(NamedSegment(index, name, layer, value))
     return segments
 
 

@@ -21,6 +21,11 @@ Naming rules (folder input, file names compared case-insensitively):
   segmentation (without that group the suffix rule decides), a group ``channel`` the channel.
   Files it does not match are ignored and listed.
 
+DICOM: a folder that holds DICOM files (recognised by content, any names) is a case folder, the
+top-level folder under the source (or the source itself for DICOM files lying in it); its files
+go to dicom_cases.py, which sorts them into series by their headers, and the files of other
+formats in it are its label.
+
 CSV input: a header row with ``image`` and optionally ``segmentation`` (or ``label``/``mask``),
 ``case`` and ``channel``; one row per image, paths relative to the CSV file; an empty
 segmentation means an unlabelled image.
@@ -41,12 +46,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpcnn import formats
 from hpcnn.dataset import payload
 from hpcnn.dataset.findings import Finding, error, fix, notice, shorten
 from hpcnn.errors import DataError
+from hpcnn.formats.source import SourceItem
 
-EXTENSIONS = (".seg.nrrd", ".seg.nhdr", ".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd")
-DETACHED = (".seg.nhdr", ".nhdr", ".mhd", ".mha")  # headers that may name a separate data file
 _SEP = r"[ _.\-]+"
 _SEG_WORDS = "(?:label|labels|labelmap|seg|segmentation|mask)"
 _SEG_SUFFIX = re.compile(rf"(?i)^(?P<key>.*?){_SEP}{_SEG_WORDS}$")
@@ -62,47 +67,39 @@ _CSV_COLUMNS = {
 
 
 @dataclass(frozen=True)
-class SourceFile:
-    """A file as the user knows it: its path and how messages name it."""
-
-    path: Path
-    display: str
-
-    @property
-    def extension(self) -> str:
-        return split_extension(self.path.name)[1] or ""
-
-
-@dataclass(frozen=True)
 class SourceCase:
     """One case: its name as found, its images in channel order, its segmentation if any."""
 
     key: str
-    images: tuple[SourceFile, ...]
-    segmentation: SourceFile | None
+    images: tuple[SourceItem, ...]
+    segmentation: SourceItem | None
+
+
+@dataclass
+class DicomFolder:
+    """A case folder holding DICOM files (any names, nested): its files, to be sorted into
+    series by their headers (dataset/dicom_cases.py), and the label files of other formats
+    lying in it."""
+
+    folder: Path
+    display: str
+    files: list[tuple[Path, str]] = field(default_factory=list)
+    labels: list[SourceItem] = field(default_factory=list)
 
 
 @dataclass
 class Discovery:
     cases: list[SourceCase] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    dicom: list[DicomFolder] = field(default_factory=list)
 
 
 @dataclass
 class _Entry:
-    file: SourceFile
+    file: SourceItem
     key: str
     is_seg: bool
     channel: str | None
-
-
-def split_extension(name: str) -> tuple[str, str | None]:
-    """``("case7", ".seg.nrrd")``; ``(name, None)`` for a file that is not an image."""
-    lower = name.lower()
-    for ext in EXTENSIONS:
-        if lower.endswith(ext) and len(name) > len(ext):
-            return name[: -len(ext)], ext
-    return name, None
 
 
 def discover(
@@ -121,17 +118,24 @@ def discover(
             raise DataError("--pattern applies to folders; a CSV names its cases itself",
                             hint="drop --pattern, or add a 'case' column to the CSV")
         entries, findings = _csv_entries(source, channels)
+        dicom: list[DicomFolder] = []
     elif source.is_dir():
-        entries, findings = _folder_entries(source, channels, pattern)
+        entries, findings, dicom = _folder_entries(source, channels, pattern)
     else:
         raise DataError(f"{source}: no such folder or CSV file")
     cases, pairing = _pair(entries, channels)
-    return Discovery(cases, findings + pairing)
+    return Discovery(cases, findings + pairing, dicom)
 
 
 def _folder_entries(
     root: Path, channels: Sequence[str], pattern: str | None
-) -> tuple[list[_Entry], list[Finding]]:
+) -> tuple[list[_Entry], list[Finding], list[DicomFolder]]:
+    """Files by the naming rules, and the case folders that hold DICOM files: a top-level
+    folder of ``root`` (or ``root`` itself for DICOM files lying directly in it) takes every
+    file under it that no format claims by name as a DICOM candidate, and the files it holds
+    in other formats as its labels."""
+    from hpcnn.formats.dicom_series import looks_like_dicom
+
     regex = _compile(pattern) if pattern else None
     entries: list[_Entry] = []
     ignored: list[str] = []
@@ -145,18 +149,32 @@ def _folder_entries(
             files.append(path)
         elif path.is_symlink() and _loops(path):
             loops.append(rel.as_posix())
-    data = {d.resolve() for p in files if p.name.lower().endswith(DETACHED)
+    data = {d.resolve() for p in files if p.name.lower().endswith(formats.detached_endings())
             for d in payload.data_files(p)}
+    folders: dict[str, DicomFolder] = {}
+    for path in files:
+        if formats.split_extension(path.name)[1] is None and looks_like_dicom(path):
+            parts = path.relative_to(root).parts
+            key = parts[0] if len(parts) > 1 else ""
+            if key not in folders:
+                folders[key] = DicomFolder(root / key, key or root.name)
     for path in files:
         rel = path.relative_to(root)
         if path.resolve() in data:
             continue  # a detached header's data: read with it
-        stem, ext = split_extension(path.name)
+        stem, ext = formats.split_extension(path.name)
         display = rel.as_posix()
+        case_folder = folders.get(rel.parts[0] if len(rel.parts) > 1 else "")
+        if case_folder is not None:
+            if ext is None:
+                case_folder.files.append((path, display))
+            else:
+                case_folder.labels.append(SourceItem(path, display))
+            continue
         if ext is None:
             ignored.append(display)
             continue
-        file = SourceFile(path, display)
+        file = SourceItem(path, display)
         if regex is not None:
             match = regex.search(rel.with_name(stem).as_posix())
             if not match or not match.group("case"):
@@ -174,7 +192,7 @@ def _folder_entries(
     if ignored:
         why = "not matched by --pattern or not an image" if regex else "not an image file"
         findings.append(notice("", f"ignored {len(ignored)} file(s), {why}: {shorten(ignored)}"))
-    return entries, findings
+    return entries, findings, [folders[k] for k in sorted(folders)]
 
 
 def _loops(path: Path) -> bool:
@@ -203,7 +221,7 @@ def _is_seg(stem: str, ext: str) -> bool:
             or bool(_SEG_ONLY.match(stem)))
 
 
-def _by_name(file: SourceFile, stem: str, ext: str, channels: Sequence[str]) -> _Entry:
+def _by_name(file: SourceItem, stem: str, ext: str, channels: Sequence[str]) -> _Entry:
     """The default naming rules (module docstring)."""
     if _is_seg(stem, ext):
         m = _SEG_SUFFIX.match(stem)
@@ -251,9 +269,9 @@ def _csv_entries(csv_path: Path, channels: Sequence[str]) -> tuple[list[_Entry],
                 if not path.is_file():
                     findings.append(error(where, f"{values[role]}: no such file"))
                     continue
-                files.append((role, SourceFile(path, values[role])))
+                files.append((role, SourceItem(path, values[role])))
         for role, file in files:
-            stem, ext = split_extension(file.path.name)
+            stem, ext = formats.split_extension(file.path.name)
             entry = _by_name(file, stem, ext or "", channels)
             entry.is_seg = role == "segmentation"
             if values.get("case"):

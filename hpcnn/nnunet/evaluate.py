@@ -38,9 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from hpcnn import formats
 from hpcnn.dataset import sources
 from hpcnn.dataset.findings import shorten
 from hpcnn.errors import DataError
+from hpcnn.formats.source import SourceItem
 from hpcnn.nnunet.predict import RECORD
 
 Echo = Callable[[str], None]
@@ -138,17 +140,17 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
-def _by_case(folder: Path) -> dict[str, sources.SourceFile]:
+def _by_case(folder: Path) -> dict[str, SourceItem]:
     """Label files by case (the import's naming rules, compared case-insensitively). A folder
     with images next to segmentations gives the segmentations."""
-    found: dict[str, sources.SourceFile] = {}
+    found: dict[str, SourceItem] = {}
     seg: dict[str, bool] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder)
-        stem, ext = sources.split_extension(path.name)
+        stem, ext = formats.split_extension(path.name)
         if ext is None or any(part.startswith(".") for part in rel.parts):
             continue
-        entry = sources._by_name(sources.SourceFile(path, rel.as_posix()), stem, ext, ())
+        entry = sources._by_name(SourceItem(path, rel.as_posix()), stem, ext, ())
         key = entry.key.casefold()
         if key in found and seg[key] == entry.is_seg:
             raise DataError(f"{folder}: {found[key].display} and {rel.as_posix()} are both case "
@@ -168,7 +170,7 @@ def _labels(pred: Path) -> dict[str, int] | None:
     return labels or None
 
 
-def _stage(file: sources.SourceFile, target: Path, labels: dict[str, int] | None,
+def _stage(file: SourceItem, target: Path, labels: dict[str, int] | None,
            onto: tuple[Any, str] | None, echo: Echo) -> Any:
     """Write ``file`` as a plain label map at ``target``, pasted onto the prediction's grid
     ``onto`` (its Geometry and name) when given; returns its grid (a Geometry). Overlapping
@@ -240,7 +242,7 @@ def _stage(file: sources.SourceFile, target: Path, labels: dict[str, int] | None
     return geometry
 
 
-def _whole_labels(data: Any, file: sources.SourceFile, echo: Echo) -> Any:
+def _whole_labels(data: Any, file: SourceItem, echo: Echo) -> Any:
     """``data`` as integer labels; DataError for float values that are not whole numbers."""
     if data.dtype.kind != "f":
         return data

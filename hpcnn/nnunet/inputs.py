@@ -29,9 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from hpcnn.dataset import payload, sources
+from hpcnn import formats
+from hpcnn.dataset import dicom_cases, payload, sources
 from hpcnn.dataset.findings import Finding, error, notice, shorten, summary_lines
 from hpcnn.errors import DataError
+from hpcnn.formats.source import SourceItem
 
 _NNUNET_CHANNEL = re.compile(r".+_(\d{4})")
 _ONE_FILE = {".nhdr": ".nrrd", ".mhd": ".mha"}
@@ -42,12 +44,14 @@ class PredictCase:
     """One case to predict: its images in channel order and the name its result gets."""
 
     name: str  # relative output path without extension: the image's own name, or the case's
-    images: tuple[sources.SourceFile, ...]
+    images: tuple[SourceItem, ...]
 
     @property
     def extension(self) -> str:
         """The input's format, which the result keeps unless ``--format`` says otherwise (a
         detached header's result is one file of the same format: it is renamed into place)."""
+        if self.images[0].is_series:
+            return ".nii.gz"  # a label map; --format dicom-seg / rtstruct for DICOM objects
         ext = self.images[0].extension
         return _ONE_FILE.get(ext, ext)
 
@@ -62,9 +66,11 @@ def collect(items: Sequence[str], channel_names: Sequence[str], *,
     problem at once) when a file cannot be used. Files under ``exclude`` (the output folder,
     when it lies inside an input folder) are not inputs."""
     files, findings = _files(items, exclude.resolve() if exclude else None)
+    series = [f for f in files if f.is_series]
+    files = [f for f in files if not f.is_series]
     images = [f for f in files if not _is_segmentation(f)]
     nnunet_named = bool(images) and all(
-        _NNUNET_CHANNEL.fullmatch(sources.split_extension(f.path.name)[0]) for f in images)
+        _NNUNET_CHANNEL.fullmatch(formats.split_extension(f.path.name)[0]) for f in images)
     n = len(channel_names)
     if nnunet_named:
         tokens = tuple(f"{c:04d}" for c in range(n))
@@ -81,7 +87,7 @@ def collect(items: Sequence[str], channel_names: Sequence[str], *,
     entries = []
     skipped = []
     for file in files:
-        stem, ext = sources.split_extension(file.path.name)
+        stem, ext = formats.split_extension(file.path.name)
         entry = sources._by_name(file, stem, ext or "", tokens)
         if entry.is_seg:
             skipped.append(file.display)
@@ -102,8 +108,15 @@ def collect(items: Sequence[str], channel_names: Sequence[str], *,
         findings += pairing
         cases = [PredictCase(_case_name(c), c.images) for c in pairs]
     else:
-        cases = [PredictCase(sources.split_extension(e.file.display)[0], (e.file,))
+        cases = [PredictCase(formats.split_extension(e.file.display)[0], (e.file,))
                  for e in entries]
+    for s in series:  # named after its folder (a folder's display holds no "/")
+        if n > 1:
+            findings.append(error(s.display, f"a DICOM series; the model takes {wanted}",
+                                  hint="predict DICOM series with one-channel models, or "
+                                       "convert the channels to files named by channel"))
+        else:
+            cases.append(PredictCase(s.display.split("/", 1)[0], (s,)))
     if not cases and not any(f.level == "error" for f in findings):
         raise DataError(f"no images found in {', '.join(items)}",
                         hint="images end in .nrrd, .nii, .nii.gz or .mha")
@@ -111,9 +124,9 @@ def collect(items: Sequence[str], channel_names: Sequence[str], *,
     return cases, findings
 
 
-def _is_segmentation(file: sources.SourceFile) -> bool:
+def _is_segmentation(file: SourceItem) -> bool:
     """The dataset import's rule (``.seg.nrrd``, ``_label``, ``_mask`` ...)."""
-    stem, ext = sources.split_extension(file.path.name)
+    stem, ext = formats.split_extension(file.path.name)
     return sources._by_name(file, stem, ext or "", ()).is_seg
 
 
@@ -136,24 +149,32 @@ def refuse(findings: Sequence[Finding]) -> None:
 
 
 def _files(items: Sequence[str],
-           exclude: Path | None) -> tuple[list[sources.SourceFile], list[Finding]]:
+           exclude: Path | None) -> tuple[list[SourceItem], list[Finding]]:
     """Every image file the items name: folders recursively (display relative to the folder),
     files and glob matches by name."""
-    found: list[sources.SourceFile] = []
+    found: list[SourceItem] = []
     ignored: list[str] = []
     problems: list[Finding] = []
     for item in items:
         path = Path(item).expanduser()
         if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            children = [c for c in sorted(p for p in path.rglob("*") if p.is_file())
+                        if not any(part.startswith(".") for part in c.relative_to(path).parts)
+                        and not (exclude is not None and c.resolve().is_relative_to(exclude))]
+            folders = _dicom_folders(path, children)
+            for child in children:
                 rel = child.relative_to(path)
-                if any(part.startswith(".") for part in rel.parts) or (
-                        exclude is not None and child.resolve().is_relative_to(exclude)):
-                    continue
-                if sources.split_extension(child.name)[1] is None:
-                    ignored.append(rel.as_posix())
+                if formats.split_extension(child.name)[1] is not None:
+                    found.append(SourceItem(child, rel.as_posix()))
+                elif (rel.parts[0] if len(rel.parts) > 1 else "") in folders:
+                    folders[rel.parts[0] if len(rel.parts) > 1 else ""].files.append(
+                        (child, rel.as_posix()))
                 else:
-                    found.append(sources.SourceFile(child, rel.as_posix()))
+                    ignored.append(rel.as_posix())
+            for folder in folders.values():
+                series = dicom_cases.image_series(folder, problems)
+                if series is not None:
+                    found.append(series)
             continue
         matches = [Path(m) for m in sorted(glob.glob(os.path.expanduser(item)))]
         if not matches and not glob.has_magic(item):
@@ -166,15 +187,30 @@ def _files(items: Sequence[str],
                 problems.append(error(str(match), "a folder matched by a pattern",
                                       hint="pass folders by name, or make the pattern match "
                                            "files"))
-            elif sources.split_extension(match.name)[1] is None:
+            elif formats.split_extension(match.name)[1] is None:
                 problems.append(error(str(match), "not an image file hpcnn reads",
                                       hint="pass .nrrd, .nii, .nii.gz or .mha files"))
             else:
-                found.append(sources.SourceFile(match, match.name))
+                found.append(SourceItem(match, match.name))
     if ignored:
         problems.append(notice("", f"ignored {len(ignored)} file(s) that are not images: "
                                    f"{shorten(ignored)}"))
     return found, problems
+
+
+def _dicom_folders(root: Path, files: Sequence[Path]) -> dict[str, sources.DicomFolder]:
+    """The DICOM series folders under an input folder, as the dataset import finds its case
+    folders (sources.py): ``root`` itself for DICOM files lying in it, else its top-level
+    folders that hold DICOM files (keyed by that folder's name)."""
+    from hpcnn.formats.dicom_series import looks_like_dicom
+
+    folders: dict[str, sources.DicomFolder] = {}
+    for path in files:
+        if formats.split_extension(path.name)[1] is None and looks_like_dicom(path):
+            parts = path.relative_to(root).parts
+            key = parts[0] if len(parts) > 1 else ""
+            folders.setdefault(key, sources.DicomFolder(root / key, key or root.name))
+    return folders
 
 
 def check_images(cases: Sequence[PredictCase], channel_names: Sequence[str], *,
@@ -190,6 +226,8 @@ def check_images(cases: Sequence[PredictCase], channel_names: Sequence[str], *,
     for case in cases:
         first: tuple[str, tuple[int, ...]] | None = None
         for file in case.images:
+            if file.is_series:
+                continue  # its headers were checked when it was found (dicom_cases.py)
             problems = payload.examine(file.path, root=_root(file), allow_outside=False,
                                        max_bytes=max_bytes, command="predict")
             findings += [error(file.display, p.message, hint=p.fix) for p in problems]
@@ -226,7 +264,7 @@ def check_images(cases: Sequence[PredictCase], channel_names: Sequence[str], *,
     refuse(findings)
 
 
-def _root(file: sources.SourceFile) -> Path:
+def _root(file: SourceItem) -> Path:
     """The folder the user named that holds ``file`` (its own folder for a file or a glob's
     match): a detached header's data must lie inside it, as in ``dataset import``."""
     depth = len(PurePosixPath(file.display).parts)
@@ -305,11 +343,14 @@ def stage(cases: Sequence[PredictCase], folder: Path, file_ending: str, *,
     what a prediction job on a cluster, where the user's paths mean nothing, is given."""
     import SimpleITK as sitk
 
+    from hpcnn.formats.dicom_series import read_volume
+
     lists = []
     for index, case in enumerate(cases):
         files = []
         for channel, image in enumerate(case.images):
-            in_format = image.path.name.lower().endswith(file_ending.lower())
+            in_format = (not image.is_series
+                         and image.path.name.lower().endswith(file_ending.lower()))
             if in_format and not every_file:
                 files.append(str(image.path))
                 continue
@@ -318,7 +359,8 @@ def stage(cases: Sequence[PredictCase], folder: Path, file_ending: str, *,
             if in_format:
                 _link_or_copy(image.path, target)
             else:
-                sitk.WriteImage(sitk.ReadImage(str(image.path)), str(target), False)
+                sitk.WriteImage(read_volume(image.files) if image.is_series
+                                else sitk.ReadImage(str(image.path)), str(target), False)
             files.append(str(target))
         lists.append(files)
     return lists

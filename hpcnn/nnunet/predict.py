@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from hpcnn.dataset import sources
+from hpcnn import formats
 from hpcnn.dataset.findings import shorten
 from hpcnn.errors import DataError, HpcnnError
 from hpcnn.fsutil import atomic_write_text, ensure_dir
@@ -68,9 +68,8 @@ from hpcnn.nnunet.model_folder import (
     open_model,
 )
 
-FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "seg.nrrd": ".seg.nrrd",
-           "dicom-seg": ".seg.dcm", "rtstruct": ".rtstruct.dcm"}
-DICOM_FORMATS = ("dicom-seg", "rtstruct")
+DICOM_FORMATS = tuple(f.prediction_choice for f in formats.all_formats()
+                      if f.dicom and f.prediction_choice)
 """Formats written as a DICOM object derived from the case's source series (formats/)."""
 RECORD = "hpcnn_predict.json"
 LOG = "hpcnn_predict.log"
@@ -116,11 +115,11 @@ def predict(
     labels_file: Path | None = None,
 ) -> Prediction:
     """Predict every case in ``inputs`` into ``output`` with the model's finished folds (or
-    ``folds``); ``fmt`` is a key of FORMATS (default: each input's own format); ``echo`` gets
-    the lines a user should read (warnings start with ``warning:``). ``force`` replaces
-    existing results; ``max_gib`` bounds an image's voxel data (max_image_bytes);
-    ``verbose`` shows nnU-Net's own output instead of keeping it in the log; ``labels_file``:
-    a labels.yaml whose classes' ``code`` the DICOM formats write."""
+    ``folds``); ``fmt`` is a key of ``formats.prediction_choices()`` (default: each input's own
+    format); ``echo`` gets the lines a user should read (warnings start with ``warning:``).
+    ``force`` replaces existing results; ``max_gib`` bounds an image's voxel data
+    (max_image_bytes); ``verbose`` shows nnU-Net's own output instead of keeping it in the log;
+    ``labels_file``: a labels.yaml whose classes' ``code`` the DICOM formats write."""
     start = time.perf_counter()
     model = open_model(model_dir)
     chosen = choose_folds(model, folds)
@@ -252,7 +251,8 @@ def deliver(output: Path, model: ModelFolder, folds: Sequence[str], fast: bool,
             _place_dicom(result, final, model, folds, case, fmt, source or {}, codes or {},
                          force=force)
         else:
-            _place(result, final, model, fmt == "seg.nrrd")
+            _place(result, final, model,
+                   fmt is not None and formats.by_prediction_choice(fmt).name == "slicer-seg")
         echo(f"{case.images[0].display} -> {final}")
     _write_record(output, model, folds, fast, cases, results, source or {})
 
@@ -338,9 +338,10 @@ def _configuration(model: ModelFolder) -> dict[str, Any]:
 def _extension(fmt: str | None) -> str | None:
     if fmt is None:
         return None
-    if fmt not in FORMATS:
-        raise DataError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
-    return FORMATS[fmt]
+    choices = formats.prediction_choices()
+    if fmt not in choices:
+        raise DataError(f"--format {fmt}: use one of {', '.join(choices)}")
+    return choices[fmt]
 
 
 @contextmanager
@@ -476,7 +477,8 @@ def _progress(stream: TextIO | None, total: int) -> Iterator[Callable[[], None]]
 
 
 def _place(result: Path, final: Path, model: ModelFolder, slicer: bool) -> None:
-    """Rename or convert nnU-Net's result to ``final`` through a temporary name beside it."""
+    """Rename or convert nnU-Net's result to ``final`` through a temporary name beside it
+    (``slicer``: a segmentation format whose segments carry the class names)."""
     ensure_dir(final.parent)
     same_format = not slicer and final.name.lower().endswith(model.file_ending.lower())
     if same_format:
@@ -496,7 +498,7 @@ def _place(result: Path, final: Path, model: ModelFolder, slicer: bool) -> None:
                     for i, (name, value) in enumerate(labels)]
         for key, value in segment_header(segments, image.GetSize()).items():
             image.SetMetaData(key, value)
-    suffix = sources.split_extension(final.name)[1] or final.suffix
+    suffix = formats.split_extension(final.name)[1] or final.suffix
     tmp = final.with_name(f".{uuid.uuid4().hex[:8]}.tmp{suffix}")
     try:
         sitk.WriteImage(image, str(tmp), True)

@@ -39,8 +39,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcnn.dataset import sources
 from hpcnn.errors import EXIT_FAILED, EXIT_OK, EXIT_RUNNING, ConfigError, DataError, HpcnnError
+from hpcnn.formats.source import SourceItem
 from hpcnn.fsutil import atomic_write_text, ensure_dir
 from hpcnn.jobs import engine, transfer
 from hpcnn.jobs.model import PREDICT, Run, job_name, predict_spec
@@ -115,7 +115,7 @@ class Request:
         return ListedModel(Path(self.model), self.dataset_json, {})
 
     def predict_cases(self) -> list[PredictCase]:
-        return [PredictCase(c["name"], tuple(sources.SourceFile(Path(p), d)
+        return [PredictCase(c["name"], tuple(SourceItem(Path(p), d)
                                              for p, d in c["images"])) for c in self.cases]
 
     @property
