@@ -47,6 +47,7 @@ from typing import Any, TextIO
 from hpcnn import formats
 from hpcnn.dataset.findings import shorten
 from hpcnn.errors import DataError, HpcnnError
+from hpcnn.formats.source import SourceItem
 from hpcnn.fsutil import atomic_write_text, ensure_dir
 from hpcnn.nnunet.checkpoint import check_folds
 from hpcnn.nnunet.inputs import (
@@ -290,19 +291,13 @@ def cpu_cost(model: ModelFolder, cases: Sequence[PredictCase], n_folds: int,
     """What predicting on the CPU will take, in network passes (the part that dominates):
     sliding-window tiles of the model's patch over each image at the model's spacing, times
     folds, times 2^axes mirrorings with test-time augmentation."""
-    import SimpleITK as sitk
-
     config = _configuration(model)
     patch = config.get("patch_size") or []
     spacing = config.get("spacing") or []
     tiles = 0
     for case in cases:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(case.images[0].path))
-        reader.ReadImageInformation()
         # nnU-Net transposes axes per plans; the tile count is what matters, so sort both.
-        extent = sorted(n * s for n, s in zip(reader.GetSize(), reader.GetSpacing(),
-                                               strict=True))
+        extent = sorted(_extent_mm(case.images[0]))
         tiles += _tiles(extent, sorted(spacing), sorted(patch))
     mirror = 1 if fast else 2 ** len(patch or (0, 0, 0))
     passes = tiles * n_folds * mirror
@@ -312,6 +307,26 @@ def cpu_cost(model: ModelFolder, cases: Sequence[PredictCase], n_folds: int,
     if not fast:
         text += f"; --fast skips the mirrorings ({mirror}x fewer passes, slightly less accurate)"
     return text
+
+
+def _extent_mm(item: SourceItem) -> list[float]:
+    """An image's extent in mm along its axes, from its header: a file's, or for a DICOM
+    series its first and last slices' (the slice count times their distance apart)."""
+    import SimpleITK as sitk
+
+    def header(path: Path) -> Any:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return reader
+
+    first = header(item.files[0] if item.is_series else item.path)
+    extent = [n * s for n, s in zip(first.GetSize(), first.GetSpacing(), strict=True)]
+    if item.is_series and len(item.files) > 1:
+        last = header(item.files[-1])
+        apart = math.dist(first.GetOrigin(), last.GetOrigin()) / (len(item.files) - 1)
+        extent[2] = len(item.files) * apart
+    return extent
 
 
 def _tiles(extent: Sequence[float], spacing: Sequence[float], patch: Sequence[int]) -> int:
