@@ -34,10 +34,12 @@ before the folds start). The fold job is nnU-Net's own training entry point
   exits without unwinding, because the scheduler signalled nnU-Net's worker processes too, and
   a ``multiprocessing`` pool whose idle worker died holding the queue's lock hangs in its
   cleanup until the scheduler's SIGKILL, which leaves no record. The continuation validates.
-- No process that nnU-Net started outlives a stopped launcher: the data-loader workers it forks
-  keep the stop signals' default action (not the launcher's handler), and a stop kills what is
-  left of its ``multiprocessing`` children (a pool replaces a worker killed by the scheduler's
-  signal at once, with one that the signal never reached).
+- No process that nnU-Net started outlives the launcher's training or a stop: the data-loader
+  workers (forked, so they keep the launcher's SIGTERM handler and outlive ``terminate()``) that
+  did not stop when asked are killed once training ends, and a stop kills what is left of the
+  launcher's ``multiprocessing`` children (a pool replaces a worker killed by the scheduler's
+  signal at once, with one that the signal never reached). One left behind holds the job's
+  output open and keeps the job running after the launcher has exited.
 - Checkpoints are written to a temporary name and renamed, so a job killed mid-write never leaves
   a truncated checkpoint for the continuation to load.
 - Once the fold is complete it writes ``checkpoint_final_inference.pth`` beside nnU-Net's final
@@ -503,6 +505,8 @@ def run_fold(args: argparse.Namespace, stopper: Stopper, device: Any,
             with contextlib.suppress(Exception):
                 _shut_down_dataloaders(trainer)
             raise
+        finally:
+            kill_children()  # data-loader workers that did not stop when their loader finished
         stopper.interruptible = True
     info.update(next_epoch=trainer.current_epoch, longest_epoch_s=round(stopper.longest_epoch, 2))
     progress.update(info)
@@ -722,21 +726,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _default_stop_signals() -> None:
-    """In a child forked from the launcher (nnU-Net's data-loader workers): the stop signals'
-    default action again. With the launcher's handler, which only takes note during an epoch,
-    a worker outlived ``terminate()`` and the scheduler's SIGTERM, held the job's output open
-    and kept the job running after the launcher had exited."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_DFL)
-
-
 def install_stop_handlers(stopper: Stopper) -> None:
-    """The stop signals go to ``stopper`` in the launcher, and keep their default action in
-    the processes it forks."""
+    """The stop signals go to ``stopper``. nnU-Net's data-loader workers, forked from the
+    launcher, keep this handler: the scheduler's SIGTERM reaches them too and must not stop
+    them before the epoch ends. So ``terminate()`` cannot stop them either, and
+    ``kill_children`` ends those that do not stop when asked."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, stopper.on_signal)
-    os.register_at_fork(after_in_child=_default_stop_signals)
 
 
 def kill_children() -> None:
