@@ -148,7 +148,10 @@ def test_ctrl_c_leaves_the_job_and_a_failed_job_says_why(cluster_ws: Path) -> No
         follower = subprocess.Popen(
             [*HPCNN, "--config", str(cluster_ws / "cluster.yaml"), "predict", str(src), str(out),
              "--on-cluster", "--folds", "1", "--fast", "--interval", "1"],
-            cwd=cluster_ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            cwd=cluster_ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # Ctrl-C as at a terminal: a test run started in the background (`cmd &`, nohup)
+            # ignores SIGINT, and a child inherits that, so the follower would never see it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         said = []
         for line in follower.stdout:  # type: ignore[union-attr]
             said.append(line)
