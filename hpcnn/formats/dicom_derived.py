@@ -139,14 +139,15 @@ def _code(where: str, key: str, given: Any) -> Code:
                     hint=f"e.g. {key}: [10200004, SCT, Liver]")
 
 
-def read_series(folder: Path) -> list[Dataset]:
-    """The headers of the one image series in ``folder`` (files at any depth, any names),
-    sorted along the slice normal; pixel data are not read."""
+def read_series(folder: Path, files: Sequence[Path] = ()) -> list[Dataset]:
+    """The headers of the one image series in ``folder`` (files at any depth, any names), or
+    of ``files`` (the slices the input side already chose and checked), sorted along the
+    slice normal; pixel data are not read."""
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
     found: dict[str, list[Dataset]] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in files or sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
             ds = dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError):

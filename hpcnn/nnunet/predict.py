@@ -544,7 +544,7 @@ def _place_dicom(result: Path, final: Path, model: ModelFolder, folds: Sequence[
                           __version__)
     ensure_dir(final.parent)
     write = write_dicom_seg if fmt == "dicom-seg" else write_rtstruct
-    write(sitk.ReadImage(str(result)), read_series(folder),
+    write(sitk.ReadImage(str(result)), read_series(folder, case.images[0].files),
           segment_classes(model.labels, PALETTE, codes), algorithm, final, force=force)
 
 
