@@ -109,9 +109,11 @@ def classes(codes=None):
 def case_folders(root: Path):
     """A series under ``root/ct``, its headers as the writers take them, and an empty
     ``root/out`` for the results."""
-    from hpcnn.formats.dicom_derived import read_series
+    from hpcnn.formats import dicom_series
 
     series = write_series(root / "ct")
     out = root / "out"
     out.mkdir()
-    return series, read_series(series.folder), out
+    found = dicom_series.scan((p, p.name) for p in sorted(series.folder.iterdir()))
+    slices = dicom_series.ordered(found.series[series.series_uid])
+    return series, dicom_series.headers([s.path for s in slices]), out

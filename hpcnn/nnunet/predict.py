@@ -531,8 +531,9 @@ def _place_dicom(result: Path, final: Path, model: ModelFolder, folds: Sequence[
     import SimpleITK as sitk
 
     from hpcnn import __version__
-    from hpcnn.formats.dicom_derived import Algorithm, read_series, segment_classes
+    from hpcnn.formats.dicom_derived import Algorithm, segment_classes
     from hpcnn.formats.dicom_seg_out import write_dicom_seg
+    from hpcnn.formats.dicom_series import headers
     from hpcnn.formats.rtstruct_out import write_rtstruct
 
     folder = source_series(case)
@@ -544,7 +545,7 @@ def _place_dicom(result: Path, final: Path, model: ModelFolder, folds: Sequence[
                           __version__)
     ensure_dir(final.parent)
     write = write_dicom_seg if fmt == "dicom-seg" else write_rtstruct
-    write(sitk.ReadImage(str(result)), read_series(folder, case.images[0].files),
+    write(sitk.ReadImage(str(result)), headers(case.images[0].files),
           segment_classes(model.labels, PALETTE, codes), algorithm, final, force=force)
 
 
