@@ -26,10 +26,10 @@ from hpcnn.workspace import Workspace  # noqa: E402
 HTJ2K = "1.2.840.10008.1.2.4.201"  # High-Throughput JPEG 2000: SimpleITK's GDCM lacks it
 
 
-def _import(tmp_path: Path, source: Path, **kw: object):
+def _import(tmp_path: Path, source: Path, on_progress=None, **kw: object):
     options = ImportOptions(**{"source": source, "name": "Dicom", "workers": 1,  # type: ignore[arg-type]
                                "test_fraction": 0, "modality": ("CT",), **kw})
-    return import_dataset(Workspace(tmp_path / "ws"), options)
+    return import_dataset(Workspace(tmp_path / "ws"), options, on_progress)
 
 
 def _read(path: Path) -> np.ndarray:
@@ -276,13 +276,17 @@ def _mr_pair(folder: Path, seed: int, t2_spacing: tuple[float, float, float] = d
 def test_series_as_channels_in_the_stated_order(tmp_path: Path) -> None:
     """Repeated --series-description: channel 0 is the T1, channel 1 the T2 in every case; a
     SEG drawn on the T2 (channel 1) is placed through the T2's slices; channel names follow
-    --modality as for files; the mapping has a row per channel."""
+    --modality as for files; the mapping has a row per channel; the header scan reports
+    progress."""
     src = tmp_path / "src"
     mask = dd.ball()
     for i in range(2):
         _, t2 = _mr_pair(src / f"p{i}", seed=10 * i)
         dd.write_seg(src / f"p{i}" / "seg.dcm", t2, {"Lesion": mask})
-    result = _import(tmp_path, src, series_description=("T1*", "t2 *"), modality=("MR",))
+    told: list[tuple[str, int, int]] = []
+    result = _import(tmp_path, src, lambda *a: told.append(a),
+                     series_description=("T1*", "t2 *"), modality=("MR",))
+    assert ("reading DICOM headers", 50, 50) in told  # 2 x (12 + 12 slices + 1 SEG)
     assert result.channel_names == {"0": "MR", "1": "MR"}
     for case in result.cases:
         i = int(case.images[0][1])
@@ -321,7 +325,8 @@ def test_channels_must_be_distinct_series_on_one_grid(tmp_path: Path) -> None:
 
 def test_enhanced_multi_frame_ct_with_its_seg(tmp_path: Path) -> None:
     """One enhanced CT file (frames stored against position order) reads as the volume the
-    classic series gives, on its grid, and a SEG referencing its frames lands on it."""
+    classic series gives, on its grid, and a SEG referencing its frames lands on it; its size
+    from the headers meets --max-gib as a file's does."""
     import SimpleITK as sitk
 
     classic = dd.write_series(tmp_path / "classic", dd.volume(seed=4))
@@ -336,6 +341,8 @@ def test_enhanced_multi_frame_ct_with_its_seg(tmp_path: Path) -> None:
     assert np.allclose(image.GetOrigin(), dd.ORIGIN)
     label = _read(result.path / "labelsTr" / f"{case_id}.nii.gz")
     assert np.array_equal(label, liver.astype(label.dtype))
+    message = _failure(tmp_path / "small", tmp_path / "src", max_gib=1e-5)
+    assert "p0/: a series of 32x32x12 voxels" in message and "--max-gib" in message
 
 
 def test_pydicom_readers_hold_one_volume(tmp_path: Path) -> None:
@@ -408,19 +415,27 @@ def test_pydicom_reader_gives_what_imageseriesreader_gives(tmp_path: Path) -> No
 
 
 def test_predict_takes_dicom_series_folders(tmp_path: Path) -> None:
-    """predict's input staging: each folder holding one series is a case named after the
-    folder, staged for nnU-Net as the volume the import would write; a folder with a gap is
-    refused before anything runs."""
+    """predict's input staging: each folder holding one series (an enhanced multi-frame file
+    too) is a case named after the folder, staged for nnU-Net as the volume the import would
+    write; a folder with a gap is refused before anything runs, and so is a DICOM result for
+    an enhanced source."""
     from hpcnn.nnunet.inputs import collect, stage
+    from hpcnn.nnunet.predict import _check_dicom_sources
 
     dd.write_series(tmp_path / "in" / "case7-ct" / "DICOM", dd.volume())
     dd.write_series(tmp_path / "in" / "case8-ct", dd.volume(seed=2))
+    classic = dd.write_series(tmp_path / "classic", dd.volume(seed=3))
+    dd.write_enhanced(tmp_path / "in" / "case9-enh" / "ct.dcm", classic)
     cases, _ = collect([str(tmp_path / "in")], ["CT"])
     assert [(c.name, c.output(None)) for c in cases] == [("case7-ct", "case7-ct.nii.gz"),
-                                                        ("case8-ct", "case8-ct.nii.gz")]
+                                                        ("case8-ct", "case8-ct.nii.gz"),
+                                                        ("case9-enh", "case9-enh.nii.gz")]
     lists = stage(cases, tmp_path / "staged", ".nii.gz")
     assert np.array_equal(_read(Path(lists[0][0])), dd.volume())
     assert np.array_equal(_read(Path(lists[1][0])), dd.volume(seed=2))
+    assert np.array_equal(_read(Path(lists[2][0])), dd.volume(seed=3))
+    with pytest.raises(DataError, match="case9-enh/ is an enhanced multi-frame image"):
+        _check_dicom_sources(cases, "dicom-seg")
     broken = dd.write_series(tmp_path / "gap" / "case9", dd.volume())
     broken.files[4].unlink()
     with pytest.raises(DataError, match="uneven slice spacing"):

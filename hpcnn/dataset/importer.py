@@ -163,6 +163,8 @@ def import_dataset(
         findings += id_findings
     workers = max(1, min(options.workers or available_cpus(), len(found.cases)))
     max_bytes = _max_bytes(options.max_gib, workers)
+    findings += _series_too_large(dicom, found.cases, max_bytes)
+    raise_if_errors(findings, strict=strict)
     moved, replaced = False, None
     try:
         with runner(workers, on_progress) as run:
@@ -249,6 +251,28 @@ def _dicom_cases(found: sources.Discovery, options: ImportOptions, findings: lis
     found.cases.extend(c.case for c in collected.cases)
     found.cases.sort(key=lambda c: c.key)
     return {c.case.key: c for c in collected.cases}
+
+
+def _series_too_large(dicom: dict[str, dicom_cases.DicomCase],
+                      cases: Sequence[sources.SourceCase], max_bytes: int | None) -> list[Finding]:
+    """An error for each DICOM series whose volume (from its headers: columns x rows x slices,
+    two bytes a voxel at least) is more than one worker may hold: the bound ``--max-gib``
+    sets for files, which a series of thousands of slices must meet too."""
+    out: list[Finding] = []
+    if max_bytes is None:
+        return out
+    for case in cases:
+        d = dicom.get(case.key)
+        for slices, item in zip(d.channels if d else (), case.images, strict=False):
+            voxels = slices[0].columns * slices[0].rows * len(slices)
+            if 2 * voxels > max_bytes:
+                out.append(error(item.display, f"a series of {slices[0].columns}x"
+                                 f"{slices[0].rows}x{len(slices)} voxels: at least "
+                                 f"{2 * voxels / 2**30:.1f} GiB in memory, more than the "
+                                 f"{max_bytes / 2**30:.1f} GiB one import worker may use",
+                                 hint=f"pass --max-gib {math.ceil(2 * voxels / 2**30) + 1} (and "
+                                      "fewer --workers if memory is short)"))
+    return out
 
 
 def _write_mapping(path: Path, cases: Sequence[sources.SourceCase], ids: Sequence[str],

@@ -187,6 +187,13 @@ def _check_dicom_sources(cases: Sequence[PredictCase], fmt: str) -> None:
                         f"{shorten(files)} {'is not a' if len(files) == 1 else 'are not'} "
                         "DICOM series", hint="predict the DICOM series folders themselves, or "
                                              "choose --format nii.gz, nrrd or seg.nrrd")
+    enhanced = [c.images[0].display for c in cases
+                if source_series(c) is not None and len(c.images[0].files) == 1]
+    if enhanced:  # a classic series has two slices at least (dicom_series.problems)
+        raise DataError(f"--format {fmt}: {shorten(enhanced)} "
+                        f"{'is an' if len(enhanced) == 1 else 'are'} enhanced multi-frame "
+                        "image(s); hpcnn writes DICOM results for series of single-frame images "
+                        "only", hint="choose --format nii.gz, nrrd or seg.nrrd for them")
 
 
 def dicom_codes(fmt: str | None, labels_file: Path | None) -> dict[str, Any]:
