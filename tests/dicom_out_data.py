@@ -114,6 +114,12 @@ def case_folders(root: Path):
     series = write_series(root / "ct")
     out = root / "out"
     out.mkdir()
+    return series, dicom_series.headers(slice_files(series)), out
+
+
+def slice_files(series: Series) -> tuple[Path, ...]:
+    """The series' files in position order, as predict's input side hands them on."""
+    from hpcnn.formats import dicom_series
+
     found = dicom_series.scan((p, p.name) for p in sorted(series.folder.iterdir()))
-    slices = dicom_series.ordered(found.series[series.series_uid])
-    return series, dicom_series.headers([s.path for s in slices]), out
+    return tuple(s.path for s in dicom_series.ordered(found.series[series.series_uid]))
