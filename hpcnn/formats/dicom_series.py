@@ -1,13 +1,17 @@
 """A DICOM image series: the slices of one SeriesInstanceUID in a case folder (any file names,
-nested), recognised by content and read into one oriented volume.
+nested), recognised by content and read into one oriented volume; or the frames of one
+enhanced multi-frame CT/MR object, placed by its Per-frame Functional Groups.
 
-``scan`` reads every file's header once (pydicom, no pixels) and sorts them into series and
-label objects; ``problems`` says why a series cannot become a volume (one slice, enhanced
-multi-frame, a missing or duplicated slice, gantry tilt, a compressed transfer syntax without
-a decoder); ``read_volume`` stacks the slices in position order with the rescale applied, on
-the grid the headers give (origin of the first slice, row/column/normal directions), which is
-what SimpleITK's ImageSeriesReader gives for the same series. Header values stay in the
-``DicomFile`` records: callers name files by path, never by a header value.
+``read_header`` is hpcnn's one reader of DICOM headers (pydicom, no pixels). ``scan`` reads
+every file's header once and sorts them into series and label objects (an enhanced object
+becomes one record per frame); ``problems`` says why a series cannot become a volume (one
+slice, a multi-frame object without per-frame positions, a missing or duplicated slice, gantry
+tilt, a compressed transfer syntax without a decoder); ``read_volume`` stacks the slices in
+position order with the rescale applied, on the grid the headers give (``grid``: origin of the
+first slice, row/column/normal directions), which is what SimpleITK's ImageSeriesReader gives
+for the same series, holding the volume once. ``headers`` gives the chosen slices' headers to
+the DICOM results derived from them. Header values stay in the ``DicomFile`` records: callers
+name files by path, never by a header value.
 """
 
 from __future__ import annotations
@@ -317,8 +321,9 @@ def problems(slices: Sequence[DicomFile]) -> list[tuple[str, str, str]]:
 
 def _decoder(file: DicomFile) -> list[tuple[str, str, str]]:
     """A compressed transfer syntax that neither SimpleITK's GDCM nor an installed pydicom
-    decoder reads, naming what to install."""
-    if file.transfer_syntax in _GDCM_DECODES:
+    decoder reads, naming what to install (an enhanced object's frames are always decoded by
+    pydicom)."""
+    if file.transfer_syntax in _GDCM_DECODES and not file.frame:
         return []
     from pydicom.pixels import get_decoder
 
