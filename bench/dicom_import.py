@@ -18,7 +18,10 @@ side in its own fresh process, peak RSS reported above a process that only impor
 libraries: SimpleITK's ImageSeriesReader read + NIfTI write, ``hpcnn dataset import`` (one
 worker: the header scan in the main process, the volume in the worker, as with --workers 1),
 and hpcnn's pydicom reader (the path for transfer syntaxes GDCM lacks) on the same files. The
-goal: the import holds the series once, as the baseline does (ratio to the baseline ~1).
+goal: the import holds the series once, as the baseline does (ratio to the baseline ~1). Above
+the one volume the import holds the label: the RTSTRUCT's filled layers and the class map, a
+byte per voxel each (a quarter of this int32 volume each); the baseline holds about as much in
+GDCM's series listing (GetGDCMSeriesFileNames).
 
 Run: python bench/dicom_import.py [--repeats 3] [--data /tmp/hpcnn-bench-dicom]
      python bench/dicom_import.py --memory 3000
@@ -80,7 +83,7 @@ def run_import(data: Path, out: Path) -> None:
 
 
 MEMORY_CHILD = """
-import resource, sys
+import sys
 sys.path[:0] = {paths!r}
 from pathlib import Path
 import SimpleITK as sitk, pydicom, numpy
@@ -100,7 +103,8 @@ elif {side!r} == "pydicom":
     scan = dicom_series.scan((f, f.name) for f in files)
     slices = dicom_series.ordered(next(iter(scan.series.values())))
     image = dicom_series._read_with_pydicom([s.path for s in slices])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+status = Path("/proc/self/status").read_text().split("VmHWM:")[1]
+print(int(status.split()[0]) * 1024)  # this process's own peak (ru_maxrss keeps the parent's)
 """
 
 

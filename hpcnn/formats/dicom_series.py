@@ -418,7 +418,6 @@ class _Volume:
 
     def __init__(self, ds: Any, slices: int, orientation: list[float],
                  pixel_spacing: list[float]) -> None:
-        import SimpleITK as sitk
 
         bits = int(getattr(ds, "BitsStored", 16) or 16)
         signed = int(getattr(ds, "PixelRepresentation", 0) or 0) == 1
@@ -428,7 +427,8 @@ class _Volume:
         self.orientation = orientation
         self.pixel_spacing = pixel_spacing
         self.slices = slices
-        self.image = sitk.Image([int(ds.Columns), int(ds.Rows), slices], sitk.sitkInt16)
+        self.size = [int(ds.Columns), int(ds.Rows), slices]
+        self.image: Any = None  # made by the first ``put``, of that slice's type
 
     _KINDS = ("int16", "int32", "float32")
 
@@ -445,11 +445,11 @@ class _Volume:
         import SimpleITK as sitk
 
         kind = self._kind(slope, intercept)
-        if self._KINDS.index(kind) > self._KINDS.index(self.kind or "int16") or not self.kind:
+        if not self.kind or self._KINDS.index(kind) > self._KINDS.index(self.kind):
             wanted = {"int16": sitk.sitkInt16, "int32": sitk.sitkInt32,
                       "float32": sitk.sitkFloat32}[kind]
-            if self.image.GetPixelID() != wanted:
-                self.image = sitk.Cast(self.image, wanted)
+            self.image = (sitk.Image(self.size, wanted) if self.image is None
+                          else sitk.Cast(self.image, wanted))
             self.kind = kind
         dtype = np.dtype(self.kind)
         if dtype.kind == "f":
