@@ -321,6 +321,12 @@ def test_channels_must_be_distinct_series_on_one_grid(tmp_path: Path) -> None:
     message = _failure(tmp_path, src, channels=("T1", "T2"), modality=("MR",))
     assert "--channels with DICOM case folders" in message
     assert "repeat --series-description" in message
+    from hpcnn.dataset.dicom_cases import Rule, channel_rules
+
+    assert channel_rules((), ("CT", "PT")) == [Rule(None, frozenset({"CT"})),
+                                              Rule(None, frozenset({"PT"}))]
+    assert channel_rules(("t1*", "t2*"), ("MR",)) == [Rule("t1*", frozenset({"MR"})),
+                                                      Rule("t2*", frozenset({"MR"}))]
 
 
 def test_enhanced_multi_frame_ct_with_its_seg(tmp_path: Path) -> None:
