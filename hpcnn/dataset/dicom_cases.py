@@ -24,6 +24,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hpcnn.dataset.findings import Finding, error, notice, shorten, warning
 from hpcnn.dataset.sources import DicomFolder, SourceCase
@@ -31,6 +32,9 @@ from hpcnn.errors import DataError
 from hpcnn.formats import dicom_seg, dicom_series, rtstruct
 from hpcnn.formats.dicom_series import DicomFile
 from hpcnn.formats.source import SourceItem
+
+if TYPE_CHECKING:
+    from hpcnn.dataset.geometry import Geometry
 
 DICOM_MODALITIES = {"CT", "MR", "PT", "NM", "US", "CR", "DX", "MG", "XA", "RF", "OT", "SC"}
 _READERS = {"SEG": dicom_seg, "RTSTRUCT": rtstruct}
@@ -237,7 +241,7 @@ def _one_grid(where: str, channels: Sequence[Sequence[DicomFile]],
     return True
 
 
-def _geometry(slices: Sequence[DicomFile]):  # -> geometry.Geometry
+def _geometry(slices: Sequence[DicomFile]) -> Geometry:
     from hpcnn.dataset.geometry import Geometry
 
     return Geometry(*dicom_series.grid(slices))
@@ -263,10 +267,8 @@ def _number(value: str) -> int:
 
 def _references(label: DicomFile, findings: list[Finding]) -> tuple[set[str], set[str],
                                                                      set[str]] | None:
-    pydicom = dicom_series.pydicom_module()
     try:
-        ds = pydicom.dcmread(label.path, stop_before_pixels=True, force=True)
-        return _READERS[label.modality].references(ds)
+        return _READERS[label.modality].references(dicom_series.read_header(label.path)[0])
     except Exception as exc:  # a damaged object: pydicom raises many kinds
         findings.append(error(label.display, f"cannot read its references: {exc}",
                               hint="export the label object again"))
