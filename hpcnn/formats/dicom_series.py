@@ -161,19 +161,21 @@ def scan(files: Iterable[tuple[Path, str]], on_file: Callable[[], None] | None =
     return out
 
 
-def _record(ds: Any, path: Path, display: str, preamble: bool) -> DicomFile:
-    def floats(name: str, n: int) -> tuple[float, ...] | None:
-        value = getattr(ds, name, None)
-        try:
-            found = tuple(float(v) for v in value) if value is not None else None
-        except (TypeError, ValueError):
-            return None
-        return found if found is not None and len(found) == n else None
+def _floats(item: Any, name: str, n: int) -> tuple[float, ...] | None:
+    """The ``n`` numbers of attribute ``name`` of ``item``; None when absent or malformed."""
+    value = getattr(item, name, None)
+    try:
+        found = tuple(float(v) for v in value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return found if found is not None and len(found) == n else None
 
+
+def _record(ds: Any, path: Path, display: str, preamble: bool) -> DicomFile:
     meta = getattr(ds, "file_meta", None)
     syntax = str(getattr(meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
-    spacing = floats("PixelSpacing", 2)
-    position = floats("ImagePositionPatient", 3)
+    spacing = _floats(ds, "PixelSpacing", 2)
+    position = _floats(ds, "ImagePositionPatient", 3)
     return DicomFile(
         path=path, display=display,
         series_uid=str(ds.SeriesInstanceUID), study_uid=str(getattr(ds, "StudyInstanceUID", "")),
@@ -185,7 +187,7 @@ def _record(ds: Any, path: Path, display: str, preamble: bool) -> DicomFile:
         patient_id=str(getattr(ds, "PatientID", "") or ""),
         transfer_syntax=syntax,
         position=position,  # type: ignore[arg-type]
-        orientation=floats("ImageOrientationPatient", 6),
+        orientation=_floats(ds, "ImageOrientationPatient", 6),
         rows=int(getattr(ds, "Rows", 0) or 0), columns=int(getattr(ds, "Columns", 0) or 0),
         spacing=spacing,  # type: ignore[arg-type]
         frames=int(getattr(ds, "NumberOfFrames", 1) or 1),
@@ -223,17 +225,11 @@ def _frames(ds: Any, record: DicomFile) -> list[DicomFile]:
         place = {name: _group(ds, k, name) for name in ENHANCED_GEOMETRY}
         if any(v is None for v in place.values()):
             return [record]
-
-        def floats(item: Any, name: str, n: int) -> tuple[float, ...] | None:
-            value = item.get(name)
-            found = tuple(float(v) for v in value) if value is not None else ()
-            return found if len(found) == n else None
-
         out.append(replace(
             record, display=f"{record.display} frame {k + 1}", frame=k + 1,
-            position=floats(place["PlanePositionSequence"], "ImagePositionPatient", 3),
-            orientation=floats(place["PlaneOrientationSequence"], "ImageOrientationPatient", 6),
-            spacing=floats(place["PixelMeasuresSequence"], "PixelSpacing", 2)))
+            position=_floats(place["PlanePositionSequence"], "ImagePositionPatient", 3),
+            orientation=_floats(place["PlaneOrientationSequence"], "ImageOrientationPatient", 6),
+            spacing=_floats(place["PixelMeasuresSequence"], "PixelSpacing", 2)))
     return out
 
 
