@@ -33,6 +33,7 @@ def need(condition: bool, what: str) -> None:
 ONE_WORKER_FIXTURES = ("method_workspace", "cascade")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Group the tests for pytest-xdist's ``--dist loadgroup``: every test of the test bed in
     one group, run one after another as without xdist (they share one Slurm, one Grid Engine,
