@@ -31,22 +31,64 @@ def need(condition: bool, what: str) -> None:
 #: worker, so each is made once (tiny_dataset and tiny_model are shared across workers instead:
 #: models.made_once).
 ONE_WORKER_FIXTURES = ("method_workspace", "cascade")
+GROUPS_FILE = "xdist-groups.json"
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Group the tests for pytest-xdist's ``--dist loadgroup``: every test of the test bed in
-    one group, run one after another as without xdist (they share one Slurm, one Grid Engine,
-    sshd logs that tests count, and some stop slurmctld), while the local tests run beside
-    them; otherwise a module's tests stay together so its module fixtures are made once."""
-    for item in items:
-        names = item.fixturenames
-        if "testbed" in names:
-            group = "testbed"
-        else:
-            group = next((f for f in ONE_WORKER_FIXTURES if f in names),
-                         item.nodeid.split("::", 1)[0])
-        item.add_marker(pytest.mark.xdist_group(group))
+def _group(item: pytest.Item) -> str:
+    """Every test of the test bed in one group, run one after another as without xdist (they
+    share one Slurm, one Grid Engine, sshd logs that tests count, and some stop slurmctld);
+    otherwise a module's tests stay together, so its module fixtures are made once."""
+    names = item.fixturenames
+    if "testbed" in names:
+        return "testbed"
+    return next((f for f in ONE_WORKER_FIXTURES if f in names), item.nodeid.split("::", 1)[0])
+
+
+def _groups_file(config: pytest.Config) -> Path:
+    """Beside the workers' temporary folders (``pytest-N/popen-gwK``): the controller's own."""
+    factory = config._tmp_path_factory  # type: ignore[attr-defined]
+    base = factory.getbasetemp()
+    worker = os.environ.get("PYTEST_XDIST_WORKER") is not None
+    return (base.parent if worker else base) / GROUPS_FILE
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A worker of ``--dist loadgroup`` writes each test's group where the controller's
+    scheduler (below) reads it. pytest-xdist's own ``xdist_group`` suffix on the test id is lost
+    under pytest >= 9.2, which builds ids afresh; hence this file."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None or config.getoption("dist", "no") != "no" \
+            or not getattr(config.option, "loadgroup", False):
+        return
+    import json
+
+    target = _groups_file(config)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({item.nodeid: _group(item) for item in items}))
+    os.replace(tmp, target)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN201
+    """``--dist loadgroup`` with the groups of ``_group``: pytest-xdist's scheduling by
+    scope (a group is one unit of work, the largest sent first), the scope read from the
+    file the workers wrote when they collected."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    import json
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    path = _groups_file(config)
+
+    class ByGroup(LoadScopeScheduling):
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if ByGroup.groups is None:
+                ByGroup.groups = json.loads(path.read_text())
+            return ByGroup.groups.get(nodeid, nodeid)
+
+    return ByGroup(config, log)
 
 
 @contextlib.contextmanager
