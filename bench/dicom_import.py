@@ -3,14 +3,14 @@
 Goal (issue 21): importing a 512x512x300 CT series costs <= 1.25x SimpleITK's
 ``ImageSeriesReader`` read plus a gzip NIfTI write of the same image.
 
-Data: one case folder, written once to --data with tests/dicom_data.py: a 512x512x300 int16
-CT-like series (smooth anatomy plus noise, so it compresses like a CT), one file per slice,
-with an RTSTRUCT of one box ROI on 20 slices (the import needs a label; filling it and writing
-the label map is part of the import's cost). Both sides run in this process with SimpleITK on
-one thread. The baseline lists the series with GDCM (``GetGDCMSeriesFileNames``), reads it and
-writes ``.nii.gz``; the import reads every header, checks the series (spacing, tilt, decoder,
-references), reads the slices, fills the ROI, writes image, label, dataset.json, cases.csv and
-the UID mapping. Runs are interleaved (harness.compare) and the medians compared.
+Data: one case folder, written once to --data with hpcnn/services/demo_dicom_data.py: a
+512x512x300 int16 CT-like series (smooth anatomy plus noise, so it compresses like a CT), one
+file per slice, with an RTSTRUCT of one box ROI on 20 slices (the import needs a label; filling
+it and writing the label map is part of the import's cost). Both sides run in this process with
+SimpleITK on one thread. The baseline lists the series with GDCM (``GetGDCMSeriesFileNames``),
+reads it and writes ``.nii.gz``; the import reads every header, checks the series (spacing, tilt,
+decoder, references), reads the slices, fills the ROI, writes image, label, dataset.json,
+cases.csv and the UID mapping. Runs are interleaved (harness.compare) and the medians compared.
 
 Run: python bench/dicom_import.py [--repeats 3] [--data /tmp/hpcnn-bench-dicom]
 """
@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+sys.path[:0] = [str(HERE)]
 
 from harness import compare, goal, load_average, report, time_call  # noqa: E402
 
@@ -38,7 +38,7 @@ def make_data(folder: Path) -> Path:
 
     done = folder / ".complete"
     if not done.exists():
-        import dicom_data as dd
+        from hpcnn.services import demo_dicom_data as dd
 
         shutil.rmtree(folder, ignore_errors=True)
         z, y, x = np.ogrid[:SHAPE[0], :SHAPE[1], :SHAPE[2]]
