@@ -2,7 +2,7 @@
 the wall time of each, its ratio to the default demo's, the winner find-best chose and the
 held-back Dice of each; optionally the default demo of another checkout as a baseline.
 
-Goals: the method demo (issue 20, item 7: 2d + 3d_fullres, three folds each, find-best, the
+Goals: the method demo (issue 20, item 7: 2d + 3d_fullres, two folds each, find-best, the
 prediction with what won) within 10 minutes on two cores, printing the winner and its Dice; the
 default demo unchanged and not slower (``--baseline /path/to/another/checkout`` runs that
 checkout's default demo in the same run); the DICOM demo (issue 21, item 4) as long as the
@@ -64,8 +64,8 @@ def main() -> None:
         print(f"demo {' '.join(VARIANTS[variant])}".rstrip() + f": {seconds[variant]:.0f} s, "
               f"held-back Dice {found[1] if found else 'not printed'}", flush=True)
         if variant == "method":
-            winner = re.search(r"find-best chose .*", out)
-            print(f"  {winner[0] if winner else 'no winner printed'}", flush=True)
+            winner = re.search(r"^ *(find-best chose .*)", out, re.MULTILINE)
+            print(f"  {winner[1] if winner else 'no winner printed'}", flush=True)
     if args.baseline:
         seconds["baseline"], out = run_demo(args.out / "baseline", checkout=args.baseline)
         found = DICE.search(out)

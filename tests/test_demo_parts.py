@@ -29,7 +29,7 @@ def _config(tmp_path: Path, method: bool):
 def test_the_method_demo_trains_two_configurations_and_the_default_one(tmp_path: Path) -> None:
     method = _config(tmp_path, True).training
     assert method.chosen_configurations == ["2d", "3d_fullres"]
-    assert method.folds == [0, 1, 2] and method.find_best is False  # find-best: its own step
+    assert method.folds == [0, 1] and method.find_best is False  # find-best: its own step
     plain = _config(tmp_path, False).training
     assert plain.chosen_configurations == ["3d_fullres"] and plain.folds == [0, 1, 2, 3, 4]
     assert plain.trainer == method.trainer == "hpcnnDemoTrainer"
@@ -41,7 +41,7 @@ def test_the_winner_line_names_what_find_best_chose_and_its_dice(tmp_path: Path)
     assert demo.winner_line(cfg, results.name) is None  # before find-best
     results.mkdir(parents=True)
     write_choice(results, Choice(
-        dataset=results.name, trainer="hpcnnDemoTrainer", plans="nnUNetPlans", folds=[0, 1, 2],
+        dataset=results.name, trainer="hpcnnDemoTrainer", plans="nnUNetPlans", folds=[0, 1],
         members=["2d", "3d_fullres"], candidates={}, winner="ensemble", dice=0.9012,
         dice_postprocessed=0.9234, dice_per_class={"ball": 0.9, "box": 0.9},
         dice_per_class_postprocessed={"ball": 0.92, "box": 0.92},
@@ -49,7 +49,7 @@ def test_the_winner_line_names_what_find_best_chose_and_its_dice(tmp_path: Path)
     line = demo.winner_line(cfg, results.name)
     assert line is not None
     assert "find-best chose ensemble of 2d + 3d_fullres" in line
-    assert "cross-validation Dice 0.9234" in line and "folds 0 1 2" in line
+    assert "cross-validation Dice 0.9234" in line and "folds 0 1" in line
 
 
 def test_method_and_dicom_together_are_refused_before_anything_is_written(

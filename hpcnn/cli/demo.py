@@ -8,8 +8,8 @@ import click
 @click.command("demo")
 @click.argument("directory", default="hpcnn-demo", type=click.Path(file_okay=False))
 @click.option("--method", is_flag=True,
-              help="nnU-Net's whole method: 2d and 3d_fullres (three folds each), find-best, "
-                   "and the prediction with what won (about twice as long).")
+              help="nnU-Net's whole method: 2d and 3d_fullres (two folds each), find-best, "
+                   "and the prediction with what won.")
 @click.option("--dicom", is_flag=True,
               help="The same patients as DICOM: CT series with a DICOM-SEG each, imported, "
                    "trained, predicted back as DICOM-SEG and read back (needs pip install "
