@@ -1,7 +1,7 @@
 """The parts of ``hpcnn demo --method`` and ``hpcnn demo --dicom`` that need no training: the
 method's cluster.yaml, the winner line from a recorded choice, the options, and the DICOM demo's
 data (written, imported, read back, compared). The full runs and their wall times are in
-bench/demo_method.py and bench/demo_dicom.py; tests/test_demo.py trains the default demo."""
+bench/demos.py; tests/test_demo.py trains the default demo."""
 
 from __future__ import annotations
 
