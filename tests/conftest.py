@@ -3,9 +3,11 @@ failure, never a skip: ``need()`` below is the one place that decides."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,59 @@ def need(condition: bool, what: str) -> None:
     if REQUIRE:
         pytest.fail(f"HPCNN_REQUIRE_TESTBED=1 but {what}", pytrace=False)
     pytest.skip(what)
+
+
+# ---- running the suite in several processes (README: ``pytest -n 2 --dist loadgroup``)
+
+#: Session fixtures that train, shared by the tests of several modules: their tests run in one
+#: worker, so each is made once (tiny_dataset and tiny_model are shared across workers instead:
+#: models.made_once).
+ONE_WORKER_FIXTURES = ("method_workspace", "cascade")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group the tests for pytest-xdist's ``--dist loadgroup``: every test of the test bed in
+    one group, run one after another as without xdist (they share one Slurm, one Grid Engine,
+    sshd logs that tests count, and some stop slurmctld), while the local tests run beside
+    them; otherwise a module's tests stay together so its module fixtures are made once."""
+    for item in items:
+        names = item.fixturenames
+        if "testbed" in names:
+            group = "testbed"
+        else:
+            group = next((f for f in ONE_WORKER_FIXTURES if f in names),
+                         item.nodeid.split("::", 1)[0])
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+@contextlib.contextmanager
+def local_queue_at(folder: Path) -> Iterator[None]:
+    """HPCNN_LOCALQ_DIR set to ``folder`` for a fixture that trains through the CLI in
+    subprocesses (which inherit it), and put back as it was afterwards."""
+    old = os.environ.get("HPCNN_LOCALQ_DIR")
+    os.environ["HPCNN_LOCALQ_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HPCNN_LOCALQ_DIR", None)
+        else:
+            os.environ["HPCNN_LOCALQ_DIR"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_local_queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The local scheduler's queue of this test process, not the user's (a test that sets
+    HPCNN_LOCALQ_DIR itself still wins): two workers never see each other's jobs."""
+    if os.environ.get("HPCNN_LOCALQ_DIR"):
+        yield
+        return
+    os.environ["HPCNN_LOCALQ_DIR"] = str(tmp_path_factory.mktemp("localq"))
+    try:
+        yield
+    finally:
+        os.environ.pop("HPCNN_LOCALQ_DIR", None)
 
 
 @pytest.fixture(scope="session")

@@ -110,9 +110,17 @@ def classes(codes=None):
 def case_folders(root: Path):
     """A series under ``root/ct``, its headers as the writers take them, and an empty
     ``root/out`` for the results."""
-    from hpcnn.formats.dicom_derived import read_series
+    from hpcnn.formats import dicom_series
 
     series = write_series(root / "ct")
     out = root / "out"
     out.mkdir()
-    return series, read_series(series.folder), out
+    return series, dicom_series.headers(slice_files(series)), out
+
+
+def slice_files(series: Series) -> tuple[Path, ...]:
+    """The series' files in position order, as predict's input side hands them on."""
+    from hpcnn.formats import dicom_series
+
+    found = dicom_series.scan((p, p.name) for p in sorted(series.folder.iterdir()))
+    return tuple(s.path for s in dicom_series.ordered(found.series[series.series_uid]))

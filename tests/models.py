@@ -26,7 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -158,14 +158,36 @@ def fake_model(root: Path, *, channels: Sequence[str] = ("CT",),
 _made: dict[str, Path] = {}  # pytest keeps a fixture per importing module: make each once
 
 
+def made_once(name: str, tmp_path_factory: pytest.TempPathFactory,
+              make: Callable[[Path], Path]) -> Path:
+    """``make(folder)`` run once per test run, also when pytest-xdist runs the suite in several
+    worker processes: the first worker makes it under the run's shared temporary folder while
+    holding a lock, the others wait for it and reuse it (a read-only result: tests copy it)."""
+    if name in _made:
+        return _made[name]
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        _made[name] = make(tmp_path_factory.mktemp(name))
+        return _made[name]
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # pytest-N/, above each worker's popen-gwK/
+    done = shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.is_file():
+            folder = shared / name
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed half-way
+            folder.mkdir()
+            done.write_text(str(make(folder)))
+    _made[name] = Path(done.read_text())
+    return _made[name]
+
+
 def shared_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's one ``prepare_tiny_dataset`` workspace (made on first use)."""
     import importlib.util
 
     need(importlib.util.find_spec("nnunetv2") is not None, "nnunetv2 is not installed")
-    if "dataset" not in _made:
-        _made["dataset"] = prepare_tiny_dataset(tmp_path_factory.mktemp("tiny-dataset"))
-    return _made["dataset"]
+    return made_once("tiny-dataset", tmp_path_factory, prepare_tiny_dataset)
 
 
 @pytest.fixture(scope="session")
@@ -177,7 +199,6 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny two-fold model, trained once per session (about a minute on 2 idle cores)."""
-    if "model" not in _made:
-        _made["model"] = build_tiny_model(tmp_path_factory.mktemp("tiny-model"),
-                                          dataset=shared_dataset(tmp_path_factory))
-    return _made["model"]
+    dataset = shared_dataset(tmp_path_factory)
+    return made_once("tiny-model", tmp_path_factory,
+                     lambda folder: build_tiny_model(folder, dataset=dataset))

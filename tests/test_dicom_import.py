@@ -25,10 +25,10 @@ from hpcnn.workspace import Workspace  # noqa: E402
 HTJ2K = "1.2.840.10008.1.2.4.201"  # High-Throughput JPEG 2000: SimpleITK's GDCM lacks it
 
 
-def _import(tmp_path: Path, source: Path, **kw: object):
+def _import(tmp_path: Path, source: Path, on_progress=None, **kw: object):
     options = ImportOptions(**{"source": source, "name": "Dicom", "workers": 1,  # type: ignore[arg-type]
                                "test_fraction": 0, "modality": ("CT",), **kw})
-    return import_dataset(Workspace(tmp_path / "ws"), options)
+    return import_dataset(Workspace(tmp_path / "ws"), options, on_progress)
 
 
 def _read(path: Path) -> np.ndarray:
@@ -141,7 +141,7 @@ def test_several_series_need_a_choice(tmp_path: Path) -> None:
     assert "2 image series match --modality CT, one is needed" in message
     assert "'AX 2.5mm'" in message and "'COR MPR'" in message
     assert "--series-description" in message
-    result = _import(tmp_path, src, series_description="cor*")
+    result = _import(tmp_path, src, series_description=("cor*",))
     p0 = next(c.case_id for c in result.cases if c.images[0].startswith("p0/"))
     image = _read(result.path / "imagesTs" / f"{p0}_0000.nii.gz")
     assert np.array_equal(image, dd.volume(seed=3))
@@ -199,7 +199,7 @@ def test_series_that_is_not_one_volume_is_refused(tmp_path: Path, fault: str) ->
     elif fault == "duplicate":
         assert "at the same position as p0/IM" in message and "duplicated slice" in message
     elif fault == "multi-frame":
-        assert "enhanced multi-frame object (3 frames in one file)" in message
+        assert "a multi-frame object (3 frames in one file) without per-frame positions" in message
     elif fault == "tilt":
         assert "gantry tilt" in message
     else:
@@ -261,10 +261,123 @@ def test_burned_in_text_and_secondary_capture_are_flagged(tmp_path: Path) -> Non
     assert not {f.code for f in plain.problems} & {"dicom-burned-in", "dicom-secondary-capture"}
 
 
-def test_dicom_channels_are_refused(tmp_path: Path) -> None:
-    dd.write_series(tmp_path / "src" / "p0", dd.volume())
-    message = _failure(tmp_path, tmp_path / "src", channels=("T1", "T2"), modality=("MR",))
+def _mr_pair(folder: Path, seed: int, t2_spacing: tuple[float, float, float] = dd.SPACING):
+    """A T1 and a T2 series of one study and frame of reference (T2 written first, with the
+    lower series number: channel order must come from the options, not the folder)."""
+    t2 = dd.write_series(folder / "t2", dd.volume(seed=seed + 1), modality="MR",
+                         description="T2 TSE ax", series_number=3, spacing=t2_spacing)
+    t1 = dd.write_series(folder / "t1", dd.volume(seed=seed), modality="MR",
+                         description="t1_mprage ax", series_number=5, study_uid=t2.study_uid,
+                         frame_of_reference=t2.frame_of_reference)
+    return t1, t2
+
+
+def test_series_as_channels_in_the_stated_order(tmp_path: Path) -> None:
+    """Repeated --series-description: channel 0 is the T1, channel 1 the T2 in every case; a
+    SEG drawn on the T2 (channel 1) is placed through the T2's slices; channel names follow
+    --modality as for files; the mapping has a row per channel; the header scan reports
+    progress."""
+    src = tmp_path / "src"
+    mask = dd.ball()
+    for i in range(2):
+        _, t2 = _mr_pair(src / f"p{i}", seed=10 * i)
+        dd.write_seg(src / f"p{i}" / "seg.dcm", t2, {"Lesion": mask})
+    told: list[tuple[str, int, int]] = []
+    result = _import(tmp_path, src, lambda *a: told.append(a),
+                     series_description=("T1*", "t2 *"), modality=("MR",))
+    assert ("reading DICOM headers", 50, 50) in told  # 2 x (12 + 12 slices + 1 SEG)
+    assert result.channel_names == {"0": "MR", "1": "MR"}
+    for case in result.cases:
+        i = int(case.images[0][1])
+        t1_img = _read(result.path / "imagesTr" / f"{case.case_id}_0000.nii.gz")
+        t2_img = _read(result.path / "imagesTr" / f"{case.case_id}_0001.nii.gz")
+        assert np.array_equal(t1_img, dd.volume(seed=10 * i))
+        assert np.array_equal(t2_img, dd.volume(seed=10 * i + 1))
+        label = _read(result.path / "labelsTr" / f"{case.case_id}.nii.gz")
+        assert np.array_equal(label, mask.astype(label.dtype))
+    rows = dicom_map.read(dicom_map.path_for(tmp_path / "ws" / ".hpcnn", result.path.name))
+    assert sorted(r.role for r in rows) == ["image"] * 2 + ["image 0001"] * 2 + ["label"] * 2
+    from hpcnn.dataset.importer import _channel_names
+
+    named = _channel_names(ImportOptions(Path(), "x", series_description=("T1*", "t2 tse*")),
+                           [], 2)
+    assert named == {"0": "T1", "1": "t2 tse"}
+
+
+def test_channels_must_be_distinct_series_on_one_grid(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _mr_pair(src / "p0", seed=0, t2_spacing=(0.8, 0.9, 3.0))
+    message = _failure(tmp_path, src, series_description=("t1*", "t2*"), modality=("MR",))
+    assert "channel 1 (p0/t2/" in message and "is not on the grid of channel 0" in message
+    assert "spacing 0.8x0.9x3" in message and "spacing 0.8x0.9x2.5" in message
+    message = _failure(tmp_path, src, series_description=("*ax", "t1*"), modality=("MR",))
+    assert "channel 0: 2 image series match --series-description '*ax'" in message
+    message = _failure(tmp_path, src, series_description=("t1*", "t1*"), modality=("MR",))
+    assert "channel 1 chose the same series as an earlier channel" in message
+    message = _failure(tmp_path, src, series_description=("t1*", "t2*", "x"),
+                       modality=("MR", "MR"))
+    assert "--modality lists 2 values for 3 channels" in message
+    message = _failure(tmp_path, src, channels=("T1", "T2"), modality=("MR",))
     assert "--channels with DICOM case folders" in message
+    assert "repeat --series-description" in message
+    from hpcnn.dataset.dicom_cases import Rule, channel_rules
+
+    assert channel_rules((), ("CT", "PT")) == [Rule(None, frozenset({"CT"})),
+                                              Rule(None, frozenset({"PT"}))]
+    assert channel_rules(("t1*", "t2*"), ("MR",)) == [Rule("t1*", frozenset({"MR"})),
+                                                      Rule("t2*", frozenset({"MR"}))]
+
+
+def test_enhanced_multi_frame_ct_with_its_seg(tmp_path: Path) -> None:
+    """One enhanced CT file (frames stored against position order) reads as the volume the
+    classic series gives, on its grid, and a SEG referencing its frames lands on it; its size
+    from the headers meets --max-gib as a file's does."""
+    import SimpleITK as sitk
+
+    classic = dd.write_series(tmp_path / "classic", dd.volume(seed=4))
+    enhanced = dd.write_enhanced(tmp_path / "src" / "p0" / "ct.dcm", classic)
+    liver = dd.ball()
+    dd.write_seg(tmp_path / "src" / "p0" / "seg.dcm", enhanced, {"Liver": liver})
+    result = _import(tmp_path, tmp_path / "src")
+    case_id = result.cases[0].case_id
+    image = sitk.ReadImage(str(result.path / "imagesTr" / f"{case_id}_0000.nii.gz"))
+    assert np.array_equal(sitk.GetArrayFromImage(image), dd.volume(seed=4))
+    assert np.allclose(image.GetSpacing(), dd.SPACING)
+    assert np.allclose(image.GetOrigin(), dd.ORIGIN)
+    label = _read(result.path / "labelsTr" / f"{case_id}.nii.gz")
+    assert np.array_equal(label, liver.astype(label.dtype))
+    message = _failure(tmp_path / "small", tmp_path / "src", max_gib=1e-5)
+    assert "p0/: a series of 32x32x12 voxels" in message and "--max-gib" in message
+
+
+def test_pydicom_readers_hold_one_volume(tmp_path: Path) -> None:
+    """Memory per worker: the pydicom readers (classic slices, enhanced frames) paste each
+    slice into the output image, so what Python allocates besides it stays a few slices (the
+    former reader stacked a numpy volume and converted it: two volumes more)."""
+    import tracemalloc
+
+    from hpcnn.formats import dicom_series
+
+    shape = (40, 96, 96)
+    series = dd.write_series(tmp_path / "p0", dd.volume(shape))
+    enhanced = dd.write_enhanced(tmp_path / "enh.dcm", series)
+    volume_bytes = int(np.prod(shape)) * 4  # int32, as GDCM gives this series
+    for read in (lambda: dicom_series._read_with_pydicom(list(series.files)),
+                 lambda: dicom_series.read_volume(list(enhanced.files))):
+        tracemalloc.start()
+        try:
+            image = read()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert np.array_equal(_array(image), dd.volume(shape))
+        assert peak < volume_bytes / 4, (peak, volume_bytes)
+
+
+def _array(image) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(image)
 
 
 def test_missing_extra_names_the_install(monkeypatch: pytest.MonkeyPatch,
@@ -294,33 +407,40 @@ def test_label_file_beside_the_series(tmp_path: Path) -> None:
 
 def test_pydicom_reader_gives_what_imageseriesreader_gives(tmp_path: Path) -> None:
     """The fallback for transfer syntaxes GDCM lacks reads the same voxels on the same grid."""
-    import pydicom
     import SimpleITK as sitk
 
     from hpcnn.formats import dicom_series
 
     series = dd.write_series(tmp_path / "p0", dd.volume())
     files = list(series.files)
-    gdcm, own = dicom_series.read_volume(files), dicom_series._read_with_pydicom(files, pydicom)
+    gdcm, own = dicom_series.read_volume(files), dicom_series._read_with_pydicom(files)
     assert np.array_equal(sitk.GetArrayFromImage(gdcm), sitk.GetArrayFromImage(own))
     for get in ("GetOrigin", "GetSpacing", "GetDirection"):
         assert np.allclose(getattr(gdcm, get)(), getattr(own, get)()), get
 
 
 def test_predict_takes_dicom_series_folders(tmp_path: Path) -> None:
-    """predict's input staging: each folder holding one series is a case named after the
-    folder, staged for nnU-Net as the volume the import would write; a folder with a gap is
-    refused before anything runs."""
+    """predict's input staging: each folder holding one series (an enhanced multi-frame file
+    too) is a case named after the folder, staged for nnU-Net as the volume the import would
+    write; a folder with a gap is refused before anything runs, and so is a DICOM result for
+    an enhanced source."""
     from hpcnn.nnunet.inputs import collect, stage
+    from hpcnn.nnunet.predict import _check_dicom_sources
 
     dd.write_series(tmp_path / "in" / "case7-ct" / "DICOM", dd.volume())
     dd.write_series(tmp_path / "in" / "case8-ct", dd.volume(seed=2))
+    classic = dd.write_series(tmp_path / "classic", dd.volume(seed=3))
+    dd.write_enhanced(tmp_path / "in" / "case9-enh" / "ct.dcm", classic)
     cases, _ = collect([str(tmp_path / "in")], ["CT"])
     assert [(c.name, c.output(None)) for c in cases] == [("case7-ct", "case7-ct.nii.gz"),
-                                                        ("case8-ct", "case8-ct.nii.gz")]
+                                                        ("case8-ct", "case8-ct.nii.gz"),
+                                                        ("case9-enh", "case9-enh.nii.gz")]
     lists = stage(cases, tmp_path / "staged", ".nii.gz")
     assert np.array_equal(_read(Path(lists[0][0])), dd.volume())
     assert np.array_equal(_read(Path(lists[1][0])), dd.volume(seed=2))
+    assert np.array_equal(_read(Path(lists[2][0])), dd.volume(seed=3))
+    with pytest.raises(DataError, match="case9-enh/ is an enhanced multi-frame image"):
+        _check_dicom_sources(cases, "dicom-seg")
     broken = dd.write_series(tmp_path / "gap" / "case9", dd.volume())
     broken.files[4].unlink()
     with pytest.raises(DataError, match="uneven slice spacing"):

@@ -21,6 +21,7 @@ from dicom_out_data import (
     dciodvfy,
     label_array,
     label_image,
+    slice_files,
     tool,
     written,
 )
@@ -197,7 +198,8 @@ def test_predict_delivers_one_object_per_series_case(seg_case, tmp_path: Path,
     from hpcnn.nnunet.predict import deliver, source_series
 
     series = seg_case[0]
-    case = PredictCase("case7", (SourceItem(series.folder, "case7"),))
+    case = PredictCase("case7", (SourceItem(series.folder, "case7", slice_files(series),
+                                            "dicom-series"),))
     assert source_series(case) == series.folder
     work = tmp_path / "work"
     work.mkdir()

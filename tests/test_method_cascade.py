@@ -7,7 +7,6 @@ next-stage predictions are missing, naming the folder, the 3d_lowres fold and th
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cascade_models import PLANS, add_lowres, build_cascade_workspace
+from conftest import local_queue_at
 from models import DATASET, nnunet_env, tiny_model, unseen_cases  # noqa: F401  (fixture)
 
 from hpcnn.nnunet import commands
@@ -52,8 +52,7 @@ def cascade(tiny_model: Path,  # noqa: F811
         f"           configurations: [{LOWRES}, {CASCADE}]}}\n"
         "resources: {cpus: 1, gpus: 0}\nlocal: {max_parallel: 2}\n"
         "environment: {variables: {HPCNN_TINY_EPOCHS: '1', nnUNet_def_n_proc: '1'}}\n")
-    os.environ["HPCNN_LOCALQ_DIR"] = str(ws / "queue")
-    try:
+    with local_queue_at(ws / "queue"):
         res = cli(ws, "train-all-folds")
         assert res.returncode == 0, res.stdout + res.stderr
         status = _wait(ws, 2400)
@@ -62,8 +61,6 @@ def cascade(tiny_model: Path,  # noqa: F811
             assert time.time() < deadline, "the find_best job never ended"
             time.sleep(3)
         yield ws, res.stdout, status
-    finally:
-        os.environ.pop("HPCNN_LOCALQ_DIR", None)
 
 
 @pytest.mark.timeout(3000)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,12 +104,20 @@ def test_missing_header_template(tmp_path: Path) -> None:
         render_job(cfg, LOCAL, JobSpec(run="r", name="j", job_dir="/x", commands=[]))
 
 
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="hpcnn-") as folder:
+        yield Path(folder)
+
+
 def test_hostile_names_reach_the_job_as_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             hpcnn) -> None:
+                                             hpcnn, short_tmp: Path) -> None:
     """Spaces, quotes and $(...) in the workspace path, job name, variables and arguments must
     arrive verbatim; the file that an injected command would create must not appear."""
     monkeypatch.setenv("HPCNN_LOCALQ_DIR", str(tmp_path / "q"))
-    canary = tmp_path / "pwned"
+    # The canary's path appears three times in a folder name: a short folder of its own keeps
+    # that name within the 255 bytes a name may have (tmp_path is long under pytest-xdist).
+    canary = short_tmp / "pwned"
     evil = f"it's a \"test\" $(touch {canary}) `touch {canary}` ;touch {canary}"
     root = tmp_path / evil.replace("/", "_")
     root.mkdir()

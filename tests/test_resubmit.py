@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import local_queue_at
 from conftest import testbed_ssh as ssh_argv
 from test_train_local import cli, wait_status
 from testbed_train import Bed, make_bed
@@ -108,14 +109,9 @@ def local_ws(tiny_dataset: Path, tmp_path: Path) -> Iterator[Path]:
         f"training: {{dataset: Tiny, trainer: {TRAINER}, device: cpu, max_resubmits: 2, "
         "folds: [0]}\nresources: {cpus: 1, gpus: 0}\nlocal: {max_parallel: 1}\n"
         f"environment: {{variables: {{nnUNet_extTrainer: {json.dumps(str(ext))}}}}}\n")
-    old = os.environ.get("HPCNN_LOCALQ_DIR")
-    os.environ["HPCNN_LOCALQ_DIR"] = str(tmp_path / "queue")
-    yield ws
-    cli(ws, "cancel", "--yes")
-    if old is None:
-        os.environ.pop("HPCNN_LOCALQ_DIR", None)
-    else:
-        os.environ["HPCNN_LOCALQ_DIR"] = old
+    with local_queue_at(tmp_path / "queue"):
+        yield ws
+        cli(ws, "cancel", "--yes")
 
 
 def _local_exit_codes(ws: Path) -> dict[int, int]:

@@ -5,13 +5,13 @@ driven through the CLI as a user would."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import local_queue_at
 from models import copy_dataset, tiny_dataset  # noqa: F401  (tiny_dataset: fixture)
 
 from hpcnn.nnunet.checkpoint import check_checkpoint
@@ -43,13 +43,12 @@ def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     (ws / "cluster.yaml").write_text(
         "training: {dataset: Tiny, trainer: hpcnnTinyTrainer, device: cpu, max_resubmits: 1}\n"
         "resources: {cpus: 1, gpus: 0}\nlocal: {max_parallel: 2}\n")
-    os.environ["HPCNN_LOCALQ_DIR"] = str(ws / "queue")
-    res = cli(ws, "train-all-folds", "--folds", "0", "--folds", "1")
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.count("submitted fold") == 4  # two attempts per fold
-    wait_status(ws, {0, 11})
-    yield ws
-    os.environ.pop("HPCNN_LOCALQ_DIR", None)
+    with local_queue_at(ws / "queue"):
+        res = cli(ws, "train-all-folds", "--folds", "0", "--folds", "1")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert res.stdout.count("submitted fold") == 4  # two attempts per fold
+        wait_status(ws, {0, 11})
+        yield ws
 
 
 def test_both_folds_complete_with_a_final_checkpoint(trained: Path) -> None:

@@ -38,10 +38,11 @@ def dataset_group() -> None:
 @click.option("--modality", metavar="CT|MR[,...]",
               help="channel_names, one for all channels or one each; CT selects nnU-Net's CT "
                    "normalisation. DICOM: also the series' Modality to import.")
-@click.option("--series-description", metavar="TEXT",
+@click.option("--series-description", metavar="TEXT", multiple=True,
               help="DICOM: the image series whose SeriesDescription matches (case-insensitive, "
                    "* and ? allowed) [default: the only series, or the one the label "
-                   "references].")
+                   "references]; repeat it for channels, in channel order (--modality CT,PT "
+                   "too).")
 @click.option("--channels", metavar="T1,T2,...",
               help="Several images per case, named CASE_T1 ...: channels in this order.")
 @click.option("--pattern", metavar="REGEX",
@@ -73,7 +74,7 @@ def import_command(app: AppContext, source: str, name: str, dataset_id: int | No
                    file_format: str | None, test_fraction: float, seed: int, strict: bool,
                    force: bool, workers: int | None, max_gib: float | None,
                    allow_outside_source: bool, anonymize: bool,
-                   series_description: str | None) -> None:
+                   series_description: tuple[str, ...]) -> None:
     """Import Slicer/NRRD/NIfTI exports or DICOM into nnUNet_raw/DatasetNNN_NAME.
 
     SOURCE is a folder (searched recursively) or a CSV with image and segmentation columns.
@@ -86,7 +87,8 @@ def import_command(app: AppContext, source: str, name: str, dataset_id: int | No
 
     DICOM (pip install 'hpcnn[dicom]'): one folder per case holding the series (any file
     names, nested) and its label, a DICOM-SEG or RTSTRUCT referencing the series or a label file;
-    cases get hpcnn's names, the UIDs stay in .hpcnn/dicom/ (0600).
+    several series of one grid become channels (--series-description t1* --series-description
+    t2*); cases get hpcnn's names, the UIDs stay in .hpcnn/dicom/ (0600).
 
     \b
     labels.yaml lists the classes in order (class 1, 2, ...); every key but the name is

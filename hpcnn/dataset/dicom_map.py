@@ -24,7 +24,7 @@ COLUMNS = ("case_id", "role", "source", "patient_id", "study_uid", "series_uid",
 @dataclass(frozen=True)
 class Row:
     case_id: str
-    role: str  # image | label
+    role: str  # image (channel 0), "image 0001" (channel 1) ..., label
     source: str
     patient_id: str
     study_uid: str

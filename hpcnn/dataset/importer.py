@@ -87,7 +87,7 @@ class ImportOptions:
     allow_outside_source: bool = False
     max_gib: float | None = None
     anonymize: bool = False
-    series_description: str | None = None
+    series_description: tuple[str, ...] = ()  # DICOM: one pattern per channel (or for all)
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def import_dataset(
     findings = leftovers.sweep(workspace.raw)
     found = sources.discover(options.source, channels=options.channels, pattern=options.pattern)
     findings += found.findings
-    dicom = _dicom_cases(found, options, findings)
+    dicom = _dicom_cases(found, options, findings, on_progress)
     anonymize = options.anonymize or bool(dicom)
     for case in found.cases:
         if case.segmentation is None:
@@ -149,7 +149,8 @@ def import_dataset(
     ref, replaces = _target(workspace, name, options)
     destination = workspace.raw / ref.folder_name
     ending = _file_ending(found.cases, options.file_format, findings)
-    channel_names = _channel_names(options, findings)
+    channel_names = _channel_names(options, findings,
+                                   max((len(d.channels) for d in dicom.values()), default=0))
     if anonymize:
         ids = sources.opaque_ids(len(found.cases), options.seed)
         findings.append(notice("", f"{'--anonymize' if options.anonymize else 'DICOM input'}: "
@@ -162,6 +163,8 @@ def import_dataset(
         findings += id_findings
     workers = max(1, min(options.workers or available_cpus(), len(found.cases)))
     max_bytes = _max_bytes(options.max_gib, workers)
+    findings += _series_too_large(dicom, found.cases, max_bytes)
+    raise_if_errors(findings, strict=strict)
     moved, replaced = False, None
     try:
         with runner(workers, on_progress) as run:
@@ -228,8 +231,8 @@ def import_dataset(
     return ImportResult(ref, destination, labels, channel_names, ending, cases, findings)
 
 
-def _dicom_cases(found: sources.Discovery, options: ImportOptions,
-                 findings: list[Finding]) -> dict[str, dicom_cases.DicomCase]:
+def _dicom_cases(found: sources.Discovery, options: ImportOptions, findings: list[Finding],
+                 on_progress: Progress | None = None) -> dict[str, dicom_cases.DicomCase]:
     """The DICOM case folders as cases (added to ``found.cases``), by source case key."""
     if not found.dicom:
         if options.series_description:
@@ -237,13 +240,39 @@ def _dicom_cases(found: sources.Discovery, options: ImportOptions,
                             "DICOM files", hint="drop --series-description")
         return {}
     if options.channels:
-        raise DataError("--channels with DICOM case folders: hpcnn imports one series per DICOM "
-                        "case", hint="choose the series with --series-description")
-    collected = dicom_cases.collect(found.dicom, options.series_description, options.modality)
+        raise DataError("--channels with DICOM case folders: DICOM channels are chosen by their "
+                        "series' headers, not by file names",
+                        hint="repeat --series-description (and/or list --modality) once per "
+                             "channel, in channel order, e.g. --series-description 't1*' "
+                             "--series-description 't2*'")
+    rules = dicom_cases.channel_rules(options.series_description, options.modality)
+    collected = dicom_cases.collect(found.dicom, rules, on_progress)
     findings += collected.findings
     found.cases.extend(c.case for c in collected.cases)
     found.cases.sort(key=lambda c: c.key)
     return {c.case.key: c for c in collected.cases}
+
+
+def _series_too_large(dicom: dict[str, dicom_cases.DicomCase],
+                      cases: Sequence[sources.SourceCase], max_bytes: int | None) -> list[Finding]:
+    """An error for each DICOM series whose volume (from its headers: columns x rows x slices,
+    two bytes a voxel at least) is more than one worker may hold: the bound ``--max-gib``
+    sets for files, which a series of thousands of slices must meet too."""
+    out: list[Finding] = []
+    if max_bytes is None:
+        return out
+    for case in cases:
+        d = dicom.get(case.key)
+        for slices, item in zip(d.channels if d else (), case.images, strict=False):
+            voxels = slices[0].columns * slices[0].rows * len(slices)
+            if 2 * voxels > max_bytes:
+                out.append(error(item.display, f"a series of {slices[0].columns}x"
+                                 f"{slices[0].rows}x{len(slices)} voxels: at least "
+                                 f"{2 * voxels / 2**30:.1f} GiB in memory, more than the "
+                                 f"{max_bytes / 2**30:.1f} GiB one import worker may use",
+                                 hint=f"pass --max-gib {math.ceil(2 * voxels / 2**30) + 1} (and "
+                                      "fewer --workers if memory is short)"))
+    return out
 
 
 def _write_mapping(path: Path, cases: Sequence[sources.SourceCase], ids: Sequence[str],
@@ -258,11 +287,13 @@ def _write_mapping(path: Path, cases: Sequence[sources.SourceCase], ids: Sequenc
         d = dicom.get(case.key)
         if d is None:
             continue
-        first = d.slices[0]
-        rows.append(dicom_map.Row(case_id, "image", case.images[0].display, first.patient_id,
-                                  first.study_uid, first.series_uid,
-                                  tuple(s.sop_uid for s in d.slices), d.burned_in,
-                                  d.secondary_capture))
+        for k, (slices, item) in enumerate(zip(d.channels, case.images, strict=True)):
+            first = slices[0]
+            rows.append(dicom_map.Row(case_id, "image" if k == 0 else f"image {k:04d}",
+                                      item.display, first.patient_id, first.study_uid,
+                                      first.series_uid,
+                                      tuple(dict.fromkeys(s.sop_uid for s in slices)),
+                                      d.burned_in(k), d.secondary_capture(k)))
         if d.label is not None:
             rows.append(dicom_map.Row(case_id, "label", d.label.display, d.label.patient_id,
                                       d.label.study_uid, d.label.series_uid, (d.label.sop_uid,)))
@@ -360,11 +391,13 @@ def _file_ending(cases: Sequence[sources.SourceCase], chosen: str | None,
     return ending
 
 
-def _channel_names(options: ImportOptions, findings: list[Finding]) -> dict[str, str]:
+def _channel_names(options: ImportOptions, findings: list[Finding],
+                   dicom_channels: int = 0) -> dict[str, str]:
     """dataset.json's channel_names: ``--modality`` per channel (one value applies to all),
-    else the ``--channels`` names, else "image"; "CT" selects nnU-Net's CT normalisation,
-    anything else z-score."""
-    n = max(1, len(options.channels))
+    else the ``--channels`` names, else the DICOM channels' ``--series-description`` patterns
+    (without their wildcards), else "image"; "CT" selects nnU-Net's CT normalisation, anything
+    else z-score."""
+    n = max(1, len(options.channels), dicom_channels)
     modality = list(options.modality)
     if modality and len(modality) not in (1, n):
         raise DataError(f"--modality lists {len(modality)} values for {n} channel(s)",
@@ -372,7 +405,10 @@ def _channel_names(options: ImportOptions, findings: list[Finding]) -> dict[str,
     if not modality and not options.channels:
         findings.append(notice("", "no --modality: nnU-Net normalises the images with z-score; "
                                    "pass --modality CT for CT (intensity clipping and scaling)"))
-    names = modality * n if len(modality) == 1 else modality or list(options.channels) or ["image"]
+    patterns = [p.strip("*? ") or f"series {i}" for i, p in
+                enumerate(options.series_description)] if dicom_channels > 1 else []
+    names = (modality * n if len(modality) == 1 else modality or list(options.channels)
+             or (patterns * n if len(patterns) == 1 else patterns) or ["image"] * n)
     return {str(i): name for i, name in enumerate(names)}
 
 
@@ -602,6 +638,7 @@ class _WriteTask:
     series: tuple[tuple[str, ...], ...] = ()  # per image: a DICOM series' files in order
     seg_format: str | None = None  # "dicom-seg" | "rtstruct"
     source_uids: tuple[str, ...] = ()  # the series' SOP Instance UIDs, for a DICOM-SEG
+    source_frames: tuple[int, ...] = ()  # an enhanced source's frames, in volume order
 
 
 def _write_tasks(
@@ -643,7 +680,9 @@ def _write_tasks(
             anonymize=anonymize,
             series=tuple(tuple(str(p) for p in f.files) for f in case.images),
             seg_format=_dicom_label(seg),
-            source_uids=tuple(s.sop_uid for s in dicom[case.key].slices)
+            source_uids=tuple(s.sop_uid for s in dicom[case.key].labelled)
+            if case.key in dicom else (),
+            source_frames=tuple(s.frame for s in dicom[case.key].labelled)
             if case.key in dicom else (),
         ))
     for sub in ("imagesTs", "labelsTs"):
@@ -831,7 +870,8 @@ def _dicom_layers(task: _WriteTask, image: Geometry, findings: list[Finding]) ->
     item = SourceItem(Path(path), display, (), task.seg_format)
     try:
         data, notes = dicom_cases.label_layers(item, task.source_uids, image.size,
-                                               image.spacing, image.origin, image.direction)
+                                               image.spacing, image.origin, image.direction,
+                                               task.source_frames)
     except DataError as exc:
         findings.append(error(display, exc.args[0], hint=exc.hint))
         return None

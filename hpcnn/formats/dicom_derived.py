@@ -139,40 +139,6 @@ def _code(where: str, key: str, given: Any) -> Code:
                     hint=f"e.g. {key}: [10200004, SCT, Liver]")
 
 
-def read_series(folder: Path, files: Sequence[Path] = ()) -> list[Dataset]:
-    """The headers of the one image series in ``folder`` (files at any depth, any names), or
-    of ``files`` (the slices the input side already chose and checked), sorted along the
-    slice normal; pixel data are not read."""
-    from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
-
-    found: dict[str, list[Dataset]] = {}
-    for path in files or sorted(p for p in folder.rglob("*") if p.is_file()):
-        try:
-            ds = dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError):
-            continue
-        if "ImagePositionPatient" in ds and "SeriesInstanceUID" in ds:
-            found.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
-    if not found:
-        raise DataError(f"{folder}: no DICOM image slices found",
-                        hint="pass the folder that holds the source series' files")
-    if len(found) > 1:
-        raise DataError(f"{folder}: {len(found)} image series ({', '.join(sorted(found))}); a "
-                        "DICOM result references exactly one",
-                        hint="put each series in its own folder")
-    slices = next(iter(found.values()))
-    normal = _normal(slices[0])
-    return sorted(slices, key=lambda ds: float(
-        sum(n * float(p) for n, p in zip(normal, ds.ImagePositionPatient, strict=True))))
-
-
-def _normal(ds: Dataset) -> tuple[float, float, float]:
-    r = [float(v) for v in ds.ImageOrientationPatient[:3]]
-    c = [float(v) for v in ds.ImageOrientationPatient[3:]]
-    return (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
-
-
 def voxels_on_series(label: sitk.Image, series: Sequence[Dataset], where: str) -> np.ndarray:
     """The label map's voxels as (slice, row, column) in the order of ``series``, after
     checking that every slice of the series is a slice of the label map (same rows, columns,
@@ -183,6 +149,11 @@ def voxels_on_series(label: sitk.Image, series: Sequence[Dataset], where: str) -
     import SimpleITK as sitk
 
     first = series[0]
+    if "PerFrameFunctionalGroupsSequence" in first:
+        raise DataError(f"{where}: the source is an enhanced multi-frame image; hpcnn writes "
+                        "DICOM results for series of single-frame images only",
+                        hint="write the result as NIfTI (--format nii.gz), or predict a "
+                             "single-frame export of the series")
     size = label.GetSize()
     spacing = label.GetSpacing()
     direction = np.array(label.GetDirection()).reshape(3, 3)

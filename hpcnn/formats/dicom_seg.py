@@ -36,9 +36,9 @@ def references(ds: Any) -> tuple[set[str], set[str], set[str]]:
 
 def segments(path: Path) -> list[NamedSegment]:
     """The segments a SEG declares, in SegmentNumber order: layer k holds the k-th."""
-    from hpcnn.formats.dicom_series import pydicom_module
+    from hpcnn.formats.dicom_series import read_header
 
-    ds = pydicom_module().dcmread(path, stop_before_pixels=True)
+    ds = read_header(path)[0]
     found = sorted((int(s.SegmentNumber), str(getattr(s, "SegmentLabel", "") or
                                                f"Segment_{s.SegmentNumber}"))
                    for s in getattr(ds, "SegmentSequence", []))
@@ -46,18 +46,26 @@ def segments(path: Path) -> list[NamedSegment]:
             for layer, (number, label) in enumerate(found)]
 
 
-def layers(path: Path, source_uids: Sequence[str]) -> Any:
+def layers(path: Path, source_uids: Sequence[str], source_frames: Sequence[int] = ()) -> Any:
     """A (slices, rows, columns, segments) uint8 array, 1 where a segment covers a voxel,
-    for the image slices ``source_uids`` (in volume order)."""
+    for the image slices ``source_uids`` (in volume order); for an enhanced multi-frame source
+    (one SOP instance) the slices are its frames ``source_frames`` (1-based, in volume order)."""
     import numpy as np
 
     hd = dicom_library("highdicom")
     seg = hd.seg.segread(str(path))
     numbers = [s.index for s in segments(path)]
     try:
-        pixels = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=list(source_uids), segment_numbers=numbers,
-            combine_segments=False, rescale_fractional=True)
+        if any(source_frames):
+            pixels = seg.get_pixels_by_source_frame(
+                source_sop_instance_uid=source_uids[0],
+                source_frame_numbers=list(source_frames), segment_numbers=numbers,
+                combine_segments=False, rescale_fractional=True,
+                assert_missing_frames_are_empty=True)  # a SEG omits frames it leaves empty
+        else:
+            pixels = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=list(source_uids), segment_numbers=numbers,
+                combine_segments=False, rescale_fractional=True)
     except (ValueError, KeyError, AttributeError) as exc:
         raise DataError(f"{path.name}: its frames cannot be placed on the image slices: {exc}",
                         hint="export the SEG with a reference to its source image per frame") \

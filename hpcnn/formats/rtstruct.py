@@ -16,7 +16,7 @@ from typing import Any
 
 from hpcnn.errors import DataError
 from hpcnn.formats import Format, register
-from hpcnn.formats.dicom_series import pydicom_module
+from hpcnn.formats.dicom_series import read_header
 from hpcnn.formats.segment import NamedSegment
 
 RTSTRUCT = register(Format("rtstruct", prediction_choice="rtstruct", ending=".rtstruct.dcm",
@@ -55,7 +55,7 @@ def references(ds: Any) -> tuple[set[str], set[str], set[str]]:
 
 def segments(path: Path) -> list[NamedSegment]:
     """The ROIs in StructureSetROISequence order: layer k holds the k-th."""
-    ds = pydicom_module().dcmread(path, stop_before_pixels=True)
+    ds = read_header(path)[0]
     return [NamedSegment(int(r.ROINumber), str(getattr(r, "ROIName", "") or
                                                f"ROI_{r.ROINumber}"), layer, 1)
             for layer, r in enumerate(getattr(ds, "StructureSetROISequence", []))]
@@ -67,7 +67,7 @@ def rasterise(path: Path, size: Sequence[int], spacing: Sequence[float],
     SimpleITK's spacing, origin and row-major direction)."""
     import numpy as np
 
-    ds = pydicom_module().dcmread(path, stop_before_pixels=True)
+    ds = read_header(path)[0]
     rois = segments(path)
     size = tuple(int(n) for n in size)
     origin = np.asarray(origin, float)
@@ -132,7 +132,7 @@ def even_odd(polygons: Sequence[Any], rows: int, columns: int) -> Any:
 
 def check_readable(path: Path) -> None:
     """DataError when the file is not a structure set with ROIs."""
-    ds = pydicom_module().dcmread(path, stop_before_pixels=True)
+    ds = read_header(path)[0]
     if not getattr(ds, "StructureSetROISequence", None):
         raise DataError(f"{path.name}: an RTSTRUCT without ROIs",
                         hint="export the structure set again with its structures")

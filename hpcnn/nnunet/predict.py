@@ -187,6 +187,13 @@ def _check_dicom_sources(cases: Sequence[PredictCase], fmt: str) -> None:
                         f"{shorten(files)} {'is not a' if len(files) == 1 else 'are not'} "
                         "DICOM series", hint="predict the DICOM series folders themselves, or "
                                              "choose --format nii.gz, nrrd or seg.nrrd")
+    enhanced = [c.images[0].display for c in cases
+                if source_series(c) is not None and len(c.images[0].files) == 1]
+    if enhanced:  # a classic series has two slices at least (dicom_series.problems)
+        raise DataError(f"--format {fmt}: {shorten(enhanced)} "
+                        f"{'is an' if len(enhanced) == 1 else 'are'} enhanced multi-frame "
+                        "image(s); hpcnn writes DICOM results for series of single-frame images "
+                        "only", hint="choose --format nii.gz, nrrd or seg.nrrd for them")
 
 
 def dicom_codes(fmt: str | None, labels_file: Path | None) -> dict[str, Any]:
@@ -531,8 +538,9 @@ def _place_dicom(result: Path, final: Path, model: ModelFolder, folds: Sequence[
     import SimpleITK as sitk
 
     from hpcnn import __version__
-    from hpcnn.formats.dicom_derived import Algorithm, read_series, segment_classes
+    from hpcnn.formats.dicom_derived import Algorithm, segment_classes
     from hpcnn.formats.dicom_seg_out import write_dicom_seg
+    from hpcnn.formats.dicom_series import headers
     from hpcnn.formats.rtstruct_out import write_rtstruct
 
     folder = source_series(case)
@@ -544,7 +552,7 @@ def _place_dicom(result: Path, final: Path, model: ModelFolder, folds: Sequence[
                           __version__)
     ensure_dir(final.parent)
     write = write_dicom_seg if fmt == "dicom-seg" else write_rtstruct
-    write(sitk.ReadImage(str(result)), read_series(folder, case.images[0].files),
+    write(sitk.ReadImage(str(result)), headers(case.images[0].files),
           segment_classes(model.labels, PALETTE, codes), algorithm, final, force=force)
 
 

@@ -1,8 +1,9 @@
 """Synthetic DICOM for tests and the demo: a CT series written with pydicom, a DICOM-SEG of it
 written with highdicom (binary or fractional), an RTSTRUCT of it written with pydicom, and the
 variants the fault tests need (a missing slice, gantry tilt, a compressed transfer syntax, no
-preamble). Volumes are tiny (32x32x12 by default); every header carries made-up patient data
-(``PATIENT_ID``) so tests can check that none of it leaves the laptop side.
+preamble), and an enhanced multi-frame CT (highdicom's Legacy Converted Enhanced CT: one file,
+per-frame functional groups). Volumes are tiny (32x32x12 by default); every header carries
+made-up patient data (``PATIENT_ID``) so tests can check that none of it leaves the laptop side.
 """
 
 from __future__ import annotations
@@ -153,6 +154,10 @@ def write_seg(path: Path, series: Series, masks: Mapping[str, np.ndarray], *,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
         for i, name in enumerate(masks, start=1)]
     stack = np.stack([np.asarray(m) for m in masks.values()], axis=-1)
+    if len(sources) == 1 and int(getattr(sources[0], "NumberOfFrames", 1) or 1) > 1:
+        z = [float(f.PlanePositionSequence[0].ImagePositionPatient[2])
+             for f in sources[0].PerFrameFunctionalGroupsSequence]
+        stack = stack[np.argsort(np.argsort(z))]  # frame k holds the slice of its position rank
     kind = (hd.seg.SegmentationTypeValues.FRACTIONAL if fractional
             else hd.seg.SegmentationTypeValues.BINARY)
     pixels = stack.astype(np.float32) * 0.8 if fractional else stack.astype(np.uint8)
@@ -165,6 +170,23 @@ def write_seg(path: Path, series: Series, masks: Mapping[str, np.ndarray], *,
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path)
     return path
+
+
+def write_enhanced(path: Path, series: Series) -> Series:
+    """``series`` as one enhanced multi-frame CT file (frames in reverse position order: readers
+    must place them by their Plane Position), by highdicom's legacy conversion."""
+    import highdicom as hd
+    import pydicom
+
+    legacy = [pydicom.dcmread(f) for f in reversed(series.files)]
+    image = hd.legacy.LegacyConvertedEnhancedCTImage(
+        legacy_datasets=legacy, series_instance_uid=hd.UID(), series_number=4,
+        sop_instance_uid=hd.UID(), instance_number=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save_as(path)
+    return Series((path,), series.study_uid, str(image.SeriesInstanceUID),
+                  series.frame_of_reference, (str(image.SOPInstanceUID),), series.spacing,
+                  series.origin)
 
 
 def box_contour(x0: int, x1: int, y0: int, y1: int) -> list[tuple[float, float]]:
