@@ -3,14 +3,14 @@
 Goal (issue 21): importing a 512x512x300 CT series costs <= 1.25x SimpleITK's
 ``ImageSeriesReader`` read plus a gzip NIfTI write of the same image.
 
-Data: one case folder, written once to --data with tests/dicom_data.py: a 512x512x300 int16
-CT-like series (smooth anatomy plus noise, so it compresses like a CT), one file per slice,
-with an RTSTRUCT of one box ROI on 20 slices (the import needs a label; filling it and writing
-the label map is part of the import's cost). Both sides run in this process with SimpleITK on
-one thread. The baseline lists the series with GDCM (``GetGDCMSeriesFileNames``), reads it and
-writes ``.nii.gz``; the import reads every header, checks the series (spacing, tilt, decoder,
-references), reads the slices, fills the ROI, writes image, label, dataset.json, cases.csv and
-the UID mapping. Runs are interleaved (harness.compare) and the medians compared.
+Data: one case folder, written once to --data with hpcnn/services/demo_dicom_data.py: a
+512x512x300 int16 CT-like series (smooth anatomy plus noise, so it compresses like a CT), one
+file per slice, with an RTSTRUCT of one box ROI on 20 slices (the import needs a label; filling
+it and writing the label map is part of the import's cost). Both sides run in this process with
+SimpleITK on one thread. The baseline lists the series with GDCM (``GetGDCMSeriesFileNames``),
+reads it and writes ``.nii.gz``; the import reads every header, checks the series (spacing, tilt,
+decoder, references), reads the slices, fills the ROI, writes image, label, dataset.json,
+cases.csv and the UID mapping. Runs are interleaved (harness.compare) and the medians compared.
 
 Memory (``--memory SLICES``, e.g. 3000): a series of that many 256x256 slices (an RTSTRUCT of
 one box on 20 slices as its label), each
@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+sys.path[:0] = [str(HERE)]
 
 from harness import compare, goal, load_average, report, time_call  # noqa: E402
 
@@ -50,7 +50,7 @@ def make_data(folder: Path) -> Path:
 
     done = folder / ".complete"
     if not done.exists():
-        import dicom_data as dd
+        from hpcnn.services import demo_dicom_data as dd
 
         shutil.rmtree(folder, ignore_errors=True)
         z, y, x = np.ogrid[:SHAPE[0], :SHAPE[1], :SHAPE[2]]
@@ -118,7 +118,7 @@ def memory(slices: int, root: Path) -> None:
     if not done.exists():
         import shutil
 
-        import dicom_data as dd
+        from hpcnn.services import demo_dicom_data as dd
 
         shutil.rmtree(data.parent, ignore_errors=True)
         series = dd.write_series(data, dd.volume((slices, 256, 256)), spacing=(0.7, 0.7, 0.5))

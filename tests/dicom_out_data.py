@@ -1,6 +1,6 @@
 """Tiny synthetic label maps for the DICOM output tests, on the grid of a CT series written by
-tests/dicom_data.py (patient/study values a derived object must carry over), and the same label
-map on another grid."""
+hpcnn/services/demo_dicom_data.py (patient/study values a derived object must carry over), and
+the same label map on another grid."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from dicom_data import PATIENT_ID  # noqa: F401  (the tests import it from here)
+
+from hpcnn.services.demo_dicom_data import PATIENT_ID  # noqa: F401  (the tests import it from here)
 
 SIZE = (32, 32, 12)  # x, y, z
 SPACING = (0.8, 0.8, 2.5)
@@ -29,9 +30,9 @@ class Series:
 def write_series(folder: Path, size: tuple[int, int, int] = SIZE,
                  spacing: tuple[float, float, float] = SPACING,
                  origin: tuple[float, float, float] = ORIGIN) -> Series:
-    """A CT series of ``size`` (x, y, z) axial slices (tests/dicom_data.py writes it, named
-    against their position order: readers must sort by position, not by name)."""
-    import dicom_data
+    """A CT series of ``size`` (x, y, z) axial slices (hpcnn/services/demo_dicom_data.py writes
+    it, named against their position order: readers must sort by position, not by name)."""
+    from hpcnn.services import demo_dicom_data as dicom_data
 
     image = dicom_data.volume((size[2], size[1], size[0]))
     made = dicom_data.write_series(folder, image, spacing=spacing, origin=origin,

@@ -1,6 +1,6 @@
 """``hpcnn dataset import`` of DICOM case folders: series + DICOM-SEG / RTSTRUCT round trips,
 series choice, patient data kept out of nnUNet_raw, and every fault refused with a clear
-message and nothing written (synthetic DICOM from tests/dicom_data.py, 32x32x12)."""
+message and nothing written (synthetic DICOM from hpcnn/services/demo_dicom_data.py, 32x32x12)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,11 @@ import pytest
 pytest.importorskip("pydicom")
 pytest.importorskip("highdicom")
 
-import dicom_data as dd  # noqa: E402
-
 from hpcnn.dataset import dicom_map  # noqa: E402
 from hpcnn.dataset.check import check_dataset  # noqa: E402
 from hpcnn.dataset.importer import ImportOptions, import_dataset  # noqa: E402
 from hpcnn.errors import DataError  # noqa: E402
+from hpcnn.services import demo_dicom_data as dd  # noqa: E402
 from hpcnn.workspace import Workspace  # noqa: E402
 
 HTJ2K = "1.2.840.10008.1.2.4.201"  # High-Throughput JPEG 2000: SimpleITK's GDCM lacks it

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dicom_data import PATIENT_ID, volume, write_series
 from models import tiny_model  # noqa: F401  (fixture)
+
+from hpcnn.services.demo_dicom_data import PATIENT_ID, volume, write_series
 
 pytestmark = pytest.mark.usefixtures("sitk_available")
 

@@ -9,17 +9,21 @@ minutes on two CPU cores.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpcnn.dataset.slicer import segment_header
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SIZE = (32, 32, 32)
 CLASSES = (("ball", 1, (0.9, 0.4, 0.3)), ("box", 2, (0.3, 0.6, 0.9)))
 
 
-def write_case(folder: Path, name: str, seed: int) -> tuple[Path, Path]:
-    """``<name>.nrrd`` and ``<name>.seg.nrrd`` under ``folder``; returns both paths."""
+def synthetic_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One patient as (z, y, x) arrays: the int16 CT-like image and its uint8 labels (the
+    values of ``CLASSES``). The NRRD and the DICOM exports both write these."""
     import numpy as np
-    import SimpleITK as sitk
 
     rng = np.random.default_rng(seed)
     z, y, x = np.indices(SIZE)
@@ -33,8 +37,16 @@ def write_case(folder: Path, name: str, seed: int) -> tuple[Path, Path]:
     box[lo[0]:lo[0] + side[0], lo[1]:lo[1] + side[1], lo[2]:lo[2] + side[2]] = True
     labels[box & (labels == 0)] = 2
     image = rng.normal(0, 40, SIZE) + np.where(labels == 1, 180, 0) + np.where(labels == 2, -160, 0)
+    return image.astype(np.int16), labels
+
+
+def write_case(folder: Path, name: str, seed: int) -> tuple[Path, Path]:
+    """``<name>.nrrd`` and ``<name>.seg.nrrd`` under ``folder``; returns both paths."""
+    import SimpleITK as sitk
+
+    image, labels = synthetic_case(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    img = sitk.GetImageFromArray(image.astype(np.int16))
+    img = sitk.GetImageFromArray(image)
     seg = sitk.GetImageFromArray(labels)
     for item in (img, seg):
         item.SetSpacing((1.0, 1.0, 1.0))
