@@ -274,9 +274,9 @@ def _mr_pair(folder: Path, seed: int, t2_spacing: tuple[float, float, float] = d
 
 def test_series_as_channels_in_the_stated_order(tmp_path: Path) -> None:
     """Repeated --series-description: channel 0 is the T1, channel 1 the T2 in every case; a
-    SEG drawn on the T2 (channel 1) is placed through the T2's slices; channel names follow
-    --modality as for files; the mapping has a row per channel; the header scan reports
-    progress."""
+    SEG drawn on the T2 (channel 1) is placed through the T2's slices; the channels are named
+    by their patterns (--modality MR would name both MR); the mapping has a row per channel;
+    the header scan reports progress."""
     src = tmp_path / "src"
     mask = dd.ball()
     for i in range(2):
@@ -286,7 +286,7 @@ def test_series_as_channels_in_the_stated_order(tmp_path: Path) -> None:
     result = _import(tmp_path, src, lambda *a: told.append(a),
                      series_description=("T1*", "t2 *"), modality=("MR",))
     assert ("reading DICOM headers", 50, 50) in told  # 2 x (12 + 12 slices + 1 SEG)
-    assert result.channel_names == {"0": "MR", "1": "MR"}
+    assert result.channel_names == {"0": "T1", "1": "t2"}  # what predict finds them by
     for case in result.cases:
         i = int(case.images[0][1])
         t1_img = _read(result.path / "imagesTr" / f"{case.case_id}_0000.nii.gz")
@@ -445,3 +445,33 @@ def test_predict_takes_dicom_series_folders(tmp_path: Path) -> None:
     broken.files[4].unlink()
     with pytest.raises(DataError, match="uneven slice spacing"):
         collect([str(tmp_path / "gap")], ["CT"])
+
+
+def test_predict_finds_a_models_dicom_channels_by_their_names(tmp_path: Path) -> None:
+    """A model with channels named T1 and t2 (as an import by --series-description names them)
+    takes each case folder's T1 and T2 series in channel order, whatever the folder's order;
+    a folder without a T2 is refused naming the channel and listing its series; a CT channel
+    is found by its modality."""
+    from hpcnn.nnunet.inputs import collect, stage
+
+    for i in range(2):
+        _mr_pair(tmp_path / "in" / f"case{i}", seed=10 * i)
+    cases, _ = collect([str(tmp_path / "in")], ["T1", "t2"])
+    assert [c.name for c in cases] == ["case0", "case1"]
+    lists = stage(cases, tmp_path / "staged", ".nii.gz")
+    for i, (t1, t2) in enumerate(lists):
+        assert np.array_equal(_read(Path(t1)), dd.volume(seed=10 * i))
+        assert np.array_equal(_read(Path(t2)), dd.volume(seed=10 * i + 1))
+    dd.write_series(tmp_path / "t1only" / "case2", dd.volume(), modality="MR",
+                    description="t1_mprage ax")
+    with pytest.raises(DataError, match=r"channel 1: no image series matches "
+                                        r"--series-description '\*t2\*'.*t1_mprage ax"):
+        collect([str(tmp_path / "t1only")], ["T1", "t2"])
+    ct = dd.write_series(tmp_path / "ctpt" / "case3" / "ct", dd.volume(seed=4))
+    dd.write_series(tmp_path / "ctpt" / "case3" / "pet", dd.volume(seed=5), modality="PT",
+                    description="PET AC", series_number=4, study_uid=ct.study_uid,
+                    frame_of_reference=ct.frame_of_reference)
+    cases, _ = collect([str(tmp_path / "ctpt")], ["CT", "pet"])
+    (ct_file, pet_file), = stage(cases, tmp_path / "staged2", ".nii.gz")
+    assert np.array_equal(_read(Path(ct_file)), dd.volume(seed=4))
+    assert np.array_equal(_read(Path(pet_file)), dd.volume(seed=5))

@@ -121,11 +121,24 @@ def collect(folders: Sequence[DicomFolder], rules: Sequence[Rule],
     return found
 
 
-def image_series(folder: DicomFolder, findings: list[Finding]) -> SourceItem | None:
-    """The one image series of a folder to predict (the same choice and checks as an import
-    without options), or None after an error in ``findings``."""
-    case = _case(folder, [Rule()], findings)
-    return case.case.images[0] if case is not None else None
+def model_rules(channel_names: Sequence[str]) -> list[Rule]:
+    """The rules that choose a DICOM folder's series for a model's channels when predicting:
+    one channel takes the folder's one image series (as an import without options); with
+    several, a channel named by a DICOM modality (``CT``, ``PT``) takes the series of that
+    modality, any other name the series whose description contains it (``t1`` → ``*t1*``) —
+    the names an import gives channels from ``--modality`` or ``--series-description``."""
+    if len(channel_names) <= 1:
+        return [Rule()]
+    return [Rule(modality=frozenset({name.upper()})) if name.upper() in DICOM_MODALITIES
+            else Rule(description=f"*{name}*") for name in channel_names]
+
+
+def image_series(folder: DicomFolder, findings: list[Finding],
+                 rules: Sequence[Rule] = (Rule(),)) -> tuple[SourceItem, ...] | None:
+    """A folder's image series to predict, one per rule (channel), with the same choice and
+    checks as an import, or None after an error in ``findings``."""
+    case = _case(folder, rules, findings)
+    return case.case.images if case is not None else None
 
 
 def _case(folder: DicomFolder, rules: Sequence[Rule], findings: list[Finding],

@@ -394,9 +394,11 @@ def _file_ending(cases: Sequence[sources.SourceCase], chosen: str | None,
 def _channel_names(options: ImportOptions, findings: list[Finding],
                    dicom_channels: int = 0) -> dict[str, str]:
     """dataset.json's channel_names: ``--modality`` per channel (one value applies to all),
-    else the ``--channels`` names, else the DICOM channels' ``--series-description`` patterns
-    (without their wildcards), else "image"; "CT" selects nnU-Net's CT normalisation, anything
-    else z-score."""
+    else the ``--channels`` names, else "image"; "CT" selects nnU-Net's CT normalisation,
+    anything else z-score. DICOM channels chosen by one ``--series-description`` pattern each
+    are named by their patterns without wildcards (a CT channel stays "CT", for its
+    normalisation): the names by which ``predict`` finds the same series in a DICOM folder
+    (dicom_cases.model_rules), which two channels both named "MR" could not tell apart."""
     n = max(1, len(options.channels), dicom_channels)
     modality = list(options.modality)
     if modality and len(modality) not in (1, n):
@@ -409,6 +411,9 @@ def _channel_names(options: ImportOptions, findings: list[Finding],
                 enumerate(options.series_description)] if dicom_channels > 1 else []
     names = (modality * n if len(modality) == 1 else modality or list(options.channels)
              or (patterns * n if len(patterns) == 1 else patterns) or ["image"] * n)
+    if len(patterns) == n > 1:
+        names = ["CT" if name.upper() == "CT" else pattern
+                 for name, pattern in zip(names, patterns, strict=True)]
     return {str(i): name for i, name in enumerate(names)}
 
 

@@ -65,9 +65,8 @@ def collect(items: Sequence[str], channel_names: Sequence[str], *,
     """The cases in INPUT items for a model with these channels, and notices; DataError (every
     problem at once) when a file cannot be used. Files under ``exclude`` (the output folder,
     when it lies inside an input folder) are not inputs."""
-    files, findings = _files(items, exclude.resolve() if exclude else None)
-    series = [f for f in files if f.is_series]
-    files = [f for f in files if not f.is_series]
+    files, series, findings = _files(items, exclude.resolve() if exclude else None,
+                                     dicom_cases.model_rules(channel_names))
     images = [f for f in files if not _is_segmentation(f)]
     nnunet_named = bool(images) and all(
         _NNUNET_CHANNEL.fullmatch(formats.split_extension(f.path.name)[0]) for f in images)
@@ -110,13 +109,8 @@ def collect(items: Sequence[str], channel_names: Sequence[str], *,
     else:
         cases = [PredictCase(formats.split_extension(e.file.display)[0], (e.file,))
                  for e in entries]
-    for s in series:  # named after its folder (a folder's display holds no "/")
-        if n > 1:
-            findings.append(error(s.display, f"a DICOM series; the model takes {wanted}",
-                                  hint="predict DICOM series with one-channel models, or "
-                                       "convert the channels to files named by channel"))
-        else:
-            cases.append(PredictCase(s.display.split("/", 1)[0], (s,)))
+    for channels in series:  # named after its folder (a folder's display holds no "/")
+        cases.append(PredictCase(channels[0].display.split("/", 1)[0], channels))
     if not cases and not any(f.level == "error" for f in findings):
         raise DataError(f"no images found in {', '.join(items)}",
                         hint="images end in .nrrd, .nii, .nii.gz or .mha")
@@ -148,11 +142,13 @@ def refuse(findings: Sequence[Finding]) -> None:
     raise DataError("\n".join(lines))
 
 
-def _files(items: Sequence[str],
-           exclude: Path | None) -> tuple[list[SourceItem], list[Finding]]:
+def _files(items: Sequence[str], exclude: Path | None, rules: Sequence[dicom_cases.Rule],
+           ) -> tuple[list[SourceItem], list[tuple[SourceItem, ...]], list[Finding]]:
     """Every image file the items name: folders recursively (display relative to the folder),
-    files and glob matches by name."""
+    files and glob matches by name; and each DICOM folder's series, one per channel ``rules``
+    choose."""
     found: list[SourceItem] = []
+    series: list[tuple[SourceItem, ...]] = []
     ignored: list[str] = []
     problems: list[Finding] = []
     for item in items:
@@ -172,9 +168,9 @@ def _files(items: Sequence[str],
                 else:
                     ignored.append(rel.as_posix())
             for folder in folders.values():
-                series = dicom_cases.image_series(folder, problems)
-                if series is not None:
-                    found.append(series)
+                channels = dicom_cases.image_series(folder, problems, rules)
+                if channels is not None:
+                    series.append(channels)
             continue
         matches = [Path(m) for m in sorted(glob.glob(os.path.expanduser(item)))]
         if not matches and not glob.has_magic(item):
@@ -195,7 +191,7 @@ def _files(items: Sequence[str],
     if ignored:
         problems.append(notice("", f"ignored {len(ignored)} file(s) that are not images: "
                                    f"{shorten(ignored)}"))
-    return found, problems
+    return found, series, problems
 
 
 def _dicom_folders(root: Path, files: Sequence[Path]) -> dict[str, sources.DicomFolder]:
