@@ -173,23 +173,30 @@ class BenchBed:
         extra_directives); else the rows get ids no scheduler holds any more, as finished jobs'
         do once the scheduler forgot them, and their folders' markers tell how they ended."""
         from hpcnn.jobs import engine
+        from hpcnn.jobs.experiment import Experiment
+        from hpcnn.jobs.folds import CONTINUES
         from hpcnn.jobs.model import FOLD, JobSpec, Run, job_name
         from hpcnn.jobs.script import render_job
+        from hpcnn.jobs.submit import record_experiment
         from hpcnn.services.train import anchor_remote_dir
         from hpcnn.state import JobRow
 
         anchor_remote_dir(session)
         run = Run(dataset=dataset, trainer="nnUNetTrainer", plans="nnUNetPlans",
                   configuration="3d_fullres")
-        session.record_run(run, folds=list(range(folds)))
+        record_experiment(session.registry, Experiment(run.dataset, run.trainer, run.plans,
+                                                       (run.configuration,),
+                                                       tuple(range(folds))), session.host)
         gone = 10**7 + os.getpid() * 1000
         for fold in range(folds):
+            before: tuple[str, str, str] | None = None  # the attempt this one continues
             for attempt in range(1, attempts + 1):
                 name = job_name(run.id, fold, attempt)
                 job_dir = session.remote.job_dir(run.id, name)
                 session.registry.add(JobRow(name=name, run=run.id, kind=FOLD, fold=fold,
                                             attempt=attempt, job_dir=job_dir,
-                                            scheduler=session.dialect.name, state="pending"))
+                                            scheduler=session.dialect.name, state="pending"),
+                                     [before] if before else ())
                 if submit:
                     spec = JobSpec(run=run.id, name=name, job_dir=job_dir,
                                    commands=[["sleep", "600"]], kind=FOLD, fold=fold,
@@ -202,6 +209,7 @@ class BenchBed:
                     job_id = str(gone + len(session.registry.jobs()))
                 session.registry.update(name, scheduler_id=job_id, state="queued",
                                         submitted_at=time.time())
+                before = (job_id, CONTINUES, name)
         return run
 
     def close(self) -> None:
