@@ -53,11 +53,10 @@ def _groups_file(config: pytest.Config) -> Path:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A worker of ``--dist loadgroup`` writes each test's group where the controller's
-    scheduler (below) reads it. pytest-xdist's own ``xdist_group`` suffix on the test id is lost
+    """A pytest-xdist worker writes each test's group where the controller's scheduler
+    (below) reads it. pytest-xdist's own ``xdist_group`` suffix on the test id is lost
     under pytest >= 9.2, which builds ids afresh; hence this file."""
-    if os.environ.get("PYTEST_XDIST_WORKER") is None or config.getoption("dist", "no") != "no" \
-            or not getattr(config.option, "loadgroup", False):
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
         return
     import json
 
@@ -71,8 +70,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN201
     """``--dist loadgroup`` with the groups of ``_group``: pytest-xdist's scheduling by
     scope (a group is one unit of work, the largest sent first), the scope read from the
-    file the workers wrote when they collected."""
-    if config.getoption("dist") != "loadgroup":
+    file the workers wrote when they collected. Plain ``-n 2`` (``--dist load``) gets it too:
+    test-bed tests in two workers at once would stop each other's slurmctld."""
+    if config.getoption("dist") not in ("load", "loadgroup"):
         return None
     import json
 
