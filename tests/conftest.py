@@ -113,11 +113,8 @@ def own_local_queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     if os.environ.get("HPCNN_LOCALQ_DIR"):
         yield
         return
-    os.environ["HPCNN_LOCALQ_DIR"] = str(tmp_path_factory.mktemp("localq"))
-    try:
+    with local_queue_at(tmp_path_factory.mktemp("localq")):
         yield
-    finally:
-        os.environ.pop("HPCNN_LOCALQ_DIR", None)
 
 
 @pytest.fixture(scope="session")
