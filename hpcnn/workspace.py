@@ -52,6 +52,11 @@ class Workspace:
     def state_dir(self) -> Path:
         return self.root / HPCNN_DIR
 
+    @property
+    def registry_file(self) -> Path:
+        """The registry's database (hpcnn.state): there once something was recorded."""
+        return self.state_dir / "state.db"
+
     def nnunet_env(self) -> dict[str, str]:
         """The ``nnUNet_*`` variables nnU-Net needs, pointing into this workspace."""
         return {name: str(self.folder(name)) for name in (RAW, PREPROCESSED, RESULTS)}

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -266,6 +267,40 @@ def test_openssh_master_is_private_and_closed(cluster_config) -> None:
     assert not control_dir.exists()
 
 
+def masters_on(control_dir: Path) -> list[str]:
+    """The ssh processes whose command line names this control folder."""
+    found = subprocess.run(["pgrep", "-af", f"ControlPath={control_dir}/"], capture_output=True,
+                           text=True, check=False).stdout.splitlines()
+    return [line for line in found if " ssh " in f" {line.split(None, 1)[-1]}"]
+
+
+@pytest.mark.parametrize("then", ["commands", "close"])
+def test_a_login_begun_early_is_ridden_or_ended(cluster_config, testbed, then: str) -> None:
+    """start() logs in in the background; the commands that follow ride that one login; a
+    command that ends before its first remote command (an error, Ctrl-C) ends the login too,
+    leaving no ssh process and no folder behind."""
+    cfg = cluster_config("torque", "openssh")
+    log = Path(testbed["TESTBED_SSHD_LOG"])
+    before = accepted(log)
+    conn = connect(cfg)
+    control_dir = Path(conn._control_dir)  # type: ignore[attr-defined]
+    conn.start()
+    conn.start()  # a second call begins nothing more
+    if then == "commands":
+        ports = {client_port(conn), client_port(conn)}
+        assert len(ports) == 1 and (control_dir / "master").is_socket()
+        conn.close()
+        time.sleep(1)  # sshd writes its log line as the login completes
+        assert accepted(log) - before == 1
+    else:
+        conn.close()
+    assert not control_dir.exists()
+    deadline = time.monotonic() + 10
+    while masters_on(control_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert masters_on(control_dir) == []
+
+
 # ---- faults: each one clear message, nothing left behind
 
 
@@ -306,15 +341,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def connection_error(cfg) -> ConnectionFailed:
+def connection_error(cfg, *, early: bool = False) -> ConnectionFailed:
+    """The error of the first command; ``early``: after ``start()`` began the login (what
+    ``hpcnn status`` does), which must fail the same way."""
     with pytest.raises(ConnectionFailed) as info, connect(cfg) as conn:
+        if early:
+            conn.start()
         conn.run(["true"])
     return info.value
 
 
-@pytest.mark.parametrize("ssh", TRANSPORTS)
-def test_closed_port_is_refused(cluster_config, ssh: str) -> None:
-    err = connection_error(cluster_config("torque", ssh, alias=False, port=free_port()))
+EARLY = [("fabric", False), ("openssh", False), ("openssh", True)]
+"""Transports, and whether the login began early (openssh's start(); fabric's does nothing)."""
+
+
+@pytest.mark.parametrize("ssh,early", EARLY)
+def test_closed_port_is_refused(cluster_config, ssh: str, early: bool) -> None:
+    err = connection_error(cluster_config("torque", ssh, alias=False, port=free_port()),
+                           early=early)
     assert "refused the connection" in str(err) and "cluster.port" in str(err)
 
 
@@ -340,11 +384,12 @@ def test_unknown_host_name(cluster_config, ssh: str) -> None:
     assert "cannot reach no-such-host.invalid" in str(err)
 
 
-@pytest.mark.parametrize("ssh", TRANSPORTS)
-def test_key_not_authorised(cluster_config, tmp_path: Path, ssh: str) -> None:
+@pytest.mark.parametrize("ssh,early", EARLY)
+def test_key_not_authorised(cluster_config, tmp_path: Path, ssh: str, early: bool) -> None:
     key = tmp_path / "stranger"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    err = connection_error(cluster_config("torque", ssh, alias=False, identity_file=str(key)))
+    err = connection_error(cluster_config("torque", ssh, alias=False, identity_file=str(key)),
+                           early=early)
     assert "refused the login" in str(err) and "authorized_keys" in str(err)
 
 
@@ -358,10 +403,10 @@ def known_hosts(testbed, testbed_ssh_config: Path, tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("ssh", TRANSPORTS)
+@pytest.mark.parametrize("ssh,early", EARLY)
 def test_unknown_host_key_is_refused_with_its_fingerprint(cluster_config, known_hosts: Path,
-                                                          ssh: str) -> None:
-    err = connection_error(cluster_config("torque", ssh))
+                                                          ssh: str, early: bool) -> None:
+    err = connection_error(cluster_config("torque", ssh), early=early)
     expected = subprocess.run(
         ["ssh-keygen", "-lf", "/etc/hpcnn-testbed/ssh_host_ed25519_key.pub"],
         capture_output=True, text=True, check=True).stdout.split()[1]

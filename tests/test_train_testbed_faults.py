@@ -336,7 +336,8 @@ def test_nnunetv2_missing_on_the_cluster_is_refused_with_the_fix(bed) -> None:
 def test_submitting_five_folds_logs_in_once(bed, testbed_environment, testbed, ssh: str,
                                             logins: int) -> None:
     """train-all-folds (push, checks, ten jobs): one login with openssh, whose rsync rides it;
-    with fabric, one for the commands plus one per rsync (the job files and the dataset)."""
+    with fabric, one for the commands plus one per rsync (the job files and the dataset). Then
+    status: one login either way; before anything was recorded, none."""
     b = bed(ssh=ssh, environment={"setup": [*testbed_environment, NO_TRAINING]})
     log = Path(testbed["TESTBED_SSHD_LOG"])
 
@@ -344,11 +345,20 @@ def test_submitting_five_folds_logs_in_once(bed, testbed_environment, testbed, s
         return log.read_text().count("Accepted publickey for")
 
     before = accepted()
+    nothing = b.cli("status")  # nothing recorded yet: said without logging in
+    assert nothing.returncode != 0 and "train-all-folds" in nothing.stderr, nothing.stderr
     try:
         res = b.cli("train-all-folds")
         assert res.returncode == 0, res.stdout + res.stderr
         assert "10 job(s) submitted" in res.stdout, res.stdout
         time.sleep(1)  # sshd writes its log line as the login completes
         assert accepted() - before == logins
+        # status begins its login before its imports (openssh): still one login
+        before = accepted()
+        status = b.cli("status")
+        assert status.returncode in (10, 11), status.stdout + status.stderr
+        assert "Dataset501_Tiny" in status.stdout, status.stdout
+        time.sleep(1)
+        assert accepted() - before == 1
     finally:
         b.cli("cancel", "--yes")

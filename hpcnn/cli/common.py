@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from hpcnn.config import Config
+    from hpcnn.remote.base import Connection
     from hpcnn.services.session import Session
 
 
@@ -21,6 +22,7 @@ class AppContext:
     def __init__(self, config_path: str | None) -> None:
         self.config_path = config_path
         self._config: Config | None = None
+        self._conn: Connection | None = None
 
     @property
     def config(self) -> Config:
@@ -41,11 +43,30 @@ class AppContext:
             run, _ = session.find_run(run_id, for_model=True)
             return session.workspace.results / run.results_folder
 
+    def start_connection(self) -> None:
+        """Begin the cluster login now, for a command that is sure to need the cluster: its
+        round trips (several, over a laptop's link) then overlap the imports the command still
+        has to do, instead of following them. The next ``session()`` takes the connection; it
+        is closed when the command ends, whatever happens before. Not where the workspace has
+        recorded nothing: there the command says so without logging in."""
+        if self._conn is not None or self.config.cluster.is_local:
+            return
+        from hpcnn.workspace import Workspace
+
+        if not Workspace(self.config.workspace).registry_file.is_file():
+            return
+        from hpcnn.remote import connect
+
+        self._conn = connect(self.config)
+        click.get_current_context().call_on_close(self._conn.close)
+        self._conn.start()
+
     def session(self, *, scheduler: str | None = None) -> Session:
         """The command's one session (use it in a ``with`` block: it closes the connection)."""
         from hpcnn.services.session import Session
 
-        return Session(self.config, scheduler=scheduler)
+        conn, self._conn = self._conn, None
+        return Session(self.config, scheduler=scheduler, conn=conn)
 
 
 pass_app = click.make_pass_decorator(AppContext)

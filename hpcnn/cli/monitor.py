@@ -123,6 +123,7 @@ def status_cmd(app: AppContext, run_id: str | None, configurations: tuple[str, .
     Exit codes: 0 all folds completed, 10 some queued or running, 11 some failed, lost or
     cancelled, 3 the cluster or its scheduler did not answer.
     """
+    app.start_connection()  # the login's round trips overlap the imports below
     from hpcnn.errors import EXIT_FAILED, EXIT_OK, HpcnnError
     from hpcnn.services.method import chosen
     from hpcnn.services.status import experiment_status, worst_exit

@@ -130,6 +130,11 @@ class Connection(ABC):
     def close(self) -> None:  # noqa: B027 - most connections have nothing to release
         """Release the underlying connection."""
 
+    def start(self) -> None:  # noqa: B027 - most connections log in on their first command
+        """Begin logging in now, in the background, so that the login's round trips overlap
+        what the command still has to load before its first remote command (which waits for
+        the login). A failed login is reported by that first command."""
+
     def transfer_probe(self) -> str:
         """A shell snippet that tells how this connection will move files (e.g. whether the
         cluster has rsync), for a caller to run inside a command it runs anyway, so that the

@@ -137,6 +137,7 @@ class OpenSSHConnection(SshConnection):
         self._known_files = user_files + settings.get("globalknownhostsfile", "").split()
         self.hash_known_hosts = settings.get("hashknownhosts") == "yes"
         self._control_dir: str | None = None
+        self._early: tuple[subprocess.Popen[bytes], IO[bytes]] | None = None
         self._mux: list[str] = []
         self._holds_sigterm = False
         self._login = LoginMaster.for_target(self.target)
@@ -239,12 +240,42 @@ class OpenSSHConnection(SshConnection):
         self.rides_login = False
         return ended
 
+    def start(self) -> None:
+        """Our master logs in now, in the background (``ssh -N``: no session; with
+        ControlPersist, ssh exits once the master listens on its socket). Only our own
+        master: a login master or the user's own is up already or is theirs to start."""
+        if self._control_dir is None or self._early is not None:
+            return
+        # A file, not a pipe (the master keeps it open); closed by _await_master or close().
+        err = tempfile.TemporaryFile()  # noqa: SIM115
+        argv = ["ssh", *self._options, *self._mux, "-N", self.host]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err)
+        self._early = proc, err
+
+    def _await_master(self) -> None:
+        """Wait for the login start() began; a refused one (exit 255 with ssh's words) is
+        raised as the first command would have raised it, anything else is left to the
+        command, which logs in itself."""
+        if self._early is None:
+            return
+        proc, err = self._early
+        try:
+            code = proc.wait()
+            stderr = _read(err)
+        finally:
+            err.close()
+            self._early = None
+        if code != 0:
+            self._raise_connection_failure(code, stderr)
+
     def _ssh(self, remote_line: str, *, stdin: IO[bytes] | int | None, stdout: IO[bytes],
              timeout: float | None = None) -> tuple[int, str]:
         """Run one remote command line through the master; (exit status, stderr).
 
         Exit 255 with ssh's own words on stderr is a connection failure, raised here.
         """
+        self._await_master()
         argv = ["ssh", *self._options, *self._mux, "-T", self.host, remote_line]
         with tempfile.TemporaryFile() as err:
             try:
@@ -342,6 +373,7 @@ class OpenSSHConnection(SshConnection):
             tmp.unlink(missing_ok=True)
 
     def rsync_ssh_command(self) -> list[str]:
+        self._await_master()
         return ["ssh", *self._options, *self._mux]
 
     def rsync_destination(self) -> str:
@@ -367,6 +399,7 @@ class OpenSSHConnection(SshConnection):
         as it arrives, to a temporary name renamed once whole (what a killed fetch leaves is a
         ``*.tmp-hpcnn`` partial, never a truncated file under the real name)."""
         line, names = tar_fetch_command(remote, files)
+        self._await_master()
         with tempfile.TemporaryFile() as given, tempfile.TemporaryFile() as err:
             given.write(names)
             given.seek(0)
@@ -397,6 +430,12 @@ class OpenSSHConnection(SshConnection):
         """End our master now (not after ControlPersist) and remove its private folder."""
         if self._control_dir is None:
             return
+        if self._early is not None:  # a login still under way: it is not waited for
+            proc, err = self._early
+            proc.kill()
+            proc.wait()
+            err.close()
+            self._early = None
         if self._holds_sigterm:
             _SIGTERM.release()
             self._holds_sigterm = False

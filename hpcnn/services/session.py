@@ -43,11 +43,14 @@ class Session:
     """What one command invocation works with. Use as a context manager: the connection, if
     one was opened, is closed on exit."""
 
-    def __init__(self, cfg: Config, *, scheduler: str | None = None) -> None:
+    def __init__(self, cfg: Config, *, scheduler: str | None = None,
+                 conn: Connection | None = None) -> None:
+        """``conn``: a connection already opened for this command (see
+        ``AppContext.start_connection``); the session owns it from here and closes it."""
         self.cfg = cfg
         self.workspace = Workspace(cfg.workspace)
         self._scheduler = scheduler
-        self._conn: Connection | None = None
+        self._conn: Connection | None = conn
 
     def __enter__(self) -> Session:
         return self
@@ -72,14 +75,14 @@ class Session:
     @cached_property
     def registry(self) -> Registry:
         """The workspace's registry, created on first use: only for commands that record."""
-        return Registry(self.workspace.state_dir / "state.db")
+        return Registry(self.workspace.registry_file)
 
     @property
     def recorded(self) -> Registry | None:
         """The registry if this workspace has one, else None. What only reads (runs, status,
         logs, the facts doctor recorded) asks this, so that a command run in the wrong folder
         leaves no ``.hpcnn/state.db`` behind."""
-        if "registry" in self.__dict__ or (self.workspace.state_dir / "state.db").is_file():
+        if "registry" in self.__dict__ or self.workspace.registry_file.is_file():
             return self.registry
         return None
 
@@ -102,10 +105,6 @@ class Session:
 
             self._conn = connect(self.cfg)
         return self._conn
-
-    @property
-    def connected(self) -> bool:
-        return self._conn is not None
 
     @cached_property
     def dialect(self) -> Dialect:
