@@ -25,12 +25,10 @@ from pydantic import (
     model_validator,
 )
 
+from hpcnn.config_file import find_config_path
 from hpcnn.errors import ConfigError
 from hpcnn.units import format_hms, format_memory, parse_memory, parse_walltime
 from hpcnn.yamlfile import read_yaml
-
-CONFIG_ENV = "HPCNN_CONFIG"
-DEFAULT_CONFIG_NAME = "cluster.yaml"
 
 Walltime = Annotated[
     int, BeforeValidator(parse_walltime), PlainSerializer(format_hms, return_type=str)
@@ -398,17 +396,6 @@ class Config(_Section):
             # Jobs run here: a relative remote_dir is relative to the workspace, not $HOME.
             return str(self.workspace / (self.cluster.remote_dir or "."))
         return self.cluster.remote_dir or "hpcnn"
-
-
-def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
-    """``--config`` wins, then ``$HPCNN_CONFIG``, then ``./cluster.yaml``; None means defaults."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get(CONFIG_ENV)
-    if env:
-        return Path(env)
-    here = Path.cwd() / DEFAULT_CONFIG_NAME
-    return here if here.exists() else None
 
 
 def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:

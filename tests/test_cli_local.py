@@ -100,7 +100,7 @@ def on_terminal(cwd: Path, args: list[str], answers: list[str]) -> tuple[int, st
     import time
 
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "hpcnn.cli.main", *args], stdin=slave,
+    proc = subprocess.Popen([sys.executable, "-m", "hpcnn.cli.entry", *args], stdin=slave,
                             stdout=slave, stderr=slave, cwd=cwd, close_fds=True)
     os.close(slave)
     answers = list(answers)

@@ -54,7 +54,7 @@ def _imported(workspace: Path) -> ImportResult:
 
 
 def _start(workspace: Path, source: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "hpcnn.cli.main", "dataset", "import",
+    return subprocess.Popen([sys.executable, "-m", "hpcnn.cli.entry", "dataset", "import",
                              str(source), "--name", "Sig", "--format", "nrrd", *args],
                             cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)

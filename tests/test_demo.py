@@ -27,7 +27,7 @@ def test_demo_runs_the_pipeline_and_learns(tmp_path: Path) -> None:
     env = {**os.environ, "HPCNN_LOCALQ_DIR": str(tmp_path / "queue"), EPOCHS_VARIABLE: "3"}
     env.pop("HPCNN_CONFIG", None)
     folder = tmp_path / "demo"
-    res = subprocess.run([sys.executable, "-m", "hpcnn.cli.main", "demo", str(folder)],
+    res = subprocess.run([sys.executable, "-m", "hpcnn.cli.entry", "demo", str(folder)],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500,
                          stdin=subprocess.DEVNULL, check=False)
     out = res.stdout + res.stderr
@@ -43,7 +43,7 @@ def test_demo_runs_the_pipeline_and_learns(tmp_path: Path) -> None:
     # A second demo in the same folder starts over; a folder with other data is refused.
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "scan.nrrd").write_text("x")
-    res = subprocess.run([sys.executable, "-m", "hpcnn.cli.main", "demo", str(tmp_path / "mine")],
+    res = subprocess.run([sys.executable, "-m", "hpcnn.cli.entry", "demo", str(tmp_path / "mine")],
                          env=env, capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 1 and "not empty" in res.stderr
     assert (tmp_path / "mine" / "scan.nrrd").read_text() == "x"

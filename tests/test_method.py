@@ -107,7 +107,7 @@ def test_predict_uses_the_choice_unless_a_configuration_is_forced(tmp_path: Path
 
 
 def cli(ws: Path, *args: object, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hpcnn.cli.main", *map(str, args)], cwd=ws,
+    return subprocess.run([sys.executable, "-m", "hpcnn.cli.entry", *map(str, args)], cwd=ws,
                           capture_output=True, text=True, timeout=timeout, check=False,
                           stdin=subprocess.DEVNULL)
 

@@ -26,7 +26,7 @@ LOWRES, CASCADE = "3d_lowres", "3d_cascade_fullres"
 
 
 def cli(ws: Path, *args: object, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hpcnn.cli.main", *map(str, args)], cwd=ws,
+    return subprocess.run([sys.executable, "-m", "hpcnn.cli.entry", *map(str, args)], cwd=ws,
                           capture_output=True, text=True, timeout=timeout, check=False,
                           stdin=subprocess.DEVNULL)
 

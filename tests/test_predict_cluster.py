@@ -29,7 +29,7 @@ from models import fake_model, tiny_model, unseen_cases  # noqa: F401  (tiny_mod
 from runs_helper import record_run as record_session_run
 from testbed_train import make_bed, ssh_config  # noqa: F401  (ssh_config: fixture)
 
-HPCNN = [sys.executable, "-m", "hpcnn.cli.main"]
+HPCNN = [sys.executable, "-m", "hpcnn.cli.entry"]
 MODEL = "Dataset501_Tiny/hpcnnTinyTrainer__nnUNetPlans__3d_fullres"
 NAMES = ["Patient A (1).nrrd", "sub/x-ray.scan.v2.nrrd", "ünï cödé.nii.gz"]
 

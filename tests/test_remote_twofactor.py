@@ -25,7 +25,7 @@ from conftest import need
 
 from hpcnn.remote.ssh_common import ONE_TIME_CODE_MESSAGE, Failure, classify_ssh_stderr
 
-HPCNN = [sys.executable, "-m", "hpcnn.cli.main"]
+HPCNN = [sys.executable, "-m", "hpcnn.cli.entry"]
 
 
 @pytest.fixture(scope="module")

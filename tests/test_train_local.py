@@ -17,7 +17,7 @@ from models import copy_dataset, tiny_dataset  # noqa: F401  (tiny_dataset: fixt
 from hpcnn.nnunet.checkpoint import check_checkpoint
 from hpcnn.nnunet.launcher import INFERENCE, INFERENCE_KEYS
 
-HPCNN = [sys.executable, "-m", "hpcnn.cli.main"]
+HPCNN = [sys.executable, "-m", "hpcnn.cli.entry"]
 
 
 def cli(ws: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ from conftest import testbed_ssh
 from models import tiny_dataset  # noqa: F401  (the session's one preprocessed dataset)
 from runs_helper import record_run
 
-HPCNN = [sys.executable, "-m", "hpcnn.cli.main"]
+HPCNN = [sys.executable, "-m", "hpcnn.cli.entry"]
 TINY = "hpcnnTinyTrainer"
 MODEL = f"Dataset501_Tiny/{TINY}__nnUNetPlans__3d_fullres"
 

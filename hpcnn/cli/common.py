@@ -53,13 +53,16 @@ class AppContext:
             return
         from hpcnn.workspace import Workspace
 
-        if not Workspace(self.config.workspace).registry_file.is_file():
+        registry = Workspace(self.config.workspace).registry_file
+        if not registry.is_file():
             return
         from hpcnn.remote import connect
+        from hpcnn.remote.early_login import Hint
 
         self._conn = connect(self.config)
         click.get_current_context().call_on_close(self._conn.close)
-        self._conn.start()
+        source = self.config.source
+        self._conn.start(Hint(source, registry) if source is not None else None)
 
     def session(self, *, scheduler: str | None = None) -> Session:
         """The command's one session (use it in a ``with`` block: it closes the connection)."""

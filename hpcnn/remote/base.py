@@ -16,8 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from hpcnn.errors import RemoteCommandError
+
+if TYPE_CHECKING:
+    from hpcnn.remote.early_login import Hint
 
 
 @dataclass(frozen=True)
@@ -130,10 +134,11 @@ class Connection(ABC):
     def close(self) -> None:  # noqa: B027 - most connections have nothing to release
         """Release the underlying connection."""
 
-    def start(self) -> None:  # noqa: B027 - most connections log in on their first command
+    def start(self, hint: Hint | None = None) -> None:  # noqa: B027 - most log in on first use
         """Begin logging in now, in the background, so that the login's round trips overlap
         what the command still has to load before its first remote command (which waits for
-        the login). A failed login is reported by that first command."""
+        the login). A failed login is reported by that first command. ``hint``: where a
+        transport that can begin its login before the imports (early_login.py) files how."""
 
     def transfer_probe(self) -> str:
         """A shell snippet that tells how this connection will move files (e.g. whether the

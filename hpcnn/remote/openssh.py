@@ -28,6 +28,7 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING
 
 from hpcnn.errors import ConfigError, ConnectionFailed, HpcnnError, RemoteCommandError
+from hpcnn.remote import early_login
 from hpcnn.remote.base import Result, login_wrap
 from hpcnn.remote.host_keys import KeyState, OfferedKey
 from hpcnn.remote.login_master import LoginMaster
@@ -110,6 +111,12 @@ def _login_ssh(argv: list[str]) -> tuple[int, str]:
     return code, "".join(seen)
 
 
+def _own_master(control_dir: str) -> list[str]:
+    """The options of a master of ours, its socket in ``control_dir``."""
+    return ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_dir}/master",
+            "-o", f"ControlPersist={CONTROL_PERSIST_S}"]
+
+
 def _read(handle: IO[bytes]) -> str:
     handle.seek(0)
     return handle.read().decode(errors="replace")
@@ -151,9 +158,7 @@ class OpenSSHConnection(SshConnection):
             # /tmp, not $TMPDIR: macOS's long TMPDIR can exceed the socket path limit (104).
             self._control_dir = tempfile.mkdtemp(prefix="hpcnn-ssh-",
                                                  dir="/tmp" if os.path.isdir("/tmp") else None)
-            self._mux = ["-o", "ControlMaster=auto",
-                         "-o", f"ControlPath={self._control_dir}/master",
-                         "-o", f"ControlPersist={CONTROL_PERSIST_S}"]
+            self._mux = _own_master(self._control_dir)
             self._holds_sigterm = _SIGTERM.hold()
 
     def _effective_config(self) -> dict[str, str]:
@@ -240,18 +245,36 @@ class OpenSSHConnection(SshConnection):
         self.rides_login = False
         return ended
 
-    def start(self) -> None:
+    def start(self, hint: early_login.Hint | None = None) -> None:
         """Our master logs in now, in the background (``ssh -N``: no session; with
         ControlPersist, ssh exits once the master listens on its socket). Only our own
-        master: a login master or the user's own is up already or is theirs to start."""
+        master: a login master or the user's own is up already or is theirs to start.
+
+        A login the console script began from ``hint`` (early_login.py) is taken over when its
+        line is this very line, else ended; the line is filed under ``hint`` for next time."""
+        early = early_login.take()
         if self._control_dir is None or self._early is not None:
+            if early is not None:
+                early.cancel()
             return
-        # A file, not a pipe (the master keeps it open); closed by _await_master or close().
-        err = tempfile.TemporaryFile()  # noqa: SIM115
-        argv = ["ssh", *self._options, *self._mux, "-N", self.host]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err)
-        self._early = proc, err
+        line = ["ssh", *self._options, *_own_master(early_login.CONTROL), "-N", self.host]
+        if early is not None and early.line == line:
+            shutil.rmtree(self._control_dir, ignore_errors=True)  # made in __init__, unused
+            self._control_dir = early.control_dir
+            self._mux = _own_master(early.control_dir)
+            self._early = early.proc, early.err
+        else:
+            if early is not None:
+                early.cancel()
+            # A file, not a pipe (the master keeps it open); closed by _await_master or close().
+            err = tempfile.TemporaryFile()  # noqa: SIM115
+            proc = subprocess.Popen([w.replace(early_login.CONTROL, self._control_dir)
+                                     for w in line],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err)
+            self._early = proc, err
+        if hint is not None:
+            early_login.remember(hint, line)
 
     def _await_master(self) -> None:
         """Wait for the login start() began; a refused one (exit 255 with ssh's words) is
