@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,6 +116,16 @@ def own_local_queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         return
     with local_queue_at(tmp_path_factory.mktemp("localq")):
         yield
+
+
+@pytest.fixture
+def marker_tag(testbed: dict[str, str]) -> Iterator[str]:
+    """A tag for hostile names (see test_remote_connection.hostile): a name that ran as a
+    command would have left ``pwned-<tag>`` in a home folder, which fails the test."""
+    tag = uuid.uuid4().hex[:8]
+    yield tag
+    for home in (Path.home(), Path(testbed["TESTBED_HOME"])):
+        assert not (home / f"pwned-{tag}").exists(), "a name was run as a command"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,14 +37,6 @@ def accepted(log: Path) -> int:
 def client_port(conn: Connection) -> str:
     """The client port of the connection a command ran on, as sshd saw it."""
     return conn.run_shell('echo "$SSH_CONNECTION"').stdout.split()[1]
-
-
-@pytest.fixture
-def marker_tag(testbed: dict[str, str]) -> Iterator[str]:
-    tag = uuid.uuid4().hex[:8]
-    yield tag
-    for home in (Path.home(), Path(testbed["TESTBED_HOME"])):
-        assert not (home / f"pwned-{tag}").exists(), "a name was run as a command"
 
 
 @pytest.mark.parametrize("ssh", TRANSPORTS)

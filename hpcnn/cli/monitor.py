@@ -141,6 +141,8 @@ def status_cmd(app: AppContext, run_id: str | None, configurations: tuple[str, .
                 time.sleep(wait)
                 wait = min(wait * 2, 600)
                 continue
+            if watch:  # the polls that follow: one round trip each (remote/kept_shell.py)
+                session.conn.keep_shell()
             wait = interval
             code = worst_exit(statuses)
             choice = chosen(session, [(s.run, s.row) for s in statuses])

@@ -22,6 +22,7 @@ from hpcnn.errors import RemoteCommandError
 
 if TYPE_CHECKING:
     from hpcnn.remote.early_login import Hint
+    from hpcnn.remote.kept_shell import KeptShell
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,45 @@ class Connection(ABC):
     def close(self) -> None:  # noqa: B027 - most connections have nothing to release
         """Release the underlying connection."""
 
+    _keeps_shell = False
+    _kept: KeptShell | None = None
+
+    def keep_shell(self) -> None:
+        """Run the commands that follow (those with no stdin) in one remote shell kept open
+        (kept_shell.py): one round trip each instead of two, for a caller that polls the
+        cluster again and again on one connection (``status --watch``). A transport that
+        cannot keep one runs them as before."""
+        self._keeps_shell = True
+
+    def _open_shell(self) -> KeptShell | None:
+        """A new kept shell on this connection; None where the transport has none."""
+        return None
+
+    def _run_kept(self, line: str, timeout: float | None) -> Result:
+        from hpcnn.errors import ConnectionFailed
+        from hpcnn.remote.kept_shell import ShellLost
+
+        if self._kept is None:
+            self._kept = self._open_shell()
+            if self._kept is None:
+                self._keeps_shell = False
+                return self._run(line, stdin=None, timeout=timeout)
+        try:
+            result = self._kept.run(line, timeout)
+        except ShellLost as exc:
+            self._kept = None
+            raise ConnectionFailed(f"the connection to {self.description} ended during a "
+                                   f"command ({exc})",
+                                   hint="check the network, then run the command again") from exc
+        if self._kept.closed:  # it timed out: the next command opens a new one
+            self._kept = None
+        return result
+
+    def _close_kept(self) -> None:
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
+
     def start(self, hint: Hint | None = None) -> None:  # noqa: B027 - most log in on first use
         """Begin logging in now, in the background, so that the login's round trips overlap
         what the command still has to load before its first remote command (which waits for
@@ -175,6 +215,8 @@ class Connection(ABC):
         128 KiB, on the ssh command line here or in sshd's ``sh -c`` there."""
         if stdin is None and len(line.encode()) > LONG_LINE:
             result = self._run('eval "$(cat)"', stdin=line, timeout=timeout)
+        elif stdin is None and self._keeps_shell:
+            result = self._run_kept(line, timeout)
         else:
             result = self._run(line, stdin=stdin, timeout=timeout)
         if check and not result.ok:

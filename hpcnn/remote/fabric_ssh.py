@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,7 @@ from hpcnn.remote.ssh_common import (
 
 if TYPE_CHECKING:
     from hpcnn.config import ClusterSection
+    from hpcnn.remote.kept_shell import KeptShell
 
 # paramiko logs every failed handshake with a traceback; hpcnn reports failures itself.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -272,6 +274,17 @@ class FabricConnection(SshConnection):
         return Result(b"".join(output).decode(errors="replace"),
                       b"".join(errors).decode(errors="replace"), code)
 
+    def _open_shell(self) -> KeptShell:
+        from hpcnn.remote.kept_shell import DISPATCHER, KeptShell
+
+        transport = self._transport()
+        try:
+            channel = transport.open_session(timeout=self.cluster.connect_timeout)
+            channel.exec_command(DISPATCHER)
+        except Exception as exc:
+            raise self._failure(exc) from exc
+        return KeptShell(_ChannelPipe(channel), partial(login_wrap, self.cluster.login_shell))
+
     def sftp(self) -> paramiko.SFTPClient:
         """One SFTP session on the same transport, opened on first use."""
         if self._sftp is None:
@@ -404,6 +417,7 @@ class FabricConnection(SshConnection):
                 extra.close()
 
     def close(self) -> None:
+        self._close_kept()
         if self._sftp is not None:
             self._sftp.close()
             self._sftp = None
@@ -415,6 +429,23 @@ class FabricConnection(SshConnection):
         while isinstance(hop, fabric.Connection):
             hop.close()
             hop = hop.gateway
+
+
+class _ChannelPipe:
+    """A kept shell's channel under fabric: one paramiko channel on the transport."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self._channel = channel
+
+    def send(self, data: bytes) -> None:
+        self._channel.sendall(data)
+
+    def recv(self, timeout: float | None) -> bytes:
+        self._channel.settimeout(timeout)
+        return self._channel.recv(1 << 16)  # socket.timeout is TimeoutError
+
+    def close(self) -> None:
+        self._channel.close()
 
 
 def _failed_hop(conn: fabric.Connection) -> fabric.Connection | None:

@@ -14,6 +14,7 @@ and reading them would wait for it to exit.
 from __future__ import annotations
 
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -23,6 +24,7 @@ import tarfile
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING
@@ -49,6 +51,7 @@ from hpcnn.remote.ssh_common import (
 
 if TYPE_CHECKING:
     from hpcnn.config import ClusterSection
+    from hpcnn.remote.kept_shell import KeptShell
 
 CONTROL_PERSIST_S = 60
 """How long an idle master of ours outlives a crashed hpcnn (close() ends it at once)."""
@@ -120,6 +123,42 @@ def _own_master(control_dir: str) -> list[str]:
 def _read(handle: IO[bytes]) -> str:
     handle.seek(0)
     return handle.read().decode(errors="replace")
+
+
+class _SshPipe:
+    """A kept shell's channel under openssh: one ``ssh`` client on the master, its pipes (it
+    is never a master itself, so nothing in the background holds them)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=self._err)
+
+    def send(self, data: bytes) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(data)
+        self._proc.stdin.flush()
+
+    def recv(self, timeout: float | None) -> bytes:
+        assert self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        if not select.select([fd], [], [], timeout)[0]:
+            raise TimeoutError
+        return os.read(fd, 1 << 16)
+
+    def close(self) -> None:
+        for stream in (self._proc.stdin, self._proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        try:
+            self._proc.wait(timeout=2)  # the shell ends at the end of its input
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._err.close()
 
 
 class OpenSSHConnection(SshConnection):
@@ -311,6 +350,16 @@ class OpenSSHConnection(SshConnection):
         self._raise_connection_failure(code, stderr)
         return code, stderr
 
+    def _open_shell(self) -> KeptShell:
+        """The kept shell rides the master (ControlMaster=no comes first, so it wins: this
+        client never becomes a master that would keep its pipes)."""
+        from hpcnn.remote.kept_shell import DISPATCHER, KeptShell
+
+        self._await_master()
+        argv = ["ssh", *self._options, "-o", "ControlMaster=no", *self._mux, "-T", self.host,
+                DISPATCHER]
+        return KeptShell(_SshPipe(argv), partial(login_wrap, self.cluster.login_shell))
+
     def _raise_connection_failure(self, code: int, stderr: str) -> None:
         found = classify_ssh_stderr(stderr) if code == 255 else None
         if found:
@@ -451,6 +500,7 @@ class OpenSSHConnection(SshConnection):
 
     def close(self) -> None:
         """End our master now (not after ControlPersist) and remove its private folder."""
+        self._close_kept()
         if self._control_dir is None:
             return
         if self._early is not None:  # a login still under way: it is not waited for
