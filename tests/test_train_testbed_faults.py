@@ -362,3 +362,40 @@ def test_submitting_five_folds_logs_in_once(bed, testbed_environment, testbed, s
         assert accepted() - before == 1
     finally:
         b.cli("cancel", "--yes")
+
+
+def test_status_watch_polls_in_one_kept_shell(bed, testbed) -> None:
+    """status --watch: one login, and after its first poll every poll runs in one remote shell
+    kept open (remote/kept_shell.py): three polls, two sessions in sshd's log (three without
+    it). The jobs are held, so every poll finds them queued."""
+    b = bed(ssh="openssh", resources={"extra_directives": ["-h"]})
+    log = Path(testbed["TESTBED_SSHD_LOG"])
+
+    def counts() -> tuple[int, int]:
+        text = log.read_text()
+        return text.count("Accepted publickey for"), text.count("Starting session:")
+
+    try:
+        res = b.cli("train-all-folds", "--folds", "0")
+        assert res.returncode == 0, res.stdout + res.stderr
+        before = counts()
+        proc = subprocess.Popen(
+            [*HPCNN, "--config", str(b.config), "status", "--watch", "--interval", "10",
+             "--json"], cwd=b.ws, env={**os.environ, "HPCNN_SSH_CONFIG": str(b.ssh_config)},
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        polls = []
+        for line in proc.stdout:
+            if line.startswith("{"):
+                polls.append(time.monotonic())
+            if len(polls) == 3:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert len(polls) == 3, err
+        assert "stopped watching" in err, (err, polls)
+        time.sleep(1)  # sshd writes its log lines as they happen
+        after = counts()
+        assert (after[0] - before[0], after[1] - before[1]) == (1, 2)
+    finally:
+        b.cli("cancel", "--yes")

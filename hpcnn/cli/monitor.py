@@ -12,6 +12,7 @@ from hpcnn.cli.common import AppContext, pass_app
 from hpcnn.units import format_bytes
 
 if TYPE_CHECKING:
+    from hpcnn.services.session import Session
     from hpcnn.services.status import FoldStatus, RunStatus
     from hpcnn.services.sync import SyncResult
 
@@ -99,6 +100,29 @@ def _render(status: RunStatus, wide: bool = False) -> None:
                   soft_wrap=True)
 
 
+def _show(session: Session, statuses: list[RunStatus], code: int, as_json: bool,
+          wide: bool) -> None:
+    """One poll's answer: JSON, or a table per run and the winner line of an experiment."""
+    from hpcnn.services.method import chosen
+
+    choice = chosen(session, [(s.run, s.row) for s in statuses])
+    if as_json:
+        import json
+        from dataclasses import asdict
+
+        record = ({"exit_code": code, "runs": [_record(s) for s in statuses]}
+                  if len(statuses) > 1 else _record(statuses[0]))
+        record["choice"] = None if choice is None else {
+            **{k: v for k, v in asdict(choice).items() if k != "instructions"},
+            "summary": choice.summary()}
+        click.echo(json.dumps(record, indent=2))
+    else:
+        for status in statuses:
+            _render(status, wide)
+        if choice is not None:
+            click.secho(choice.summary(), bold=True)
+
+
 @click.command("status")
 @_RUN
 @click.option("--configuration", "-c", "configurations", multiple=True,
@@ -125,49 +149,35 @@ def status_cmd(app: AppContext, run_id: str | None, configurations: tuple[str, .
     """
     app.start_connection()  # the login's round trips overlap the imports below
     from hpcnn.errors import EXIT_FAILED, EXIT_OK, HpcnnError
-    from hpcnn.services.method import chosen
     from hpcnn.services.status import experiment_status, worst_exit
 
     interval = max(10.0, interval)
+    code: int | None = None
     with app.session() as session:
         wait = interval
-        while True:
-            try:
-                statuses = experiment_status(session, run_id, list(configurations) or None)
-            except HpcnnError as exc:
-                if not watch or exc.exit_code == 2:
-                    raise
-                click.echo(f"error: {exc} (retrying in {wait:.0f} s)", err=True)
-                time.sleep(wait)
-                wait = min(wait * 2, 600)
-                continue
-            if watch:  # the polls that follow: one round trip each (remote/kept_shell.py)
-                session.conn.keep_shell()
-            wait = interval
-            code = worst_exit(statuses)
-            choice = chosen(session, [(s.run, s.row) for s in statuses])
-            if as_json:
-                import json
-                from dataclasses import asdict
-
-                record = ({"exit_code": code, "runs": [_record(s) for s in statuses]}
-                          if len(statuses) > 1 else _record(statuses[0]))
-                record["choice"] = None if choice is None else {
-                    **{k: v for k, v in asdict(choice).items() if k != "instructions"},
-                    "summary": choice.summary()}
-                click.echo(json.dumps(record, indent=2))
-            else:
-                for status in statuses:
-                    _render(status, wide)
-                if choice is not None:
-                    click.secho(choice.summary(), bold=True)
-            if not watch or code in (EXIT_OK, EXIT_FAILED):
-                break
-            try:
+        try:
+            while True:
+                try:
+                    statuses = experiment_status(session, run_id, list(configurations) or None)
+                except HpcnnError as exc:
+                    if not watch or exc.exit_code == 2:
+                        raise
+                    click.echo(f"error: {exc} (retrying in {wait:.0f} s)", err=True)
+                    time.sleep(wait)
+                    wait = min(wait * 2, 600)
+                    continue
+                if watch:  # the polls that follow: one round trip each (remote/kept_shell.py)
+                    session.conn.keep_shell()
+                wait = interval
+                code = worst_exit(statuses)
+                _show(session, statuses, code, as_json, wide)
+                if not watch or code in (EXIT_OK, EXIT_FAILED):
+                    break
                 time.sleep(interval)
-            except KeyboardInterrupt:
-                click.echo("stopped watching; the jobs go on", err=True)
-                break
+        except KeyboardInterrupt:  # Ctrl-C while watching, whenever it comes, stops watching
+            if not watch or code is None:
+                raise
+            click.echo("stopped watching; the jobs go on", err=True)
     raise click.exceptions.Exit(code)
 
 
