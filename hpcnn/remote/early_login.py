@@ -4,10 +4,9 @@ config left; taken over only when it is, word for word, the login the command wo
 A fresh ``hpcnn status`` spends about 170 ms importing Click, pydantic and its config models
 before it knows which host to log in to, and over a laptop's link the login itself then takes
 half a second more (TCP, key exchange, authentication: six or seven round trips), one after
-the other. So the OpenSSH transport records, per config file, the ``ssh`` line that began its
-master, with a kept shell as its first session (``remember``; kept_shell.py), and the console
-script (entry.py) starts that same line first thing (``begin_for``) when ``hpcnn status`` comes
-back with:
+the other. So the OpenSSH transport records, per config file, the ``ssh -N`` line that began
+its master (``remember``), and the console script (entry.py) starts that same line first
+thing (``begin_for``) when ``hpcnn status`` comes back with:
 
 - the same config file, unchanged (inode, size and modification time);
 - the same kind of standard input (a terminal or not: it decides ssh's BatchMode);
@@ -58,12 +57,10 @@ class EarlyLogin(NamedTuple):
         """End it unused: the ssh under way, and its master if it got that far."""
         self.proc.kill()
         self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout, self.err):
-            if stream is not None:
-                stream.close()
+        self.err.close()
         if os.path.exists(f"{self.control_dir}/master"):
-            exit_line = [w.replace(CONTROL, self.control_dir) for w in self.line[:-3]]
-            subprocess.run([*exit_line, "-O", "exit", self.line[-2]], stdin=subprocess.DEVNULL,
+            exit_line = [w.replace(CONTROL, self.control_dir) for w in self.line[:-2]]
+            subprocess.run([*exit_line, "-O", "exit", self.line[-1]], stdin=subprocess.DEVNULL,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
                            check=False)
         shutil.rmtree(self.control_dir, ignore_errors=True)
@@ -132,7 +129,7 @@ def begin_for(args: list[str]) -> None:
                 or hint.get("batch") != _batch():
             return
         line, registry = hint.get("line"), hint.get("registry")
-        if not (isinstance(line, list) and len(line) > 4 and line[0] == "ssh"
+        if not (isinstance(line, list) and len(line) > 3 and line[0] == "ssh"
                 and all(isinstance(w, str) for w in line) and any(CONTROL in w for w in line)
                 and isinstance(registry, str) and Path(registry).is_file()):
             return
@@ -142,9 +139,9 @@ def begin_for(args: list[str]) -> None:
             return
         control_dir = tempfile.mkdtemp(prefix="hpcnn-ssh-",
                                        dir="/tmp" if os.path.isdir("/tmp") else None)
-        err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by its taker
+        err = tempfile.TemporaryFile()  # noqa: SIM115 - the master keeps it; closed by its taker
         proc = subprocess.Popen([w.replace(CONTROL, control_dir) for w in line],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     except (OSError, ValueError, TypeError):
         return
     _pending = EarlyLogin(line, control_dir, proc, err)
@@ -166,7 +163,7 @@ def discard() -> None:
 
 
 def remember(hint: Hint, line: list[str]) -> None:
-    """File ``line`` (the master's ``ssh`` line, its folder as CONTROL) for the next command
+    """File ``line`` (the master's ``ssh -N`` line, its folder as CONTROL) for the next command
     of this config; the newest MAX_HINTS configs are kept."""
     try:
         key = str(hint.config_file.absolute())

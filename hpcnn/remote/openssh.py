@@ -23,7 +23,6 @@ import sys
 import tarfile
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -127,50 +126,39 @@ def _read(handle: IO[bytes]) -> str:
 
 
 class _SshPipe:
-    """A kept shell's channel under openssh: an ``ssh`` running ``DISPATCHER``, its pipes. It
-    is a client of the master, or the master's own first session (start()): with
-    ControlPersist the master then works in the background and this process relays nothing,
-    only waits, so the session's pipes are the master's for as long as the session lasts."""
+    """A kept shell's channel under openssh: one ``ssh`` client on the master, its pipes (it
+    is never a master itself, so nothing in the background holds them)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], err: IO[bytes]) -> None:
-        self.proc = proc
-        self._err = err
-        self.stderr = ""
-        """What ssh said, once closed (it names a refused login)."""
-
-    @classmethod
-    def spawn(cls, argv: list[str]) -> _SshPipe:
-        err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        return cls(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=err), err)
+    def __init__(self, argv: list[str]) -> None:
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=self._err)
 
     def send(self, data: bytes) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(data)
+        self._proc.stdin.flush()
 
     def recv(self, timeout: float | None) -> bytes:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
+        assert self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
         if not select.select([fd], [], [], timeout)[0]:
             raise TimeoutError
         return os.read(fd, 1 << 16)
 
     def close(self) -> None:
-        """At once: between commands nothing runs, and a stuck command is given up (the
-        master then closes the channel, and the cluster ends the shell)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
+        for stream in (self._proc.stdin, self._proc.stdout):
             try:
                 if stream is not None:
                     stream.close()
             except OSError:
                 pass
-        if not self._err.closed:
-            self.stderr = _read(self._err)
-            self._err.close()
+        try:
+            self._proc.wait(timeout=2)  # the shell ends at the end of its input
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._err.close()
 
 
 class OpenSSHConnection(SshConnection):
@@ -195,8 +183,7 @@ class OpenSSHConnection(SshConnection):
         self._known_files = user_files + settings.get("globalknownhostsfile", "").split()
         self.hash_known_hosts = settings.get("hashknownhosts") == "yes"
         self._control_dir: str | None = None
-        self._starting: subprocess.Popen[bytes] | None = None
-        """The ssh start() began, until its master listens (see _await_master)."""
+        self._early: tuple[subprocess.Popen[bytes], IO[bytes]] | None = None
         self._mux: list[str] = []
         self._holds_sigterm = False
         self._login = LoginMaster.for_target(self.target)
@@ -298,62 +285,51 @@ class OpenSSHConnection(SshConnection):
         return ended
 
     def start(self, hint: early_login.Hint | None = None) -> None:
-        """Our master logs in now, in the background, with a kept shell (kept_shell.py) as
-        its first session: the round trips of the login and of that session's opening then
-        overlap what the command still loads, and its first command costs one round trip.
-        Only our own master: a login master or the user's own is up already or is theirs.
+        """Our master logs in now, in the background (``ssh -N``: no session; with
+        ControlPersist, ssh exits once the master listens on its socket). Only our own
+        master: a login master or the user's own is up already or is theirs to start.
 
         A login the console script began from ``hint`` (early_login.py) is taken over when its
         line is this very line, else ended; the line is filed under ``hint`` for next time."""
-        from hpcnn.remote.kept_shell import DISPATCHER, KeptShell
-
         early = early_login.take()
-        if self._control_dir is None or self._kept is not None or self._starting is not None:
+        if self._control_dir is None or self._early is not None:
             if early is not None:
                 early.cancel()
             return
-        line = ["ssh", *self._options, *_own_master(early_login.CONTROL), "-T", self.host,
-                DISPATCHER]
+        line = ["ssh", *self._options, *_own_master(early_login.CONTROL), "-N", self.host]
         if early is not None and early.line == line:
             shutil.rmtree(self._control_dir, ignore_errors=True)  # made in __init__, unused
             self._control_dir = early.control_dir
             self._mux = _own_master(early.control_dir)
-            pipe = _SshPipe(early.proc, early.err)
+            self._early = early.proc, early.err
         else:
             if early is not None:
                 early.cancel()
-            pipe = _SshPipe.spawn([w.replace(early_login.CONTROL, self._control_dir)
-                                   for w in line])
-        self._starting = pipe.proc
-        self._kept = KeptShell(pipe, partial(login_wrap, self.cluster.login_shell))
-        self._keeps_shell = True
+            # A file, not a pipe (the master keeps it open); closed by _await_master or close().
+            err = tempfile.TemporaryFile()  # noqa: SIM115
+            proc = subprocess.Popen([w.replace(early_login.CONTROL, self._control_dir)
+                                     for w in line],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err)
+            self._early = proc, err
         if hint is not None:
             early_login.remember(hint, line)
 
     def _await_master(self) -> None:
-        """Wait until the master start() began listens on its socket, for what rides the
-        master rather than the kept shell (files, rsync, commands with input). A login that
-        ended is raised as ssh's own refusal when it is one, else left to the command, which
-        then logs in itself."""
-        proc, self._starting = self._starting, None
-        if proc is None or self._control_dir is None:
+        """Wait for the login start() began; a refused one (exit 255 with ssh's words) is
+        raised as the first command would have raised it, anything else is left to the
+        command, which logs in itself."""
+        if self._early is None:
             return
-        socket = f"{self._control_dir}/master"
-        while not os.path.exists(socket):
-            if proc.poll() is not None:
-                kept, self._kept = self._kept, None
-                if kept is not None:
-                    kept.close()
-                    self._shell_lost(kept)
-                return
-            time.sleep(0.005)
-
-    def _shell_lost(self, shell: KeptShell) -> None:
-        """A kept shell whose ssh ended with its own refusal (exit 255: the login failed, or
-        the connection dropped) raises that, as a command would have."""
-        pipe = shell.pipe
-        if isinstance(pipe, _SshPipe) and pipe.proc.returncode == 255:
-            self._raise_connection_failure(255, pipe.stderr)
+        proc, err = self._early
+        try:
+            code = proc.wait()
+            stderr = _read(err)
+        finally:
+            err.close()
+            self._early = None
+        if code != 0:
+            self._raise_connection_failure(code, stderr)
 
     def _ssh(self, remote_line: str, *, stdin: IO[bytes] | int | None, stdout: IO[bytes],
              timeout: float | None = None) -> tuple[int, str]:
@@ -382,7 +358,7 @@ class OpenSSHConnection(SshConnection):
         self._await_master()
         argv = ["ssh", *self._options, "-o", "ControlMaster=no", *self._mux, "-T", self.host,
                 DISPATCHER]
-        return KeptShell(_SshPipe.spawn(argv), partial(login_wrap, self.cluster.login_shell))
+        return KeptShell(_SshPipe(argv), partial(login_wrap, self.cluster.login_shell))
 
     def _raise_connection_failure(self, code: int, stderr: str) -> None:
         found = classify_ssh_stderr(stderr) if code == 255 else None
@@ -527,7 +503,12 @@ class OpenSSHConnection(SshConnection):
         self._close_kept()
         if self._control_dir is None:
             return
-        self._starting = None  # the kept shell's ssh: ended above
+        if self._early is not None:  # a login still under way: it is not waited for
+            proc, err = self._early
+            proc.kill()
+            proc.wait()
+            err.close()
+            self._early = None
         if self._holds_sigterm:
             _SIGTERM.release()
             self._holds_sigterm = False
