@@ -161,13 +161,17 @@ class Connection(ABC):
         try:
             result = self._kept.run(line, timeout)
         except ShellLost as exc:
-            self._kept = None
+            lost, self._kept = self._kept, None
+            self._shell_lost(lost)
             raise ConnectionFailed(f"the connection to {self.description} ended during a "
                                    f"command ({exc})",
                                    hint="check the network, then run the command again") from exc
         if self._kept.closed:  # it timed out: the next command opens a new one
             self._kept = None
         return result
+
+    def _shell_lost(self, shell: KeptShell) -> None:  # noqa: B027 - nothing more to say
+        """Raise what the transport knows of why ``shell`` ended (a dropped connection)."""
 
     def _close_kept(self) -> None:
         if self._kept is not None:

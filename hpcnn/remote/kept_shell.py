@@ -46,7 +46,7 @@ class ShellLost(Exception):
 class KeptShell:
     def __init__(self, pipe: Pipe, wrap: Callable[[str], str]) -> None:
         """``wrap``: the transport's login_wrap, so that a command runs as it would alone."""
-        self._pipe = pipe
+        self.pipe = pipe
         self._wrap = wrap
         self._marker = secrets.token_hex(16).encode()
         self.closed = False
@@ -64,10 +64,10 @@ class KeptShell:
         deadline = None if timeout is None else time.monotonic() + timeout
         data = bytearray()
         try:
-            self._pipe.send(request.encode())
+            self.pipe.send(request.encode())
             while not (data.endswith(end) and start in data):
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                chunk = self._pipe.recv(left)
+                chunk = self.pipe.recv(left)
                 if not chunk:
                     raise ShellLost("the kept shell ended")
                 data += chunk
@@ -91,4 +91,4 @@ class KeptShell:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._pipe.close()
+            self.pipe.close()

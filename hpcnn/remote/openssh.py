@@ -131,34 +131,39 @@ class _SshPipe:
 
     def __init__(self, argv: list[str]) -> None:
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=self._err)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._err)
+        self.stderr = ""
+        """What ssh said, once closed (it names a dropped connection)."""
 
     def send(self, data: bytes) -> None:
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(data)
-        self._proc.stdin.flush()
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
 
     def recv(self, timeout: float | None) -> bytes:
-        assert self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
         if not select.select([fd], [], [], timeout)[0]:
             raise TimeoutError
         return os.read(fd, 1 << 16)
 
     def close(self) -> None:
-        for stream in (self._proc.stdin, self._proc.stdout):
+        """At once, not after the shell's goodbye (a round trip of the link): between
+        commands nothing runs, and a stuck command is given up (the master then closes the
+        channel, and the cluster ends the shell)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
             try:
                 if stream is not None:
                     stream.close()
             except OSError:
                 pass
-        try:
-            self._proc.wait(timeout=2)  # the shell ends at the end of its input
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._err.close()
+        if not self._err.closed:
+            self.stderr = _read(self._err)
+            self._err.close()
 
 
 class OpenSSHConnection(SshConnection):
@@ -359,6 +364,13 @@ class OpenSSHConnection(SshConnection):
         argv = ["ssh", *self._options, "-o", "ControlMaster=no", *self._mux, "-T", self.host,
                 DISPATCHER]
         return KeptShell(_SshPipe(argv), partial(login_wrap, self.cluster.login_shell))
+
+    def _shell_lost(self, shell: KeptShell) -> None:
+        """A kept shell whose ssh ended with its own words (exit 255: the connection dropped)
+        raises them, as a command would have."""
+        pipe = shell.pipe
+        if isinstance(pipe, _SshPipe) and pipe.proc.returncode == 255:
+            self._raise_connection_failure(255, pipe.stderr)
 
     def _raise_connection_failure(self, code: int, stderr: str) -> None:
         found = classify_ssh_stderr(stderr) if code == 255 else None
