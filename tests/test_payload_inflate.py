@@ -6,13 +6,30 @@ whatever the chunk boundaries. It is zlib's own trailer check with bounded outpu
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import io
 import random
 import zlib
 
 import pytest
+from conftest import need
 
 from hpcnn.dataset import payload
+
+INFLATERS = ["stdlib", "zlib-ng"]
+
+
+@pytest.fixture(params=INFLATERS, autouse=True)
+def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test with both inflaters: zlib-ng where installed (the nnunet extra), the
+    standard library's where it has no wheel."""
+    if request.param == "zlib-ng":
+        need(importlib.util.find_spec("zlib_ng") is not None, "zlib-ng is not installed")
+        from zlib_ng import zlib_ng
+
+        monkeypatch.setattr(payload, "_zlib", zlib_ng)
+    else:
+        monkeypatch.setattr(payload, "_zlib", zlib)
 
 
 def _reference(data: bytes) -> tuple[str, bytes | None]:
@@ -29,7 +46,7 @@ def _inflated(data: bytes) -> tuple[str, bytes | None]:
         return "whole", b"".join(payload._inflate(io.BytesIO(data), "gzip"))
     except EOFError:
         return "cut short", None
-    except (OSError, zlib.error):
+    except (OSError, *payload._ZLIB_ERRORS):
         return "corrupt", None
 
 
