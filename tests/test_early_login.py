@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_remote_connection import accepted, client_port, masters_on
 
 from hpcnn.remote import connect, early_login
 from hpcnn.remote.early_login import Hint, hints_file
 from hpcnn.workspace import Workspace
-from tests.test_remote_connection import accepted, client_port, masters_on
 
 pytestmark = pytest.mark.testbed
 

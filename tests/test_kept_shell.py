@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_remote_connection import TRANSPORTS, hostile
 
 from hpcnn.errors import ConnectionFailed
 from hpcnn.remote import connect
-from tests.test_remote_connection import TRANSPORTS, hostile
 
 pytestmark = pytest.mark.testbed
 
