@@ -120,6 +120,7 @@ def begin_for(args: list[str]) -> None:
     """For ``hpcnn status`` (``args``: the command line after ``hpcnn``): begin the login the
     hint for its config records, when every condition above holds."""
     global _pending
+    control_dir = None
     try:
         config = _status_config(args)
         if config is None or _pending is not None:
@@ -142,7 +143,9 @@ def begin_for(args: list[str]) -> None:
         err = tempfile.TemporaryFile()  # noqa: SIM115 - the master keeps it; closed by its taker
         proc = subprocess.Popen([w.replace(CONTROL, control_dir) for w in line],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-    except (OSError, ValueError, TypeError):
+    except Exception:  # noqa: BLE001 - a hint only saves time: never a failure of its own
+        if control_dir is not None:
+            shutil.rmtree(control_dir, ignore_errors=True)
         return
     _pending = EarlyLogin(line, control_dir, proc, err)
     atexit.register(discard)
