@@ -102,6 +102,9 @@ def unpacked(stdout: str) -> str:
     return data.decode(errors="replace")
 
 
+TIMED_OUT = 124
+"""A command that ran past its timeout returns this status, like timeout(1)."""
+
 LONG_LINE = 32 * 1024
 """Bytes of a command line above which it travels on stdin (see Connection.run_shell)."""
 
@@ -151,7 +154,7 @@ class Connection(ABC):
 
     def _run_kept(self, line: str, timeout: float | None) -> Result:
         from hpcnn.errors import ConnectionFailed
-        from hpcnn.remote.kept_shell import ShellLost
+        from hpcnn.remote.kept_shell import ShellLost, ShellTimedOut
 
         if self._kept is None:
             self._kept = self._open_shell()
@@ -159,16 +162,16 @@ class Connection(ABC):
                 self._keeps_shell = False
                 return self._run(line, stdin=None, timeout=timeout)
         try:
-            result = self._kept.run(line, timeout)
+            return Result(*self._kept.run(line, timeout))
+        except ShellTimedOut as exc:  # closed: the next command opens a new one
+            self._kept = None
+            return Result(exc.args[0], f"timed out after {timeout:g} s", TIMED_OUT)
         except ShellLost as exc:
             lost, self._kept = self._kept, None
             self._shell_lost(lost)
             raise ConnectionFailed(f"the connection to {self.description} ended during a "
                                    f"command ({exc})",
                                    hint="check the network, then run the command again") from exc
-        if self._kept.closed:  # it timed out: the next command opens a new one
-            self._kept = None
-        return result
 
     def _shell_lost(self, shell: KeptShell) -> None:  # noqa: B027 - nothing more to say
         """Raise what the transport knows of why ``shell`` ended (a dropped connection)."""

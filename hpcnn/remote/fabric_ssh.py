@@ -30,10 +30,9 @@ import fabric
 import paramiko
 
 from hpcnn.errors import HpcnnError, RemoteCommandError
-from hpcnn.remote.base import Result, login_wrap
+from hpcnn.remote.base import TIMED_OUT, Result, login_wrap
 from hpcnn.remote.host_keys import KeyState, OfferedKey, changed_warning, fingerprint
 from hpcnn.remote.ssh_common import (
-    TIMED_OUT,
     Failure,
     SshConnection,
     Target,

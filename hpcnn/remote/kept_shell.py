@@ -20,9 +20,6 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from hpcnn.remote.base import Result
-from hpcnn.remote.ssh_common import TIMED_OUT
-
 DISPATCHER = "exec sh -s"
 """The channel's own command: a POSIX shell reading the framed command lines."""
 
@@ -43,6 +40,11 @@ class ShellLost(Exception):
     """The kept shell ended or answered out of frame: the command's outcome is unknown."""
 
 
+class ShellTimedOut(Exception):
+    """No whole answer within the timeout (the shell is then closed); ``args[0]``: the output
+    that came."""
+
+
 class KeptShell:
     def __init__(self, pipe: Pipe, wrap: Callable[[str], str]) -> None:
         """``wrap``: the transport's login_wrap, so that a command runs as it would alone."""
@@ -51,8 +53,9 @@ class KeptShell:
         self._marker = secrets.token_hex(16).encode()
         self.closed = False
 
-    def run(self, line: str, timeout: float | None) -> Result:
-        """Run ``line``; ShellLost when no whole answer came back (the shell is then closed)."""
+    def run(self, line: str, timeout: float | None) -> tuple[str, str, int]:
+        """Run ``line``: (stdout, stderr, exit status). ShellLost when no whole answer came
+        back, ShellTimedOut past ``timeout`` (the shell is then closed)."""
         marker = self._marker.decode()
         # The command's stderr and then its exit status are captured (the status last, so
         # that the capture keeps the stderr's own trailing newlines); its stdout streams.
@@ -73,8 +76,7 @@ class KeptShell:
                 data += chunk
         except TimeoutError:
             self.close()
-            return Result(bytes(data).decode(errors="replace"),
-                          f"timed out after {timeout:g} s", TIMED_OUT)
+            raise ShellTimedOut(bytes(data).decode(errors="replace")) from None
         except (OSError, ShellLost) as exc:
             self.close()
             raise ShellLost(str(exc)) from exc
@@ -85,8 +87,7 @@ class KeptShell:
         except ValueError as exc:
             self.close()
             raise ShellLost(f"an answer out of frame: {code[:40]!r}") from exc
-        return Result(stdout.decode(errors="replace"), stderr.decode(errors="replace"),
-                      returncode)
+        return stdout.decode(errors="replace"), stderr.decode(errors="replace"), returncode
 
     def close(self) -> None:
         if not self.closed:

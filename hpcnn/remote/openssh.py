@@ -30,12 +30,11 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING
 
 from hpcnn.errors import ConfigError, ConnectionFailed, HpcnnError, RemoteCommandError
-from hpcnn.remote import early_login
-from hpcnn.remote.base import Result, login_wrap
+from hpcnn.remote.base import TIMED_OUT, Result, login_wrap
+from hpcnn.remote.early_login import CONTROL, Hint, remember, take
 from hpcnn.remote.host_keys import KeyState, OfferedKey
 from hpcnn.remote.login_master import LoginMaster
 from hpcnn.remote.ssh_common import (
-    TIMED_OUT,
     Failure,
     SshConnection,
     Target,
@@ -289,19 +288,19 @@ class OpenSSHConnection(SshConnection):
         self.rides_login = False
         return ended
 
-    def start(self, hint: early_login.Hint | None = None) -> None:
+    def start(self, hint: Hint | None = None) -> None:
         """Our master logs in now, in the background (``ssh -N``: no session; with
         ControlPersist, ssh exits once the master listens on its socket). Only our own
         master: a login master or the user's own is up already or is theirs to start.
 
         A login the console script began from ``hint`` (early_login.py) is taken over when its
         line is this very line, else ended; the line is filed under ``hint`` for next time."""
-        early = early_login.take()
+        early = take()
         if self._control_dir is None or self._early is not None:
             if early is not None:
                 early.cancel()
             return
-        line = ["ssh", *self._options, *_own_master(early_login.CONTROL), "-N", self.host]
+        line = ["ssh", *self._options, *_own_master(CONTROL), "-N", self.host]
         if early is not None and early.line == line:
             shutil.rmtree(self._control_dir, ignore_errors=True)  # made in __init__, unused
             self._control_dir = early.control_dir
@@ -312,13 +311,13 @@ class OpenSSHConnection(SshConnection):
                 early.cancel()
             # A file, not a pipe (the master keeps it open); closed by _await_master or close().
             err = tempfile.TemporaryFile()  # noqa: SIM115
-            proc = subprocess.Popen([w.replace(early_login.CONTROL, self._control_dir)
+            proc = subprocess.Popen([w.replace(CONTROL, self._control_dir)
                                      for w in line],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=err)
             self._early = proc, err
         if hint is not None:
-            early_login.remember(hint, line)
+            remember(hint, line)
 
     def _await_master(self) -> None:
         """Wait for the login start() began; a refused one (exit 255 with ssh's words) is

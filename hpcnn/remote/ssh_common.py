@@ -38,8 +38,6 @@ SSH_CONFIG_ENV = "HPCNN_SSH_CONFIG"
 and how the tests point a Host alias at the test bed without touching the user's files."""
 
 PARTIAL_DIR = ".rsync-partial"
-TIMED_OUT = 124
-"""A command that ran past its timeout returns this status, like timeout(1)."""
 
 
 class Failure(str, Enum):
